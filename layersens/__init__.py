@@ -1,0 +1,18 @@
+"""layersens: Jacobians of a trained network's layer with respect to the parameters that feed it."""
+
+from ._adapters import Model, from_linen, from_nnx
+from ._checkpoint import load_model, read_model_spec, save_model
+from ._errors import (
+    CheckpointError,
+    InputShapeError,
+    JacobianTooLargeError,
+    LayersensError,
+    SpecError,
+    TrainModeError,
+    UnknownLayerError,
+    UntrustedModuleError,
+)
+from ._spec import ModelSpec
+from ._split import LayerInfo, LayerSplit, list_layers, split
+
+__version__ = "0.1.0"

@@ -1,0 +1,60 @@
+"""Errors that tell the user what was wrong and how to fix it.
+
+Every error raised on purpose by layersens derives from :class:`LayersensError`, so the command line can turn
+them into one clean line on stderr and exit code 1, while genuine bugs still show a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+
+class LayersensError(Exception):
+    """Base class of every error layersens raises about its input."""
+
+
+class UnknownLayerError(LayersensError, KeyError):
+    def __init__(self, layer: str, available: list[str]):
+        self.layer = layer
+        self.available = list(available)
+        close = difflib.get_close_matches(layer, self.available, n=1, cutoff=0.0)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        super().__init__(
+            f"unknown layer {layer!r}.{hint} Available layers: {', '.join(self.available)}. "
+            "Run `layersens layers --model DIR` to see each with its shape."
+        )
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the whole message
+        return self.args[0]
+
+
+class InputShapeError(LayersensError, ValueError):
+    pass
+
+
+class CheckpointError(LayersensError):
+    pass
+
+
+class SpecError(LayersensError, ValueError):
+    pass
+
+
+class UntrustedModuleError(LayersensError):
+    pass
+
+
+class JacobianTooLargeError(LayersensError, MemoryError):
+    pass
+
+
+class TrainModeError(LayersensError):
+    pass
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")

@@ -1,0 +1,7 @@
+"""Models shipped with layersens, with trained checkpoints that need no download."""
+
+from pathlib import Path
+
+EXAMPLES_DIR = Path(__file__).parent
+LENET_DIGITS = EXAMPLES_DIR / "lenet_digits"
+LENET_DIGITS_NNX = EXAMPLES_DIR / "lenet_digits_nnx"
