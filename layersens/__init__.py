@@ -12,7 +12,12 @@ from ._errors import (
     UnknownLayerError,
     UntrustedModuleError,
 )
+from ._extract import extract, read_inputs
+from ._jacobian import jacobian
+from ._result import LayerJacobian, load_jacobian
 from ._spec import ModelSpec
 from ._split import LayerInfo, LayerSplit, list_layers, split
+from ._strategies import Auto, Forward, Reverse
+from ._summary import JacobianSummary, LeafSummary, summarize
 
 __version__ = "0.1.0"

@@ -34,7 +34,7 @@ class Model:
       constants: nested dict of the other variables, held fixed (e.g. BatchNorm running averages).
       input_shape: shape of one input example, without the batch axis.
       input_dtype: dtype of the inputs.
-      capture_fn: ``capture_fn(params, x_batch) -> {layer name: value}``, pure and jit-compatible.
+      capture_fn: ``capture_fn(params, constants, x_batch) -> {layer name: value}``, pure and jit-compatible.
       example_inputs: inputs shipped with the model, used when the user gives none.
       eval_mode: a sentence saying how evaluation mode was selected, printed with every result.
     """
@@ -45,15 +45,17 @@ class Model:
     constants: dict
     input_shape: tuple[int, ...]
     input_dtype: str
-    capture_fn: Callable[[dict, Any], dict[str, jax.Array]]
+    capture_fn: Callable[[dict, dict, Any], dict[str, jax.Array]]
     example_inputs: np.ndarray | None = None
     eval_mode: str = ""
 
-    def capture(self, params: dict, x) -> dict[str, jax.Array]:
-        return self.capture_fn(params, x)
+    def capture(self, params: dict, x, constants: dict | None = None) -> dict[str, jax.Array]:
+        """Every addressable value of one forward pass over the batch ``x``."""
+        return self.capture_fn(params, self.constants if constants is None else constants, x)
 
-    def check_inputs(self, x, name: str = "inputs") -> np.ndarray:
-        """Returns ``x`` as a batch of examples, or says which shape was expected."""
+    def check_inputs(self, x, name: str = "inputs", dtype=None) -> np.ndarray:
+        """Returns ``x`` as a batch of examples in ``dtype`` (default: the model's), or says which shape was
+        expected."""
         x = np.asarray(x)
         want = tuple(self.input_shape)
         if x.shape == want:
@@ -63,7 +65,7 @@ class Model:
                 f"{name} have shape {x.shape}; the model expects (examples,) + {want}, "
                 f"e.g. {(len(x) if x.ndim else 1,) + want}."
             )
-        return x.astype(self.input_dtype, copy=False)
+        return x.astype(dtype or self.input_dtype, copy=False)
 
 
 def _flatten_captured(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -111,7 +113,7 @@ def from_linen(
     constants = {k: v for k, v in variables.items() if k != "intermediates"}
     call_kwargs = dict(call_kwargs or {})
 
-    def capture_fn(params, x):
+    def capture_fn(params, constants, x):
         try:
             _, state = module.apply(
                 {"params": params, **constants},
@@ -160,10 +162,12 @@ def from_nnx(module, input_shape, input_dtype: str = "float32", example_inputs=N
     graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
     params = nnx.to_pure_dict(param_state)
 
-    def capture_fn(params, x):
-        state = jax.tree.map(lambda v: v, param_state)  # a fresh container per trace
+    def capture_fn(params, constants, x):
+        state = jax.tree.map(lambda v: v, param_state)  # fresh containers per trace
+        rest = jax.tree.map(lambda v: v, rest_state)
         nnx.replace_by_pure_dict(state, params)
-        model = nnx.merge(graphdef, state, rest_state, copy=True)
+        nnx.replace_by_pure_dict(rest, constants)
+        model = nnx.merge(graphdef, state, rest, copy=True)
         _, captured = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
         return _flatten_captured(nnx.to_pure_dict(captured))
 

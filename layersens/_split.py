@@ -82,6 +82,7 @@ class LayerSplit:
     activation_shape: tuple[int, ...]
     activation_dtype: str
     excluded: tuple[str, ...]
+    input_dtype: str
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -114,13 +115,15 @@ class LayerSplit:
 def _trace_all(model: Model, dtype):
     """One trace of the whole model: every layer's shape, its upstream leaves, and forward order."""
     flat = flatten_params(model.params)
+    constants = model.constants
     if dtype is not None:
         flat = {k: _cast(v, dtype) for k, v in flat.items()}
+        constants = jax.tree.map(lambda v: _cast(v, dtype), constants)
     x1 = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), dtype or model.input_dtype)
     names = list(flat)
 
     def capture_leaves(leaves, x):
-        return model.capture(unflatten_params(dict(zip(names, leaves))), x)
+        return model.capture(unflatten_params(dict(zip(names, leaves))), x, constants)
 
     leaves = [flat[n] for n in names]
     closed = jax.make_jaxpr(capture_leaves)(leaves, x1)
@@ -133,13 +136,12 @@ def _trace_all(model: Model, dtype):
     produced = {name: made_at[k] for k, name in enumerate(layer_names)}
     param_order = [names[i] for i in sorted(range(len(names)), key=lambda i: (read_at[i], i))]
     layer_order = sorted(layer_names, key=lambda n: (produced[n], n == OUTPUT))
-    return flat, shapes, deps, param_order, layer_order
+    return flat, constants, shapes, deps, param_order, layer_order
 
 
 def _cast(leaf, dtype):
-    leaf = jnp.asarray(leaf)
-    if jnp.issubdtype(leaf.dtype, jnp.floating):
-        return leaf.astype(dtype)
+    if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+        return jnp.asarray(leaf).astype(dtype)
     return leaf
 
 
@@ -158,7 +160,7 @@ def _check_dtype(dtype):
 def list_layers(model: Model, dtype=None) -> tuple[LayerInfo, ...]:
     """Every addressable layer with its per-example shape and upstream parameters, in forward order."""
     dtype = _check_dtype(dtype)
-    flat, shapes, deps, order, layer_order = _trace_all(model, dtype)
+    flat, _, shapes, deps, order, layer_order = _trace_all(model, dtype)
     infos = []
     for name in layer_order:
         sds = shapes[name]
@@ -183,7 +185,7 @@ def split(model: Model, layer: str, dtype=None) -> LayerSplit:
     ``dtype`` casts the floating parameters and inputs (e.g. ``float64`` for finite-difference checks).
     """
     dtype = _check_dtype(dtype)
-    flat, shapes, deps, order, _ = _trace_all(model, dtype)
+    flat, constants, shapes, deps, order, _ = _trace_all(model, dtype)
     if layer not in shapes:
         raise UnknownLayerError(layer, [info.name for info in list_layers(model)])
     sds = shapes[layer]
@@ -198,7 +200,7 @@ def split(model: Model, layer: str, dtype=None) -> LayerSplit:
 
     def apply(params: dict, x):
         merged = unflatten_params({**frozen, **params})
-        return model.capture(merged, jnp.asarray(x, x_dtype)[None])[layer][0]
+        return model.capture(merged, jnp.asarray(x, x_dtype)[None], constants)[layer][0]
 
     return LayerSplit(
         layer=layer,
@@ -208,4 +210,5 @@ def split(model: Model, layer: str, dtype=None) -> LayerSplit:
         activation_shape=tuple(sds.shape[1:]),
         activation_dtype=str(sds.dtype),
         excluded=tuple(n for n in order if n not in upstream),
+        input_dtype=str(np.dtype(x_dtype)),
     )

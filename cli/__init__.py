@@ -1,0 +1,1 @@
+"""The ``layersens`` command line (installed as the package ``layersens_cli``)."""

@@ -1,0 +1,5 @@
+"""``python -m layersens``: the command line."""
+
+from layersens_cli.main import main
+
+main()

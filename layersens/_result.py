@@ -1,0 +1,158 @@
+"""The result of an extraction: a small frozen dataclass around the flat Jacobian, and its ``.npz`` form."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import CheckpointError
+
+NPZ_FORMAT = "layersens-jacobian/1"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LayerJacobian:
+    """d(activation of ``layer``)/d(upstream parameters), per example.
+
+    Attributes:
+      layer, model, framework: what was differentiated.
+      matrix: the flat view, shape ``(examples, M, P)``: rows are the activation's elements (row-major over
+        ``activation_shape``), columns the upstream parameters concatenated in ``param_names`` order.
+      activation: the layer's values, ``(examples,) + activation_shape``.
+      inputs: the examples, ``(examples,) + input_shape``.
+      param_names, param_shapes: the upstream leaves, in column order.
+      excluded_params: leaves that do not reach the layer (held constant, not differentiated).
+      mode: the method that computed each block, e.g. ``"fwd"`` or ``"rev"``.
+      dtype, device: of the computation.
+      eval_mode: how evaluation mode was selected.
+      compile_seconds, seconds: time spent compiling, and computing after compilation.
+    """
+
+    layer: str
+    model: str
+    framework: str
+    matrix: np.ndarray
+    activation: np.ndarray
+    inputs: np.ndarray
+    param_names: tuple[str, ...]
+    param_shapes: tuple[tuple[int, ...], ...]
+    excluded_params: tuple[str, ...]
+    mode: str
+    dtype: str
+    device: str
+    eval_mode: str
+    compile_seconds: float = 0.0
+    seconds: float = 0.0
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @property
+    def activation_shape(self) -> tuple[int, ...]:
+        return tuple(self.activation.shape[1:])
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.matrix.shape[1])
+
+    @property
+    def num_params(self) -> int:
+        return int(self.matrix.shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.matrix.nbytes)
+
+    @property
+    def column_ranges(self) -> dict[str, tuple[int, int]]:
+        """Column range ``(start, stop)`` of each upstream leaf in :attr:`matrix`."""
+        ranges, start = {}, 0
+        for name, shape in zip(self.param_names, self.param_shapes):
+            stop = start + int(np.prod(shape, dtype=np.int64))
+            ranges[name] = (start, stop)
+            start = stop
+        return ranges
+
+    @property
+    def axes(self) -> tuple[str, ...]:
+        """Names of the axes of :attr:`matrix`."""
+        return ("example", f"{self.layer}_element", "parameter")
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        """The Jacobian with respect to one leaf, shape ``(examples,) + activation_shape + leaf_shape`` (a view)."""
+        ranges = self.column_ranges
+        if name not in ranges:
+            raise KeyError(f"{name!r} is not an upstream parameter of {self.layer!r}; they are {list(ranges)}.")
+        start, stop = ranges[name]
+        shape = self.param_shapes[self.param_names.index(name)]
+        return self.matrix[:, :, start:stop].reshape((self.num_examples,) + self.activation_shape + shape)
+
+    def per_leaf(self) -> dict[str, np.ndarray]:
+        return {name: self[name] for name in self.param_names}
+
+    def to_xarray(self):
+        """The Jacobian as an ``xarray.DataArray`` with named axes (needs xarray installed)."""
+        import xarray as xr
+
+        names = np.concatenate([[n] * (b - a) for n, (a, b) in self.column_ranges.items()])
+        return xr.DataArray(
+            self.matrix,
+            dims=self.axes,
+            coords={"leaf": ("parameter", names)},
+            name=f"d{self.layer}/dtheta",
+            attrs={"model": self.model, "mode": self.mode},
+        )
+
+    def metadata(self) -> dict:
+        fields = ("layer", "model", "framework", "param_names", "excluded_params", "mode", "dtype", "device",
+                  "eval_mode", "compile_seconds", "seconds")
+        meta = {name: getattr(self, name) for name in fields}
+        meta["param_shapes"] = [list(s) for s in self.param_shapes]
+        meta["format"] = NPZ_FORMAT
+        return meta
+
+    def save(self, path) -> Path:
+        """Writes the Jacobian, activation, inputs and metadata to ``path`` (``.npz``), atomically."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            path = path.with_name(path.name + ".npz")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(
+                    f,
+                    matrix=self.matrix,
+                    activation=self.activation,
+                    inputs=self.inputs,
+                    metadata=np.frombuffer(json.dumps(self.metadata()).encode(), dtype=np.uint8),
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        return path
+
+
+def load_jacobian(path) -> LayerJacobian:
+    """Reads a file written by :meth:`LayerJacobian.save` (``layersens extract --out``)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["metadata"]).decode())
+            arrays = {k: data[k] for k in ("matrix", "activation", "inputs")}
+    except (OSError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a layersens Jacobian file ({type(e).__name__}: {e}).") from None
+    if meta.pop("format", None) != NPZ_FORMAT:
+        raise CheckpointError(f"{path} is not a {NPZ_FORMAT} file.")
+    meta["param_names"] = tuple(meta["param_names"])
+    meta["excluded_params"] = tuple(meta["excluded_params"])
+    meta["param_shapes"] = tuple(tuple(s) for s in meta["param_shapes"])
+    return LayerJacobian(**arrays, **meta)

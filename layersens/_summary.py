@@ -1,0 +1,92 @@
+"""Summaries of a Jacobian: per-leaf norms and sparsity, and per-example rank and conditioning."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from ._result import LayerJacobian
+
+# Singular values come from the Gram matrix of the smaller side (min(M, P)² entries, eigvalsh in float64).
+# Above this size that is slow enough that the user should ask for it explicitly.
+RANK_AUTO_LIMIT = 2048
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafSummary:
+    name: str
+    shape: tuple[int, ...]
+    frobenius: float
+    max_abs: float
+    zero_fraction: float
+
+
+@dataclasses.dataclass(frozen=True)
+class JacobianSummary:
+    """Norms and structure of a :class:`LayerJacobian`.
+
+    ``rank`` and ``condition`` are per example: the numerical rank (singular values above
+    ``max(M, P) · eps · σ_max``) and ``σ_max / σ_min`` over those nonzero singular values; ``None`` when not
+    computed (see ``summarize(..., spectrum=)``).
+    """
+
+    layer: str
+    shape: tuple[int, int, int]
+    frobenius: float
+    zero_fraction: float
+    leaves: tuple[LeafSummary, ...]
+    rank: tuple[int, ...] | None
+    condition: tuple[float, ...] | None
+    singular_values: tuple[np.ndarray, ...] | None = dataclasses.field(default=None, repr=False)
+
+
+def singular_values(matrix: np.ndarray) -> np.ndarray:
+    """Singular values of one (M, P) matrix, descending, via the Gram matrix of its smaller side in float64."""
+    a = np.asarray(matrix, np.float64)
+    gram = a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
+    eig = np.linalg.eigvalsh(gram)[::-1]
+    return np.sqrt(np.clip(eig, 0.0, None))
+
+
+def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSummary:
+    """Per-leaf Frobenius norms, largest entries and exact-zero fractions; rank and condition per example.
+
+    ``spectrum=None`` computes rank and condition when min(M, P) ≤ 2048; ``True`` always; ``False`` never.
+    """
+    leaves = []
+    for name, (a, b) in jac.column_ranges.items():
+        block = jac.matrix[:, :, a:b]
+        leaves.append(
+            LeafSummary(
+                name=name,
+                shape=jac.param_shapes[jac.param_names.index(name)],
+                frobenius=float(np.linalg.norm(block)),
+                max_abs=float(np.abs(block).max()) if block.size else 0.0,
+                zero_fraction=float(np.mean(block == 0)) if block.size else 1.0,
+            )
+        )
+    small_side = min(jac.num_outputs, jac.num_params)
+    if spectrum is None:
+        spectrum = small_side <= RANK_AUTO_LIMIT
+    ranks = conditions = values = None
+    if spectrum:
+        values = tuple(singular_values(m) for m in jac.matrix)
+        eps = np.finfo(jac.matrix.dtype).eps
+        ranks, conditions = [], []
+        for s in values:
+            tol = max(jac.num_outputs, jac.num_params) * eps * (s[0] if s.size else 0.0)
+            nonzero = s[s > tol]
+            ranks.append(int(nonzero.size))
+            conditions.append(float(nonzero[0] / nonzero[-1]) if nonzero.size else float("inf"))
+        ranks, conditions = tuple(ranks), tuple(conditions)
+    return JacobianSummary(
+        layer=jac.layer,
+        shape=tuple(jac.matrix.shape),
+        frobenius=float(np.linalg.norm(jac.matrix)),
+        zero_fraction=float(np.mean(jac.matrix == 0)),
+        leaves=tuple(leaves),
+        rank=ranks,
+        condition=conditions,
+        singular_values=values,
+    )

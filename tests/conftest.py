@@ -1,0 +1,25 @@
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_enable_x64", True)  # float64 checks; models still default to float32
+
+from layersens.examples import LENET_DIGITS, LENET_DIGITS_NNX  # noqa: E402
+
+# Tolerances per dtype for comparisons against an independent computation of the same Jacobian.
+TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+@pytest.fixture(scope="session")
+def lenet_linen():
+    import layersens
+
+    return layersens.load_model(LENET_DIGITS)
+
+
+@pytest.fixture(scope="session")
+def lenet_nnx():
+    import layersens
+
+    return layersens.load_model(LENET_DIGITS_NNX)
