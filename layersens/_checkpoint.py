@@ -105,10 +105,16 @@ def save_model(
     except TypeError as e:
         raise SpecError(f"the model's constructor arguments {kwargs} are not JSON values ({e}); pass kwargs=.") from None
 
+    from ._split import flatten_params
+
+    state = jax.tree.map(np.asarray, state)
+    for name, leaf in flatten_params(state).items():
+        if leaf.dtype.kind not in "biufc":
+            raise SpecError(f"variable {name} has dtype {leaf.dtype}; a checkpoint holds numeric arrays only.")
+
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        state = jax.tree.map(np.asarray, state)
         with _checkpointer() as ck:
             ck.save(tmp / STATE_DIR, state, custom_metadata=spec.to_json())
         (tmp / SPEC_FILE).write_text(spec_json + "\n")

@@ -31,8 +31,10 @@ def read_inputs(path) -> np.ndarray:
 def select_inputs(model: Model, inputs=None, num_examples: int | None = None) -> np.ndarray:
     """The user's inputs, or the first ``num_examples`` of the model's own example inputs."""
     if inputs is not None:
-        x = read_inputs(inputs) if isinstance(inputs, (str, Path)) else np.asarray(inputs)
-        x = model.check_inputs(x, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else None)
+        is_path = isinstance(inputs, (str, Path))
+        x = read_inputs(inputs) if is_path else np.asarray(inputs)
+        name = f"inputs {inputs}" if is_path else "inputs"
+        x = model.check_inputs(x, name, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else None)
         return x if num_examples is None else x[:num_examples]
     if model.example_inputs is None:
         raise InputShapeError(
