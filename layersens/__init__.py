@@ -13,11 +13,12 @@ from ._errors import (
     UntrustedModuleError,
 )
 from ._extract import extract, read_inputs
-from ._jacobian import jacobian
+from ._jacobian import PlannedBlock, jacobian, plan
 from ._result import LayerJacobian, load_jacobian
 from ._spec import ModelSpec
 from ._split import LayerInfo, LayerSplit, list_layers, split
-from ._strategies import Auto, Forward, Reverse
+from ._strategies import Auto, Forward, PerLeaf, Reverse, Structured
+from ._structure import ChannelStructure, channel_structure
 from ._summary import JacobianSummary, LeafSummary, summarize
 
 __version__ = "0.1.0"

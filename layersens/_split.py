@@ -83,6 +83,7 @@ class LayerSplit:
     activation_dtype: str
     excluded: tuple[str, ...]
     input_dtype: str
+    cache: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def param_names(self) -> tuple[str, ...]:

@@ -1,90 +1,197 @@
 """How a Jacobian is computed: small strategy objects passed as ``mode=`` with a safe default, ``Auto()``.
 
-For one example, write M for the layer's number of outputs and P for the number of upstream parameters.
+Write M for the layer's outputs per example, P for the upstream parameters, and for a leaf that acts on the
+layer one channel at a time (see ``_structure``), C for its channels. A strategy turns a split into *blocks*:
+sets of leaves and the method computing their columns (see ``_kernels``). Every block works through its basis in
+chunks sized from the memory budget.
 
-* :class:`Forward` pushes P tangent vectors through the network (vmapped JVPs, ``jax.jacfwd``).
-* :class:`Reverse` pulls M cotangent vectors back through it (vmap over one ``jax.vjp`` pullback, ``jax.jacrev``).
-* :class:`Auto` picks the cheaper of the two by shape.
-
-Each works through its basis in chunks sized from the memory budget, so working memory stays bounded whatever
-M and P are; a chunk never materializes more of the identity basis than its own width.
+Costs are counted in passes per example (a JVP is about one forward pass from the leaf to the layer; a pullback
+about two). A reverse pass computes the rows of every leaf of its block at once, so leaves share reverse blocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+
+import numpy as np
 
 from ._errors import SpecError
 from ._split import LayerSplit
 
+# A pullback costs about two forward passes (the backward of a conv is two convs).
+REVERSE_PASS_COST = 2.0
+
 
 @dataclasses.dataclass(frozen=True)
 class Block:
-    """A set of upstream parameter leaves (adjacent columns) and the method that computes their columns."""
+    """Upstream leaves and the method that computes their columns: ``fwd``, ``rev``, ``fwd-colour``,
+    ``rev-colour``."""
 
     names: tuple[str, ...]
-    method: str  # "fwd" or "rev"
+    method: str
     chunk_size: int | None = None
+
+
+def _size(split: LayerSplit, name: str) -> int:
+    return int(np.prod(np.shape(split.params[name]), dtype=np.int64))
+
+
+def _runs(split: LayerSplit, names: set[str], method: str, chunk_size) -> list[Block]:
+    """Adjacent leaves in column order, grouped into one block each (one compiled kernel per run)."""
+    blocks, run = [], []
+    for name in split.param_names:
+        if name in names:
+            run.append(name)
+        elif run:
+            blocks.append(Block(tuple(run), method, chunk_size))
+            run = []
+    if run:
+        blocks.append(Block(tuple(run), method, chunk_size))
+    return blocks
 
 
 @dataclasses.dataclass(frozen=True)
 class Forward:
-    """Forward mode: one JVP per upstream parameter, vmapped over chunks of the parameter basis.
+    """Forward mode (``jax.jacfwd``): one JVP per upstream parameter, vmapped over chunks of the parameter basis.
 
-    Cost per example: P pushforwards, each about one forward pass from the first upstream parameter to the
-    layer; the primal pass is shared by a chunk. Working memory: chunk × (tangents of every intermediate).
-    Use when P < M: few parameters feeding a wide layer (early conv layers).
+    Cost: P passes per example, the primal shared within a chunk. Memory: chunk × tangents of the intermediates.
+    Use when P < M: few parameters feeding a wide layer.
     """
 
     chunk_size: int | None = None
     name = "fwd"
 
-    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
+    def blocks(self, split: LayerSplit, structure=None) -> tuple[Block, ...]:
         return (Block(split.param_names, "fwd", self.chunk_size),)
 
 
 @dataclasses.dataclass(frozen=True)
 class Reverse:
-    """Reverse mode: one pullback per layer output, vmapped over chunks of the output basis.
+    """Reverse mode (``jax.jacrev``): vmap over the pullback of one ``jax.vjp``, chunks of the output basis.
 
-    Cost per example: M pullbacks, each about one backward pass from the layer to the first upstream parameter,
-    after one shared forward pass. Working memory: the forward residuals plus chunk × (cotangents + P).
-    Use when M < P: narrow layers fed by many parameters (dense layers late in the network).
+    Cost: M pullbacks per example after one forward pass. Memory: residuals + chunk × (cotangents + P).
+    Use when M < P: narrow layers fed by many parameters.
     """
 
     chunk_size: int | None = None
     name = "rev"
 
-    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
+    def blocks(self, split: LayerSplit, structure=None) -> tuple[Block, ...]:
         return (Block(split.param_names, "rev", self.chunk_size),)
 
 
 @dataclasses.dataclass(frozen=True)
-class Auto:
-    """The default: forward mode when the upstream parameters are fewer than the layer's outputs, else reverse.
+class PerLeaf:
+    """Forward or reverse chosen per leaf by cost, without exploiting structure.
 
-    Cost: that of the chosen mode, i.e. min(P, M) vectorized passes per example.
+    Cost: Σ over forward leaves of their sizes + 2M if any leaf goes reverse. Use to compare against
+    :class:`Auto`, or where structure detection is unwanted.
     """
 
+    chunk_size: int | None = None
+    name = "per-leaf"
+
+    def blocks(self, split: LayerSplit, structure=None) -> tuple[Block, ...]:
+        return plan_blocks(split, {}, self.chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Structured:
+    """Column or row colouring for every channel-diagonal leaf, dense forward/reverse for the rest.
+
+    Cost: P_leaf / C JVPs (fwd-colour) or M / C shared pullbacks (rev-colour) per structured leaf, plus the write
+    of the dense block, which is mostly zeros and bound by memory bandwidth. Use to force colouring; :class:`Auto`
+    uses it only where it is cheaper.
+    """
+
+    chunk_size: int | None = None
+    name = "structured"
+
+    def blocks(self, split: LayerSplit, structure=None) -> tuple[Block, ...]:
+        return plan_blocks(split, structure or {}, self.chunk_size, force_structure=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Auto:
+    """The default: per leaf, the cheapest of forward, reverse, and (where the leaf acts one channel at a time)
+    column or row colouring, counting reverse passes as shared between leaves.
+
+    Cost: the minimum over those plans of the passes per example, plus writing the dense result.
+    """
+
+    chunk_size: int | None = None
     name = "auto"
 
-    def choose(self, split: LayerSplit):
-        return Forward() if split.num_params < split.num_outputs else Reverse()
-
-    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        return self.choose(split).blocks(split)
+    def blocks(self, split: LayerSplit, structure=None) -> tuple[Block, ...]:
+        return plan_blocks(split, structure or {}, self.chunk_size)
 
 
-STRATEGIES = {"auto": Auto, "fwd": Forward, "rev": Reverse}
+def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_structure=False) -> tuple[Block, ...]:
+    """Chooses a method per leaf minimizing the passes per example.
+
+    Reverse blocks have a fixed cost shared by their leaves (2M for dense rows, 2M/C for each channel count C of
+    row-coloured leaves), so we enumerate which reverse groups exist (at most a few) and give every leaf the
+    cheapest option among forward (its size, or size / C when coloured) and the existing groups.
+    """
+    last_axis = len(split.activation_shape) - 1
+    forward_cost = {}
+    for name in split.param_names:
+        s = structure.get(name)
+        forward_cost[name] = _size(split, name) // s.channels if s else _size(split, name)
+    groups = {("rev", None): REVERSE_PASS_COST * split.num_outputs}
+    for s in structure.values():
+        if s.output_axis == last_axis:
+            groups[("rev-colour", s.channels)] = REVERSE_PASS_COST * split.num_outputs / s.channels
+
+    def eligible(name, group):
+        kind, channels = group
+        if kind == "rev":
+            return not (force_structure and name in structure)
+        s = structure.get(name)
+        return s is not None and s.channels == channels and s.output_axis == last_axis
+
+    best = None
+    for r in range(len(groups) + 1):
+        for active in itertools.combinations(groups, r):
+            total = sum(groups[g] for g in active)
+            choice = {}
+            for name in split.param_names:
+                options = [(forward_cost[name], "fwd")]
+                options += [(0.0, g) for g in active if eligible(name, g)]
+                cost, pick = min(options, key=lambda o: o[0])
+                total += cost
+                choice[name] = pick
+            if best is None or total < best[0]:
+                best = (total, choice)
+    choice = best[1]
+
+    blocks: list[Block] = []
+    plain_forward = {n for n, c in choice.items() if c == "fwd" and n not in structure}
+    blocks += _runs(split, plain_forward, "fwd", chunk_size)
+    coloured = tuple(n for n in split.param_names if choice[n] == "fwd" and n in structure)
+    if coloured:
+        blocks.append(Block(coloured, "fwd-colour", chunk_size))
+    for group in groups:
+        names = tuple(n for n in split.param_names if choice[n] == group)
+        if names:
+            blocks.append(Block(names, group[0], chunk_size))
+    return tuple(blocks)
 
 
-def as_strategy(mode) -> Forward | Reverse | Auto:
-    """Accepts a strategy object or its name (``"auto"``, ``"fwd"``, ``"rev"``)."""
+STRATEGIES = {"auto": Auto, "fwd": Forward, "rev": Reverse, "per-leaf": PerLeaf, "structured": Structured}
+
+
+def as_strategy(mode):
+    """Accepts a strategy object or its name (see ``STRATEGIES``)."""
     if isinstance(mode, str):
         try:
             return STRATEGIES[mode]()
         except KeyError:
             raise SpecError(f"mode {mode!r} is not known; choose one of {sorted(STRATEGIES)}.") from None
     if not hasattr(mode, "blocks"):
-        raise SpecError(f"mode {mode!r} is not a strategy; pass Auto(), Forward(), Reverse() or a name.")
+        raise SpecError(
+            f"mode {mode!r} is not a strategy; pass one of Auto(), Forward(), Reverse(), PerLeaf(), Structured() "
+            "or a name."
+        )
     return mode

@@ -45,7 +45,7 @@ def test_extract_relu1_equals_jacrev_of_the_flat_function(tmp_path, model_dir):
     result = run("extract", "--layer", "relu1", "--model", model_dir, "--num-examples", 1, "--out", out)
     assert result.exit_code == 0, result.output
     for expected in ("relu1: (28, 28, 20) per example = 15,680 outputs", "240 parameters in 4 leaves",
-                     "(1, 15680, 240) float32", "fwd (asked: auto)", "cpu:0", "evaluation mode", str(out)):
+                     "(1, 15680, 240) float32", "fwd-colour (asked: auto)", "cpu:0", "evaluation mode", str(out)):
         assert expected in result.output
     jac = layersens.load_jacobian(out)
     model = layersens.load_model(model_dir)

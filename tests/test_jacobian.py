@@ -86,7 +86,7 @@ def test_lenet_relu1_equals_jacrev_of_flat_function(framework, lenet_linen, lene
     split = layersens.split(model, "relu1")
     x = model.example_inputs[:2]
     jac = layersens.jacobian(split, x)
-    assert jac.mode == "fwd" and jac.matrix.shape == (2, 15680, 240)
+    assert jac.mode == "fwd-colour" and jac.matrix.shape == (2, 15680, 240)
     for n in range(2):
         theta = np.concatenate([np.ravel(split.params[k]) for k in split.param_names])
         sizes = np.cumsum([np.size(split.params[k]) for k in split.param_names])[:-1]

@@ -75,14 +75,14 @@ def nnx_from_linen(variables: dict, **kwargs) -> LeNetNNX:
     params, stats = variables["params"], variables.get("batch_stats", {})
     for name in ("conv1", "conv2", "fc1", "fc2"):
         layer = getattr(model, name)
-        layer.kernel.value = jnp.asarray(params[name]["kernel"])
-        layer.bias.value = jnp.asarray(params[name]["bias"])
+        layer.kernel[...] = jnp.asarray(params[name]["kernel"])
+        layer.bias[...] = jnp.asarray(params[name]["bias"])
     for name in ("bn1", "bn2"):
         layer = getattr(model, name)
-        layer.scale.value = jnp.asarray(params[name]["scale"])
-        layer.bias.value = jnp.asarray(params[name]["bias"])
-        layer.mean.value = jnp.asarray(stats[name]["mean"])
-        layer.var.value = jnp.asarray(stats[name]["var"])
+        layer.scale[...] = jnp.asarray(params[name]["scale"])
+        layer.bias[...] = jnp.asarray(params[name]["bias"])
+        layer.mean[...] = jnp.asarray(stats[name]["mean"])
+        layer.var[...] = jnp.asarray(stats[name]["var"])
     return model
 
 

@@ -1,0 +1,134 @@
+"""Every strategy against every other, on linen and NNX models with conv, dense, normalization, pooling and
+residual layers; and the channel-structure analysis that the coloured strategies rely on."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from flax import nnx
+
+import layersens
+from tests.conftest import TOL
+from tests.tiny_models import TinyCNN, TinyCNNNNX, random_linen_variables
+
+STRATEGIES = {
+    "fwd": layersens.Forward(),
+    "rev": layersens.Reverse(),
+    "per-leaf": layersens.PerLeaf(),
+    "structured": layersens.Structured(),
+    "auto": layersens.Auto(),
+    "rev-chunk7": layersens.Reverse(chunk_size=7),
+    "structured-chunk2": layersens.Structured(chunk_size=2),
+}
+
+
+def linen_model():
+    module = TinyCNN()
+    return layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
+                                call_kwargs={"train": False})
+
+
+def nnx_model():
+    model = TinyCNNNNX(rngs=nnx.Rngs(1))
+    # nontrivial BatchNorm statistics, so normalization is not the identity
+    model.bn.mean[...] = jnp.linspace(-0.5, 0.5, 3, dtype=jnp.float32)
+    model.bn.var[...] = jnp.linspace(0.5, 2.0, 3, dtype=jnp.float32)
+    return layersens.from_nnx(model, (6, 6, 1))
+
+
+MODELS = {"linen": linen_model, "nnx": nnx_model}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def model(request):
+    return MODELS[request.param]()
+
+
+@pytest.mark.parametrize("layer", ["act", "res", "output"])
+def test_every_strategy_agrees_with_every_other(model, layer):
+    split = layersens.split(model, layer)
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 1)).astype(np.float32)
+    results = {name: layersens.jacobian(split, x, mode=s) for name, s in STRATEGIES.items()}
+    reference = jnp.stack([
+        jnp.concatenate([jnp.reshape(j, (split.num_outputs, -1)) for j in
+                         jax.jacfwd(lambda p: split.apply(p, xi))(split.params).values()], axis=1)
+        for xi in x])
+    # jax.jacfwd returns leaves in sorted-key order; reorder to the split's column order
+    sizes = {k: int(np.size(v)) for k, v in split.params.items()}
+    starts = dict(zip(sorted(sizes), np.cumsum([0] + [sizes[k] for k in sorted(sizes)])))
+    reference = np.concatenate([np.asarray(reference)[:, :, starts[k]:starts[k] + sizes[k]]
+                                for k in split.param_names], axis=2)
+    for name, jac in results.items():
+        np.testing.assert_allclose(jac.matrix, reference, **TOL[np.float32], err_msg=name)
+    for (a, ja), (b, jb) in itertools.combinations(results.items(), 2):
+        np.testing.assert_allclose(ja.matrix, jb.matrix, **TOL[np.float32], err_msg=f"{a} vs {b}")
+
+
+def test_structure_found_where_channels_are_separate(model):
+    x = jnp.zeros((6, 6, 1))
+    found = {layer: set(layersens.channel_structure(layersens.split(model, layer), x))
+             for layer in ("act", "res", "head", "output")}
+    assert found["act"] == {"conv/kernel", "conv/bias", "bn/scale", "bn/bias"}
+    assert found["res"] == {"res/kernel", "res/bias"}  # conv/bn feed 'res' through its input channels: mixed
+    assert found["head"] == {"head/kernel", "head/bias"}
+    assert found["output"] == {"head/kernel", "head/bias"}  # side branch is summed over its channels: mixed
+
+
+class Mixers(nn.Module):
+    """Operations that must lose channel structure: a residual sum over channels, a transpose of the channel
+    axis into a reduction, a grouped convolution, and a channel-axis pooling window."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(4, (3, 3), padding="SAME", name="conv")(x)
+        self.sow("intermediates", "sum_channels", h + h.mean(-1, keepdims=True))
+        self.sow("intermediates", "pool_channels", nn.max_pool(h[..., None], (1, 1, 2), strides=(1, 1, 2))[..., 0])
+        g = nn.Conv(4, (3, 3), padding="SAME", feature_group_count=2, name="grouped")(h)
+        self.sow("intermediates", "roll", jnp.roll(h, 1, axis=-1))
+        return g
+
+
+def test_structure_is_lost_where_channels_mix():
+    module = Mixers()
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 5, 5, 2)))
+    model = layersens.from_linen(module, variables, (5, 5, 2))
+    x = jnp.ones((5, 5, 2))
+    for layer in ("sum_channels", "pool_channels", "roll"):
+        assert layersens.channel_structure(layersens.split(model, layer), x) == {}, layer
+    grouped = layersens.channel_structure(layersens.split(model, "grouped"), x)
+    assert set(grouped) == {"grouped/bias"}  # the grouped kernel mixes channels within groups
+    xs = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype(np.float32)
+    for layer in ("sum_channels", "pool_channels", "roll", "grouped"):
+        split = layersens.split(model, layer)
+        a = layersens.jacobian(split, xs, mode="auto").matrix
+        b = layersens.jacobian(split, xs, mode="fwd").matrix
+        np.testing.assert_allclose(a, b, **TOL[np.float32], err_msg=layer)
+
+
+def test_auto_plans_by_shape_on_the_shipped_example(lenet_linen):
+    x = lenet_linen.example_inputs[0]
+    methods = {}
+    for layer in ("relu1", "relu2", "fc1"):
+        blocks, _ = layersens.plan(layersens.split(lenet_linen, layer), x)
+        methods[layer] = {name: b.method for b in blocks for name in b.names}
+    assert set(methods["relu1"].values()) == {"fwd-colour"}
+    assert methods["relu2"]["conv1/kernel"] == "fwd" and methods["relu2"]["conv2/kernel"] == "fwd-colour"
+    assert methods["fc1"]["conv2/kernel"] == "rev" and methods["fc1"]["fc1/kernel"] in ("rev", "rev-colour")
+
+
+def test_structured_matches_dense_on_lenet_relu2_and_fc1(lenet_linen):
+    x = lenet_linen.example_inputs[:1]
+    for layer, dense in (("relu2", "fwd"), ("fc1", "rev")):
+        split = layersens.split(lenet_linen, layer)
+        a = layersens.jacobian(split, x, mode="structured")
+        b = layersens.jacobian(split, x, mode=dense)
+        assert "colour" in a.mode
+        np.testing.assert_allclose(a.matrix, b.matrix, **TOL[np.float32], err_msg=layer)
+
+
+def test_unknown_mode_lists_the_names(lenet_linen):
+    with pytest.raises(layersens.SpecError, match=r"mode 'fast' is not known; choose one of \['auto', 'fwd'"):
+        layersens.jacobian(layersens.split(lenet_linen, "relu1"), lenet_linen.example_inputs[:1], mode="fast")
