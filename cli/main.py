@@ -99,8 +99,10 @@ def layers(model_dir, allow_import):
 @model_option
 @click.option("--inputs", type=click.Path(path_type=Path), help="A .npy file of inputs, (examples,) + input shape.")
 @click.option("--num-examples", type=int, help="How many examples to use (default: 4 of the model's own inputs).")
-@click.option("--mode", type=click.Choice(["auto", "fwd", "rev"]), default="auto", show_default=True,
-              help="fwd: one JVP per parameter; rev: one VJP per output; auto: the cheaper by shape.")
+@click.option("--mode", type=click.Choice(["auto", "fwd", "rev", "per-leaf", "structured"]), default="auto",
+              show_default=True,
+              help="fwd: one JVP per parameter; rev: one pullback per output; per-leaf: the cheaper of the two per "
+                   "leaf; structured: channel colouring where leaves act per channel; auto: cheapest plan.")
 @click.option("--max-memory", help="Working-memory budget, e.g. 2GB; chunk sizes follow from it.")
 @click.option("--device", help="cpu or gpu (default: JAX's default device).")
 @click.option("--out", "out_path", type=click.Path(path_type=Path),

@@ -2,6 +2,7 @@
 
 from ._adapters import Model, from_linen, from_nnx
 from ._checkpoint import load_model, read_model_spec, save_model
+from ._compressed import CompressedJacobian, compressed_jacobian
 from ._errors import (
     CheckpointError,
     InputShapeError,

@@ -132,3 +132,25 @@ def test_structured_matches_dense_on_lenet_relu2_and_fc1(lenet_linen):
 def test_unknown_mode_lists_the_names(lenet_linen):
     with pytest.raises(layersens.SpecError, match=r"mode 'fast' is not known; choose one of \['auto', 'fwd'"):
         layersens.jacobian(layersens.split(lenet_linen, "relu1"), lenet_linen.example_inputs[:1], mode="fast")
+
+
+@pytest.mark.parametrize("layer", ["act", "output"])
+def test_compressed_form_converts_losslessly_to_dense(model, layer):
+    split = layersens.split(model, layer)
+    x = np.random.default_rng(3).normal(size=(2, 6, 6, 1)).astype(np.float32)
+    compressed = layersens.compressed_jacobian(split, x, max_memory=1)  # one basis vector per chunk
+    assert set(compressed.channel_blocks) == set(layersens.channel_structure(split, jnp.asarray(x[0])))
+    dense = layersens.jacobian(split, x, mode="fwd")
+    np.testing.assert_allclose(compressed.to_dense().matrix, dense.matrix, **TOL[np.float32])
+    assert compressed.to_dense().param_names == dense.param_names
+
+
+def test_compressed_relu1_is_twenty_times_smaller(lenet_linen):
+    split = layersens.split(lenet_linen, "relu1")
+    x = lenet_linen.example_inputs[:1]
+    compressed = layersens.compressed_jacobian(split, x)
+    assert compressed.dense_part is None
+    assert compressed.channel_blocks["conv1/kernel"].shape == (1, 28, 28, 20, 9)
+    dense = layersens.jacobian(split, x)
+    assert dense.nbytes == 20 * compressed.nbytes
+    np.testing.assert_array_equal(compressed.to_dense().matrix, dense.matrix)
