@@ -104,6 +104,8 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
         bounds = np.cumsum([0] + within)
         if len(names) > 1 and width != bounds[-1]:
             raise ValueError("a colouring block of several leaves is computed in one chunk")
+        ends = [starts[k] + int(np.prod(shapes[k], dtype=np.int64)) for k in names]
+        adjacent = len(names) > 1 and all(e == starts[k] for e, k in zip(ends[:-1], names[1:]))
 
         def update(params, x, buf, n, offset):
             def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
@@ -114,6 +116,7 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
             s0 = jnp.zeros(int(bounds[-1]), params[names[0]].dtype)
             basis = one_hot_rows(offset, width, s0.size, s0.dtype)
             compressed = jax.vmap(lambda v: jax.jvp(g, (s0,), (v,))[1])(basis)  # (width, *act)
+            blocks = []
             for k, a, b in zip(names, bounds[:-1], bounds[1:]):
                 C, axis = structure[k].channels, structure[k].output_axis
                 part = compressed if len(names) == 1 else compressed[a:b]
@@ -121,8 +124,11 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
                 full = act_shape + (part.shape[0], C)
                 same_channel = lax.broadcasted_iota(jnp.int32, full, axis) == lax.broadcasted_iota(
                     jnp.int32, full, len(full) - 1)
-                block = jnp.where(same_channel, values, 0).reshape(M, part.shape[0] * C)
-                buf = _write(buf, block, n, 0, starts[k] + offset * C)
+                blocks.append(jnp.where(same_channel, values, 0).reshape(M, part.shape[0] * C))
+            if adjacent:  # one write of whole row segments instead of one strided write per leaf
+                return _write(buf, jnp.concatenate(blocks, axis=1), n, 0, starts[names[0]] + offset * C)
+            for k, block in zip(names, blocks):
+                buf = _write(buf, block, n, 0, starts[k] + offset * structure[k].channels)
             return buf
 
     elif method == "rev-colour":
