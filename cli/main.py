@@ -152,3 +152,12 @@ def summarize(path, spectrum):
             out.print(f"example {n}: rank {rank} of {min(summary.shape[1:])}, condition {cond:.4g}")
     else:
         out.print("rank and condition skipped (large); pass --spectrum to compute them.")
+
+
+def _register_bench():
+    from .bench import bench
+
+    main.add_command(bench)
+
+
+_register_bench()

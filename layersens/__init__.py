@@ -2,6 +2,8 @@
 
 from ._adapters import Model, from_linen, from_nnx
 from ._checkpoint import load_model, read_model_spec, save_model
+from ._bench import BenchmarkReport, run_benchmark, write_report
+from ._bench_methods import available_methods as benchmark_methods
 from ._compressed import CompressedJacobian, compressed_jacobian
 from ._errors import (
     CheckpointError,

@@ -51,6 +51,14 @@ def resolve_device(device=None) -> jax.Device:
         ) from None
 
 
+def _describe(blocks) -> str:
+    """``"fwd-colour"`` when one method computed everything, else each method with its leaves."""
+    methods = {b.method for b in blocks}
+    if len(methods) == 1:
+        return methods.pop()
+    return ", ".join(f"{b.method}[{'+'.join(b.names)}]" for b in blocks)
+
+
 def check_size(split: LayerSplit, num_examples: int) -> int:
     """Bytes of the dense result; raises if it cannot fit in memory."""
     itemsize = np.dtype(split.activation_dtype).itemsize
@@ -176,7 +184,7 @@ def jacobian(
         param_names=split.param_names,
         param_shapes=split.param_shapes,
         excluded_params=split.excluded,
-        mode=", ".join(f"{b.method}[{'+'.join(b.names)}]" for b in blocks) if len(blocks) > 1 else blocks[0].method,
+        mode=_describe(blocks),
         dtype=str(dtype),
         device=f"{dev.platform}:{dev.id}",
         eval_mode=split.model.eval_mode,

@@ -104,8 +104,6 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
         bounds = np.cumsum([0] + within)
         if len(names) > 1 and width != bounds[-1]:
             raise ValueError("a colouring block of several leaves is computed in one chunk")
-        ends = [starts[k] + int(np.prod(shapes[k], dtype=np.int64)) for k in names]
-        adjacent = len(names) > 1 and all(e == starts[k] for e, k in zip(ends[:-1], names[1:]))
 
         def update(params, x, buf, n, offset):
             def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
@@ -125,8 +123,6 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
                 same_channel = lax.broadcasted_iota(jnp.int32, full, axis) == lax.broadcasted_iota(
                     jnp.int32, full, len(full) - 1)
                 blocks.append(jnp.where(same_channel, values, 0).reshape(M, part.shape[0] * C))
-            if adjacent:  # one write of whole row segments instead of one strided write per leaf
-                return _write(buf, jnp.concatenate(blocks, axis=1), n, 0, starts[names[0]] + offset * C)
             for k, block in zip(names, blocks):
                 buf = _write(buf, block, n, 0, starts[k] + offset * structure[k].channels)
             return buf

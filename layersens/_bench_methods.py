@@ -1,0 +1,218 @@
+"""The methods a benchmark compares, each computing the same ``(examples, M, P)`` Jacobian of one split.
+
+Every method works on the split's own per-example function and the same inputs, and loops over examples in
+Python the way :func:`layersens.jacobian` does, writing into a fresh host array, so the methods differ only in
+how one example's Jacobian is computed:
+
+* ``loop-jit``: one ``jax.jit`` of the scalar gradient of output ``i`` (``i`` traced, compiled once), called for
+  every output element of every example: the loop a competent user writes.
+* ``loop-nojit``: the same gradient without ``jax.jit``, op by op.
+* ``vmap-vjp``: one ``jax.vjp``, its pullback vmapped over the identity basis of the outputs, jitted.
+* ``jacrev`` / ``jacfwd``: ``jax.jit(jax.jacrev(...))`` / ``jax.jit(jax.jacfwd(...))``.
+* ``layersens-<strategy>``: :func:`layersens.jacobian` with each strategy in ``_strategies.STRATEGIES``.
+
+The dense methods differentiate one flat function of the upstream parameters concatenated in
+``split.param_names`` order, so columns line up with layersens' and every method yields the same matrix.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import layersens
+
+from ._split import LayerSplit
+
+LOOP_METHODS = ("loop-jit", "loop-nojit")
+DENSE_METHODS = ("vmap-vjp", "jacrev", "jacfwd")
+LAYERSENS_PREFIX = "layersens-"
+
+
+def layersens_modes() -> tuple[str, ...]:
+    """Strategy names to benchmark, read when called: strategies are registered in ``STRATEGIES`` over time."""
+    from ._strategies import STRATEGIES
+
+    return ("auto",) + tuple(name for name in STRATEGIES if name != "auto")
+
+
+def available_methods() -> tuple[str, ...]:
+    return LOOP_METHODS + DENSE_METHODS + tuple(LAYERSENS_PREFIX + m for m in layersens_modes())
+
+
+def flat_parameters(split: LayerSplit):
+    """The upstream leaves concatenated in ``param_names`` order, and the function of that vector.
+
+    ``g(theta, x)`` is the raveled activation for one example, so ``d g / d theta`` is one example's ``(M, P)``
+    block of the flat Jacobian, with layersens' row and column order.
+    """
+    names, shapes = split.param_names, split.param_shapes
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    bounds = np.cumsum([0] + sizes)
+    theta = jnp.concatenate([jnp.ravel(split.params[n]) for n in names])
+
+    def g(t, x):
+        params = {n: t[a:b].reshape(s) for n, a, b, s in zip(names, bounds[:-1], bounds[1:], shapes)}
+        return jnp.ravel(split.apply(params, x))
+
+    return theta, g
+
+
+def _vmap_vjp(g):
+    def jac(theta, x):
+        y, pullback = jax.vjp(lambda t: g(t, x), theta)
+        return jax.vmap(pullback)(jnp.eye(y.size, dtype=y.dtype))[0]
+
+    return jac
+
+
+_DENSE_TRANSFORMS = {
+    "vmap-vjp": _vmap_vjp,
+    "jacrev": jax.jacrev,
+    "jacfwd": jax.jacfwd,
+}
+
+
+class DenseMethod:
+    """``jax.jit`` of one whole-example Jacobian transform, called once per example.
+
+    Cost: one compilation, then per example one call whose working memory holds the full identity basis and
+    one tangent (or cotangent) of every intermediate per basis vector: see :meth:`working_bytes`.
+    """
+
+    def __init__(self, name: str, split: LayerSplit, xs: np.ndarray):
+        self.name, self.split = name, split
+        theta, g = flat_parameters(split)
+        self.theta = jax.device_put(theta)
+        self.xs = jax.device_put(jnp.asarray(xs))
+        self._jitted = jax.jit(_DENSE_TRANSFORMS[name](g))
+        self._compiled = None
+
+    def compile(self) -> float:
+        start = time.perf_counter()
+        self._compiled = self._jitted.lower(self.theta, self.xs[0]).compile()
+        return time.perf_counter() - start
+
+    def working_bytes(self) -> int | None:
+        """XLA's own count of the compiled program's buffers (temporaries, arguments, output), or ``None``."""
+        try:
+            stats = self._compiled.memory_analysis()
+        except Exception:  # not every backend implements it
+            return None
+        if stats is None:
+            return None
+        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+
+    def full(self) -> np.ndarray:
+        split = self.split
+        out = np.empty((len(self.xs), split.num_outputs, split.num_params), split.activation_dtype)
+        for n in range(len(self.xs)):
+            out[n] = np.asarray(self._compiled(self.theta, self.xs[n]))
+        return out
+
+
+class LoopMethod:
+    """One scalar gradient per output element: ``grad(lambda p: ravel(apply(p, x))[i])``.
+
+    With ``jit=True`` the gradient is compiled once with ``i`` traced, and each call costs one forward and one
+    backward pass from the first upstream parameter to the layer, plus dispatch. Without jit every call
+    re-traces and runs op by op, including the layers after the split point. :meth:`rows` computes any subset
+    of the ``(example, output)`` pairs, so a loop too slow to run in full can be timed on a sample.
+    """
+
+    def __init__(self, name: str, split: LayerSplit, xs: np.ndarray):
+        self.name, self.split = name, split
+        self.params = jax.device_put(split.params)
+        self.xs = jax.device_put(jnp.asarray(xs))
+        names = split.param_names
+
+        def row(p, x, i):
+            gradient = jax.grad(lambda q: jnp.ravel(split.apply(q, x))[i])(p)
+            return jnp.concatenate([jnp.ravel(gradient[n]) for n in names])
+
+        self._row = row
+        self._call = None if name == "loop-jit" else row
+
+    def compile(self) -> float | None:
+        if self.name != "loop-jit":
+            return None
+        start = time.perf_counter()
+        self._call = jax.jit(self._row).lower(self.params, self.xs[0], np.int32(0)).compile()
+        return time.perf_counter() - start
+
+    def rows(self, pairs: np.ndarray) -> np.ndarray:
+        """Gradients of the given ``(example, output)`` pairs, shape ``(len(pairs), P)``."""
+        out = np.empty((len(pairs), self.split.num_params), self.split.activation_dtype)
+        for k, (n, i) in enumerate(pairs):
+            out[k] = np.asarray(self._call(self.params, self.xs[n], np.int32(i)))
+        return out
+
+    def full(self) -> np.ndarray:
+        split = self.split
+        out = np.empty((len(self.xs), split.num_outputs, split.num_params), split.activation_dtype)
+        for n in range(len(self.xs)):
+            x = self.xs[n]
+            for i in range(split.num_outputs):
+                out[n, i] = np.asarray(self._call(self.params, x, np.int32(i)))
+        return out
+
+
+class LayersensMethod:
+    """:func:`layersens.jacobian` with one strategy. Its first call compiles (kept on the split for later calls);
+    each call reports compile time (``compile_seconds``) and compute time (``seconds``) separately."""
+
+    def __init__(self, name: str, split: LayerSplit, xs: np.ndarray):
+        self.name, self.split, self.xs = name, split, xs
+        self.mode = name[len(LAYERSENS_PREFIX):]
+        self.last = None
+        self.first_compile_seconds = None
+
+    def compile(self) -> None:
+        return None  # compiled inside each call; see ``last.compile_seconds``
+
+    def full(self) -> np.ndarray:
+        self.last = None  # let the previous result go before the next is allocated
+        # Looked up on the package at call time, so a replaced ``layersens.jacobian`` is what gets measured.
+        self.last = layersens.jacobian(self.split, self.xs, mode=self.mode)
+        if self.first_compile_seconds is None:
+            self.first_compile_seconds = self.last.compile_seconds
+        return self.last.matrix
+
+
+def make_method(name: str, split: LayerSplit, xs: np.ndarray):
+    if name in LOOP_METHODS:
+        return LoopMethod(name, split, xs)
+    if name in DENSE_METHODS:
+        return DenseMethod(name, split, xs)
+    if name.startswith(LAYERSENS_PREFIX):
+        return LayersensMethod(name, split, xs)
+    raise KeyError(name)
+
+
+def sample_pairs(num_examples: int, num_outputs: int, k: int, seed: int) -> np.ndarray:
+    """``k`` distinct ``(example, output)`` pairs drawn uniformly without replacement (all of them if fewer)."""
+    total = num_examples * num_outputs
+    if k >= total:
+        flat = np.arange(total)
+    else:
+        flat = np.sort(np.random.default_rng(seed).choice(total, size=k, replace=False))
+    return np.stack([flat // num_outputs, flat % num_outputs], axis=1)
+
+
+def compare(result: np.ndarray, reference: np.ndarray, rtol: float, atol: float) -> tuple[bool, float]:
+    """Whether ``|result - reference| <= atol + rtol·|reference|`` everywhere, and the largest error.
+
+    Works one example (first axis) at a time, so the float64 differences never cost more than one example."""
+    if result.shape != reference.shape:
+        return False, float("inf")
+    ok, worst = True, 0.0
+    for r, ref in zip(result, reference):
+        if not np.all(np.isfinite(r)):
+            return False, float("inf")
+        error = np.abs(r.astype(np.float64) - ref)
+        ok &= bool(np.all(error <= atol + rtol * np.abs(ref)))
+        worst = max(worst, float(error.max()) if error.size else 0.0)
+    return ok, worst

@@ -1,0 +1,270 @@
+"""Benchmark reports: a paragraph of findings derived from the numbers, and the Markdown, JSON and PNG files.
+
+Every sentence in a report is computed from the measurements of that run: which method won, by how much, how
+close it came to the memory-write floor. Nothing is claimed that the numbers do not show. Files are written
+atomically (a temporary file in the same directory, then ``os.replace``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from ._errors import LayersensError, format_bytes
+
+FORMAT = "layersens-benchmark/1"
+FILES = ("report.md", "report.json", "plot.png")
+_GB = 1e9
+
+
+def _t(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds * 1e6:.0f} µs"
+
+
+def _r(ratio: float) -> str:
+    """A ratio with as many digits as matter: 1,700, 35.2, 5.59, 0.0121."""
+    if ratio >= 100:
+        return f"{ratio:,.0f}"
+    if ratio >= 10:
+        return f"{ratio:.1f}"
+    return f"{ratio:.3g}"
+
+
+def _x(ratio: float | None) -> str:
+    return "—" if ratio is None else f"{_r(ratio)}×"
+
+
+def _pct(fraction: float | None) -> str:
+    if fraction is None:
+        return "—"
+    return f"{fraction:.1%}" if fraction >= 0.001 else f"{fraction * 100:.2g}%"
+
+
+def _span(values) -> str:
+    lo, hi = min(values), max(values)
+    return _x(lo) if _r(lo) == _r(hi) else f"{_x(lo)} to {_x(hi)}"
+
+
+def _ok(case):
+    return sorted((m for m in case.methods if m.ok), key=lambda m: m.steady_seconds)
+
+
+def describe_case(case, bandwidth) -> str:
+    """What one case's numbers show, in words."""
+    ok = _ok(case)
+    where = (f"For {case.layer} at {case.num_examples} example(s) (M = {case.num_outputs:,} outputs, "
+             f"P = {case.num_params:,} upstream parameters, {format_bytes(case.jacobian_bytes)} dense)")
+    if not ok:
+        return f"{where}, no method produced a verified result."
+    win, loop = ok[0], case.method("loop-jit")
+    text = [f"{where}, {win.name} was fastest: {_t(win.steady_seconds)} after compilation"]
+    if loop is not None and loop.ok and win is not loop:
+        label = ", extrapolated" if loop.extrapolated else ""
+        text[-1] += f", {_x(win.speedup_vs_loop)} the jitted scalar loop ({_t(loop.steady_seconds)}{label})"
+    if win.speedup_vs_best_jax is not None and win.name not in ("jacrev", "jacfwd"):
+        text[-1] += f" and {_x(win.speedup_vs_best_jax)} the better of jax.jacrev/jax.jacfwd"
+    text[-1] += "."
+    close = [m.name for m in ok[1:] if m.steady_seconds <= 1.1 * win.steady_seconds]
+    if close:
+        text.append(f"{', '.join(close)} came within 10% of it, inside this machine's run-to-run noise.")
+    fwd, rev = case.method("jacfwd"), case.method("jacrev")
+    if fwd is not None and rev is not None and fwd.ok and rev.ok:
+        ratio = rev.steady_seconds / fwd.steady_seconds
+        shape_says = case.num_params < case.num_outputs
+        agrees = (ratio > 1) == shape_says
+        text.append(
+            f"Forward mode pushes P = {case.num_params:,} tangents per example and reverse mode pulls back "
+            f"M = {case.num_outputs:,} cotangents; jacfwd was {_x(ratio if ratio >= 1 else 1 / ratio)} "
+            f"{'faster' if ratio >= 1 else 'slower'} than jacrev, "
+            f"{'as that count predicts' if agrees else 'against what that count alone predicts'}.")
+    elif fwd is not None and fwd.status == "skipped":
+        text.append(f"jacfwd was not run: {fwd.reason}.")
+    if rev is not None and rev.ok and loop is not None and loop.ok:
+        r = rev.speedup_vs_loop
+        if r < 1:
+            text.append(f"jax.jacrev took {_x(1 / r)} as long as the jitted loop: vectorizing the same pullbacks "
+                        "bought nothing over a compiled loop here.")
+        else:
+            text.append(f"jax.jacrev was {_x(r)} as fast as the jitted loop" + (
+                ": vectorizing the same pullbacks gains little over a compiled loop here." if r < 3 else "."))
+    nojit = case.method("loop-nojit")
+    if nojit is not None and nojit.ok and loop is not None and loop.ok:
+        text.append(f"Without jit the loop took {_x(nojit.steady_seconds / loop.steady_seconds)} as long as with it.")
+    if win.write_fraction is not None:
+        floor = case.jacobian_bytes / bandwidth.fill
+        text.append(
+            f"{win.name} produced the dense matrix at {win.bytes_per_second / _GB:.3g} GB/s, "
+            f"{_pct(win.write_fraction)} of this machine's measured write bandwidth ({bandwidth.fill / _GB:.3g} GB/s; "
+            f"writing the result alone takes {_t(floor)})" + (
+                ", so it is near the floor set by writing the result: further gains on the dense matrix must come "
+                "from writing less of it." if win.write_fraction >= 0.25 else
+                ", so computing, not writing, still dominates its time."))
+    if win.compile_seconds and win.compile_seconds > win.steady_seconds:
+        text.append(f"Its compilation ({_t(win.compile_seconds)}) takes longer than its computation, so a single "
+                    "call is dominated by compiling.")
+    missing = [f"{m.name} {m.status} ({m.reason})" for m in case.methods if not m.ok]
+    if missing:
+        text.append("Not timed: " + "; ".join(missing) + ".")
+    return " ".join(text)
+
+
+def describe_overview(report) -> str:
+    """Which method won where, across every case."""
+    wins: dict[str, list[str]] = {}
+    for case in report.cases:
+        ok = _ok(case)
+        if ok:
+            wins.setdefault(ok[0].name, []).append(f"{case.layer} ×{case.num_examples}")
+    if not wins:
+        return "No method produced a verified result."
+    parts = [f"{name} in {len(where)} ({', '.join(where)})" for name, where in
+             sorted(wins.items(), key=lambda kv: -len(kv[1]))]
+    text = [f"Fastest method per case, over {len(report.cases)} case(s): " + "; ".join(parts) + "."]
+    best = []
+    for case in report.cases:
+        ours = [m for m in _ok(case) if m.name.startswith("layersens-") and m.speedup_vs_loop is not None]
+        if ours:
+            best.append((ours[0].speedup_vs_loop, ours[0].speedup_vs_best_jax, case))
+    if best:
+        text.append(f"The best layersens strategy per case was {_span([b[0] for b in best])} as fast as the jitted "
+                    "scalar loop")
+        jax_ratios = [b[1] for b in best if b[1] is not None]
+        if jax_ratios:
+            text[-1] += f" and {_span(jax_ratios)} as fast as the better of jacrev/jacfwd"
+        text[-1] += "."
+    extrapolated = [c for c in report.cases if (m := c.method("loop-jit")) is not None and m.extrapolated]
+    if extrapolated:
+        text.append(f"The jitted loop was extrapolated from a sample in {len(extrapolated)} case(s) (marked).")
+    return " ".join(text)
+
+
+def _jsonable(value):
+    if dataclasses.is_dataclass(value):
+        out = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if hasattr(value, "added_bytes"):
+            out["added_bytes"] = value.added_bytes
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no infinity
+    return value
+
+
+def report_json(report) -> dict:
+    data = _jsonable(report)
+    data["format"] = FORMAT
+    data.pop("files", None)
+    return data
+
+
+def _method_row(m) -> list[str]:
+    memory = m.memory.added_bytes if m.memory is not None else None
+    memory_text = format_bytes(memory) if memory is not None else (
+        "not measured (see JSON)" if m.memory is not None and m.memory.error else "—")
+    return [m.name, m.status, _t(m.compile_seconds), _t(m.steady_seconds) + (" *" if m.extrapolated else ""),
+            m.timing or m.reason, _x(m.speedup_vs_loop), _x(m.speedup_vs_best_jax),
+            "—" if m.bytes_per_second is None else f"{m.bytes_per_second / _GB:.3g}",
+            _pct(m.write_fraction), memory_text,
+            "—" if m.max_abs_error is None else f"{m.max_abs_error:.2g}"]
+
+
+def _table(header, rows) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(str(c).replace("|", "/") for c in row) + " |" for row in rows]
+
+
+def report_markdown(report) -> str:
+    env, bw, s = report.environment, report.bandwidth, report.settings
+    threads = ", ".join(f"{k}={v}" for k, v in env.thread_settings if v is not None) or "none set"
+    lines = [f"# layersens benchmark: {report.model_name} ({report.framework})", "",
+             f"Model `{report.model_dir}` ({report.eval_mode.rstrip('.')}). Created {report.created}.", "",
+             "## Findings", "", report.overview, ""]
+    for case in report.cases:
+        lines += [f"- **{case.layer} ×{case.num_examples}.** {case.summary}"]
+    bandwidth = (f"fill {bw.fill / _GB:.3g} GB/s, copy {bw.copy / _GB:.3g} GB/s written, first touch "
+                 f"{bw.first_touch / _GB:.3g} GB/s ({format_bytes(bw.buffer_bytes)} float32, median of {bw.repeats})")
+    lines += ["", "## Machine", ""] + _table(["", ""], [
+        ["devices", ", ".join(env.devices)],
+        ["CPU", f"{env.cpu_model}; os.cpu_count() = {env.cpu_count}, usable = {env.usable_cpus}"],
+        ["load average at start", str(env.load_average)],
+        ["available memory", format_bytes(env.available_memory_bytes)],
+        ["versions", ", ".join(f"{k} {v}" for k, v in env.versions) + f", python {env.python}"],
+        ["platform", env.platform], ["thread settings", threads], ["memory-write bandwidth", bandwidth]])
+    lines += ["", "## How it was measured", "",
+              f"- Every method's result is compared with one reference (named per case) before it is timed: "
+              f"|result − reference| ≤ {s.atol:g} + {s.rtol:g}·|reference| everywhere (loops: on their sampled "
+              "rows, and on the whole matrix when run in full). A method that differs or raises is reported as "
+              "failed and not timed; a dense JAX method whose compiled program (XLA's count) needs more than "
+              f"{s.memory_fraction:.0%} of available memory is skipped.",
+              "- Compile time is `jax.jit(f).lower(...).compile()`; steady-state time is the median of "
+              f"{s.repeats} runs after one warm-up run, for all examples, results copied to host memory"
+              + (f"; a method whose warm-up run was long gets only as many runs as fit in {s.method_budget_s:g} s "
+                 "(at least one; the timing column says so)." if s.method_budget_s is not None else "."),
+              *([f"- Run limit: each method but the loops first compiled and ran once in a process of its own; one "
+                 f"that did not finish within {s.run_limit_s:g} s there was stopped and is reported as skipped, "
+                 "not run here."] if s.run_limit_s is not None else []),
+              "- layersens compiles inside every `layersens.jacobian` call, so its steady state is the median of the "
+              "`.seconds` it reports (compute, compile excluded) and its compile time the median `.compile_seconds`; "
+              "the whole call's wall time is in the JSON (`wall_seconds`).",
+              f"- loop-jit runs in full while one full loop is estimated to take at most {s.loop_budget_s:g} s (with "
+              f"as many repeats as fit, at least one); beyond that it is timed on {s.loop_sample} random gradients "
+              f"(seed {s.seed}) and extrapolated. loop-nojit is timed on {s.nojit_sample} random gradients. "
+              "Extrapolated times are marked *.",
+              "- Peak memory: each method runs once (compilation included) in a fresh process before it is timed "
+              "here; the column is the growth of its peak resident set over the baseline after loading the model. Loops run their "
+              "sample into a faulted-in full result buffer.",
+              "- Ratios are steady-state times: `vs loop-jit` = loop-jit time ÷ method time, `vs best jax` = the "
+              "faster of jacrev/jacfwd ÷ method time. `% write bw` = dense Jacobian bytes per second ÷ the fill "
+              "bandwidth above.", ""]
+    header = ["method", "status", "compile", "steady", "timing", "vs loop-jit", "vs best jax", "GB/s",
+              "% write bw", "peak added", "max abs err"]
+    for case in report.cases:
+        lines += [f"## {case.layer}, {case.num_examples} example(s)", "",
+                  f"Jacobian {case.num_examples} × {case.num_outputs:,} × {case.num_params:,} "
+                  f"({case.num_leaves} upstream leaves) = {format_bytes(case.jacobian_bytes)}; reference: "
+                  f"{case.reference}.", ""]
+        lines += _table(header, [_method_row(m) for m in case.methods]) + ["", case.summary, ""]
+    lines += ["## Plot", "", "![steady-state time per method](plot.png)", ""]
+    return "\n".join(lines)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_report(report, out_dir) -> tuple[Path, Path, Path]:
+    """Writes ``report.md``, ``report.json`` and ``plot.png`` into ``out_dir`` (created if needed), each
+    atomically, and returns their paths."""
+    out_dir = Path(out_dir)
+    paths = tuple(out_dir / name for name in FILES)
+    from ._report_plot import report_plot  # matplotlib is imported only when a report is written
+
+    contents = (report_markdown(report).encode(), (json.dumps(report_json(report), indent=2) + "\n").encode(),
+                report_plot(report))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for path, data in zip(paths, contents):
+            _write_atomic(path, data)
+    except OSError as e:
+        raise LayersensError(f"cannot write the benchmark report into {out_dir} ({e.strerror or e}); choose a "
+                             "writable directory (--out DIR).") from None
+    return paths

@@ -1,0 +1,186 @@
+"""The benchmark harness on a tiny saved model: files, fields, verification, extrapolation, failures, CLI."""
+
+import dataclasses
+import json
+
+import click
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import layersens
+from layersens import run_benchmark
+from layersens import benchmark_methods as available_methods
+from layersens._bench_worker import PeakMemory
+from tests.bench_tiny import Tiny
+
+FAST = dict(repeats=2, bandwidth_bytes=4 * 2**20, measure_memory=False, allow_import=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    module = Tiny()
+    variables = module.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1), jnp.float32))
+    inputs = np.random.default_rng(0).normal(size=(3, 4, 4, 1)).astype(np.float32)
+    return layersens.save_model(tmp_path_factory.mktemp("models") / "tiny", module, variables, input_shape=(4, 4, 1),
+                                example_inputs=inputs)
+
+
+@pytest.fixture(scope="module")
+def full_report(tiny_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return run_benchmark(tiny_dir, ["act", "hidden"], num_examples=2, out_dir=out, loop_sample=8, nojit_sample=4,
+                         **{**FAST, "repeats": 1}), out
+
+
+def test_report_files_and_json_fields(full_report):
+    report, out = full_report
+    assert sorted(p.name for p in out.iterdir()) == ["plot.png", "report.json", "report.md"]
+    assert [str(out / n) for n in ("report.md", "report.json", "plot.png")] == list(report.files)
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((out / "report.json").read_text())
+    assert data["format"] == "layersens-benchmark/1"
+    for key in ("environment", "bandwidth", "settings", "cases", "overview", "model_dir"):
+        assert key in data
+    assert {"devices", "versions", "thread_settings", "cpu_count"} <= set(data["environment"])
+    assert data["bandwidth"]["fill"] > 0 and data["bandwidth"]["first_touch"] > 0
+    assert [(c["layer"], c["num_examples"]) for c in data["cases"]] == [("act", 2), ("hidden", 2)]
+    case = data["cases"][0]
+    assert (case["num_outputs"], case["num_params"]) == (32, 20)
+    assert case["jacobian_bytes"] == 2 * 32 * 20 * 4
+    method = case["methods"][0]
+    for key in ("name", "status", "compile_seconds", "steady_seconds", "speedup_vs_loop", "speedup_vs_best_jax",
+                "write_fraction", "max_abs_error", "timing"):
+        assert key in method
+    markdown = (out / "report.md").read_text()
+    assert "## act, 2 example(s)" in markdown and "plot.png" in markdown and case["summary"] in markdown
+
+
+def test_every_method_verified_and_timed(full_report):
+    report, _ = full_report
+    assert report.settings.methods == available_methods()
+    for case in report.cases:
+        assert [m.name for m in case.methods] == list(available_methods())
+        for m in case.methods:
+            assert m.status == "ok", (case.layer, m.name, m.reason)
+            assert m.checked_entries > 0 and m.max_abs_error <= 1e-4
+            assert m.steady_seconds > 0 and m.speedup_vs_loop > 0
+        loop = case.method("loop-jit")
+        assert loop.speedup_vs_loop == pytest.approx(1.0)
+        # 8 sampled gradients predicted a full loop far inside the budget, so it ran in full
+        assert not loop.extrapolated and loop.checked_entries == case.num_examples * case.num_outputs * case.num_params
+        assert case.method("loop-jit").compile_seconds > 0 and case.method("loop-nojit").compile_seconds is None
+        assert case.method("layersens-auto").wall_seconds >= case.method("layersens-auto").steady_seconds
+
+
+def test_tiny_loop_budget_extrapolates_and_says_so(tiny_dir, tmp_path):
+    report = run_benchmark(tiny_dir, "act", num_examples=2, loop_budget_s=1e-9, loop_sample=5, nojit_sample=3,
+                           methods="loop-jit,loop-nojit,jacfwd", out_dir=tmp_path, **FAST)
+    case = report.cases[0]
+    for name, k in (("loop-jit", 5), ("loop-nojit", 3)):
+        m = case.method(name)
+        assert m.extrapolated and m.sampled_gradients == k and m.total_gradients == 64
+        assert m.timing.startswith(f"extrapolated from {k} of 64 gradients")
+        assert m.steady_seconds == pytest.approx(np.median(m.runs_seconds) / k * 64)
+    assert "extrapolated from 5 of 64 gradients" in (tmp_path / "report.md").read_text()
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert data["cases"][0]["methods"][0]["extrapolated"] is True
+
+
+def test_wrong_result_is_failed_not_timed(tiny_dir, monkeypatch):
+    real = layersens.jacobian
+
+    def off_by_a_little(*args, **kwargs):
+        jac = real(*args, **kwargs)
+        return dataclasses.replace(jac, matrix=jac.matrix + 1e-2)
+
+    monkeypatch.setattr(layersens, "jacobian", off_by_a_little)
+    report = run_benchmark(tiny_dir, "act", methods=["jacrev", "layersens-fwd"], **FAST)
+    jacrev, ours = report.cases[0].methods
+    assert jacrev.status == "ok"
+    assert ours.status == "failed" and "differs from the reference" in ours.reason
+    assert ours.steady_seconds is None and ours.runs_seconds == () and ours.speedup_vs_loop is None
+    assert "layersens-fwd failed" in report.cases[0].summary
+
+
+def test_method_that_raises_is_failed(tiny_dir, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(layersens, "jacobian", broken)
+    report = run_benchmark(tiny_dir, "act", methods=["layersens-auto"], **FAST)
+    assert report.cases[0].methods[0].status == "failed" and "RuntimeError: boom" in report.cases[0].methods[0].reason
+
+
+def test_run_limit_stops_a_slow_method_and_says_so(tiny_dir):
+    report = run_benchmark(tiny_dir, "act", num_examples=2, methods="jacrev,layersens-auto", run_limit_s=1e-6,
+                           **FAST)
+    for m in report.cases[0].methods:
+        assert m.status == "skipped" and m.reason.startswith("too slow: compiling and one run"), m
+        assert m.steady_seconds is None and m.runs_seconds == ()
+
+
+def test_dense_method_too_big_for_memory_is_skipped_not_run(tiny_dir, monkeypatch):
+    from layersens._bench_methods import DenseMethod
+
+    monkeypatch.setattr(DenseMethod, "working_bytes", lambda self: 10**15)  # as jacfwd of a wide layer would be
+    monkeypatch.setattr(DenseMethod, "full", lambda self: pytest.fail("a skipped method must not run"))
+    monkeypatch.setattr("layersens._bench._reference", lambda split, xs, budget: (
+        layersens.jacobian(split, xs, mode="fwd").matrix, "layersens fwd"))
+    workers = []
+    monkeypatch.setattr("layersens._bench.measure_peak_memory",
+                        lambda model_dir, layer, n, name, **kw: workers.append(name) or PeakMemory(1, 2))
+    report = run_benchmark(tiny_dir, "act", methods="jacfwd,layersens-rev", **{**FAST, "measure_memory": True})
+    jacfwd, ours = report.cases[0].methods
+    assert jacfwd.status == "skipped" and "its compiled program needs" in jacfwd.reason and jacfwd.memory is None
+    assert ours.ok and ours.speedup_vs_best_jax is None and ours.memory.added_bytes == 1
+    assert workers == ["layersens-rev"]  # the one that would not fit never ran, not even in a worker
+
+
+def test_peak_memory_from_own_process(tiny_dir):
+    report = run_benchmark(tiny_dir, "act", methods=["loop-jit", "jacfwd"], **{**FAST, "measure_memory": True})
+    for m in report.cases[0].methods:
+        assert m.memory is not None and m.memory.error is None, m.memory
+        assert m.memory.peak_bytes >= m.memory.baseline_bytes > 10 * 2**20  # Python + JAX are already resident
+        assert m.memory.added_bytes is not None
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(layer="nope"), "unknown layer 'nope'"),
+    (dict(layer="act", methods="jacrev,fastest"), "unknown ['fastest']"),
+    (dict(layer="act", num_examples=9), "ships 3 example inputs"),
+    (dict(layer="act", repeats=0), "must be positive"),
+])
+def test_bad_input_is_a_layersens_error(tiny_dir, kwargs, message):
+    layer = kwargs.pop("layer")
+    with pytest.raises(layersens.LayersensError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        run_benchmark(tiny_dir, layer, **{**FAST, **kwargs})
+
+
+def _cli():
+    from layersens_cli.bench import bench
+
+    group = click.Group()
+    group.add_command(bench)
+    return group
+
+
+def test_cli_bench_writes_report(tiny_dir, tmp_path):
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(_cli(), [
+        "bench", "--layer", "act", "--model", str(tiny_dir), "--num-examples", "2", "--repeats", "1",
+        "--out", str(out), "--methods", "jacrev,layersens-auto", "--no-memory", "--allow-import"])
+    assert result.exit_code == 0, result.output
+    assert "layersens-auto" in result.stdout and f"wrote       {out / 'report.json'}" in result.stdout
+    assert json.loads((out / "report.json").read_text())["cases"][0]["num_examples"] == 2
+
+
+def test_cli_bench_unknown_layer_is_one_error_line(tiny_dir, tmp_path):
+    result = CliRunner().invoke(_cli(), [
+        "bench", "--layer", "nope", "--model", str(tiny_dir), "--out", str(tmp_path / "x"), "--allow-import"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: unknown layer 'nope'")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
