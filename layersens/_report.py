@@ -214,9 +214,10 @@ def report_markdown(report) -> str:
               *([f"- Run limit: each method but the loops first compiled and ran once in a process of its own; one "
                  f"that did not finish within {s.run_limit_s:g} s there was stopped and is reported as skipped, "
                  "not run here."] if s.run_limit_s is not None else []),
-              "- layersens compiles inside every `layersens.jacobian` call, so its steady state is the median of the "
-              "`.seconds` it reports (compute, compile excluded) and its compile time the median `.compile_seconds`; "
-              "the whole call's wall time is in the JSON (`wall_seconds`).",
+              "- layersens compiles on its first `layersens.jacobian` call and keeps the kernels on the split; its "
+              "compile time is that call's `.compile_seconds` and its steady state the median of the `.seconds` later "
+              "calls report (compute, including allocating the result); the whole call's wall time is in the JSON "
+              "(`wall_seconds`).",
               f"- loop-jit runs in full while one full loop is estimated to take at most {s.loop_budget_s:g} s (with "
               f"as many repeats as fit, at least one); beyond that it is timed on {s.loop_sample} random gradients "
               f"(seed {s.seed}) and extrapolated. loop-nojit is timed on {s.nojit_sample} random gradients. "
