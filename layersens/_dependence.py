@@ -14,7 +14,8 @@ import jax
 from jax.extend import core as jcore
 
 
-def _sub_jaxpr(eqn):
+def sub_jaxpr(eqn):
+    """The body of a call-like equation (one sub-jaxpr whose inputs and outputs match the equation's), or None."""
     found = []
     for value in eqn.params.values():
         if isinstance(value, jcore.ClosedJaxpr):
@@ -41,7 +42,7 @@ def _propagate(jaxpr, in_masks: list[int]) -> list[int]:
         masks[var] = m
     for eqn in jaxpr.eqns:
         ins = [read(v) for v in eqn.invars]
-        sub = _sub_jaxpr(eqn)
+        sub = sub_jaxpr(eqn)
         if sub is not None:
             outs = _propagate(sub, ins)
         else:

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
+from ._dependence import sub_jaxpr as _sub_jaxpr
 from ._split import LayerSplit
 
 MIXED = "mixed"
@@ -119,14 +120,6 @@ def _rule(eqn, states):
             return [MIXED]
         return [list(rb).index(a) if a in rb else len(rb) + len(lhs_free) + rhs_free.index(a)]
     return [MIXED] * len(eqn.outvars)
-
-
-def _sub_jaxpr(eqn):
-    found = [v.jaxpr if isinstance(v, jcore.ClosedJaxpr) else v for v in eqn.params.values()
-             if isinstance(v, (jcore.ClosedJaxpr, jcore.Jaxpr))]
-    if len(found) == 1 and len(found[0].invars) == len(eqn.invars) and len(found[0].outvars) == len(eqn.outvars):
-        return found[0]
-    return None
 
 
 def _propagate(jaxpr, in_states):
