@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from ._errors import JacobianTooLargeError, SpecError, format_bytes
-from ._kernels import basis_size, bytes_per_vector, make_fused, make_update
+from ._kernels import basis_size, bytes_per_vector, intermediate_bytes, make_fused, make_update
 from ._memory import DEFAULT_WORKING_MEMORY, available_memory, chunk_size, parse_bytes
 from ._result import LayerJacobian
 from ._split import LayerSplit
@@ -80,16 +80,17 @@ def plan(split: LayerSplit, x, mode=Auto(), max_memory=None) -> tuple[PlannedBlo
     budget = DEFAULT_WORKING_MEMORY if max_memory is None else parse_bytes(max_memory)
     x = jax.numpy.asarray(x)
     structure = channel_structure(split, x) if isinstance(strategy, (Auto, Structured)) else {}
+    intermediates = intermediate_bytes(split, x)  # one trace, shared by every block's estimate
     planned = []
     for block in strategy.blocks(split, structure):
         basis = basis_size(split, block.method, block.names, structure)
-        per_vector = bytes_per_vector(split, x, block.method, block.names, structure)
+        per_vector = bytes_per_vector(split, intermediates, block.method, block.names, structure)
         width = chunk_size(basis, per_vector, budget, block.chunk_size)
         if block.method == "fwd-colour" and len(block.names) > 1 and width < basis:
             # Several coloured leaves share a program only when they fit in one chunk; otherwise one each.
             for name in block.names:
                 basis = basis_size(split, block.method, (name,), structure)
-                per_vector = bytes_per_vector(split, x, block.method, (name,), structure)
+                per_vector = bytes_per_vector(split, intermediates, block.method, (name,), structure)
                 width = chunk_size(basis, per_vector, budget, block.chunk_size)
                 planned.append(PlannedBlock((name,), block.method, basis, width, per_vector))
             continue

@@ -54,10 +54,8 @@ def column_starts(split: LayerSplit) -> dict[str, int]:
 
 
 def _write(buf, block, n, row, col):
-    zero = jnp.zeros((), jnp.int32)
-    return lax.dynamic_update_slice(buf, block[None].astype(buf.dtype), (n.astype(jnp.int32) + zero,
-                                                                          jnp.asarray(row, jnp.int32),
-                                                                          jnp.asarray(col, jnp.int32)))
+    start = tuple(jnp.asarray(i, jnp.int32) for i in (n, row, col))
+    return lax.dynamic_update_slice(buf, block[None].astype(buf.dtype), start)
 
 
 def basis_size(split: LayerSplit, method: str, names, structure) -> int:
@@ -152,9 +150,8 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
     return update
 
 
-def bytes_per_vector(split: LayerSplit, x, method: str, names, structure) -> int:
-    """Estimated working memory of one basis vector: a tangent (or cotangent) of every intermediate value of the
-    forward pass, plus what the vector writes (a column of M, a row of the block, or a colour group's share)."""
+def intermediate_bytes(split: LayerSplit, x) -> int:
+    """Bytes of every intermediate value of one example's forward pass: what one tangent or cotangent carries."""
     closed = jax.make_jaxpr(split.apply)(split.params, x)
     total = 0
     for eqn in closed.jaxpr.eqns:
@@ -162,6 +159,13 @@ def bytes_per_vector(split: LayerSplit, x, method: str, names, structure) -> int
             aval = v.aval
             if hasattr(aval, "shape") and hasattr(aval, "dtype"):
                 total += int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+    return total
+
+
+def bytes_per_vector(split: LayerSplit, intermediates: int, method: str, names, structure) -> int:
+    """Estimated working memory of one basis vector: ``intermediates`` (see :func:`intermediate_bytes`) plus what
+    the vector writes (a column of M, a row of the block, or a colour group's share)."""
+    total = intermediates
     itemsize = np.dtype(split.activation_dtype).itemsize
     block_params = sum(int(np.prod(np.shape(split.params[k]), dtype=np.int64)) for k in names)
     if method == "fwd":

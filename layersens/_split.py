@@ -127,8 +127,7 @@ def _trace_all(model: Model, dtype):
         return model.capture(unflatten_params(dict(zip(names, leaves))), x, constants)
 
     leaves = [flat[n] for n in names]
-    closed = jax.make_jaxpr(capture_leaves)(leaves, x1)
-    shapes = jax.eval_shape(capture_leaves, leaves, x1)
+    closed, shapes = jax.make_jaxpr(capture_leaves, return_shape=True)(leaves, x1)
     dependence = jaxpr_dependence(closed)
     read_at, made_at = first_use(closed)
     # Output leaves come back in jax.tree order of the captured dict, i.e. sorted by name.
