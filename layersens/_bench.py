@@ -138,9 +138,9 @@ def _bench_full(name, method, compile_s, split, xs, reference, settings: Setting
         walls += _timed(method.full, 1)
         computes.append(method.last.seconds)
     method.last = None
-    return MethodResult(name, "ok", compile_seconds=first_compile, steady_seconds=_median(computes),
-                        runs_seconds=tuple(computes), wall_seconds=_median(walls),
-                        timing=f"median of {len(computes)} reported .seconds{capped}", **common)
+    return MethodResult(name, "ok", compile_seconds=first_compile, steady_seconds=_median(walls),
+                        runs_seconds=tuple(walls), compute_seconds=_median(computes),
+                        timing=f"median of {len(walls)} whole calls{capped}", **common)
 
 
 def _with_ratios(methods: list[MethodResult], jacobian_bytes: int, bandwidth: Bandwidth) -> list[MethodResult]:

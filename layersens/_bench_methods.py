@@ -1,8 +1,9 @@
 """The methods a benchmark compares, each computing the same ``(examples, M, P)`` Jacobian of one split.
 
 Every method works on the split's own per-example function and the same inputs, and loops over examples in
-Python the way :func:`layersens.jacobian` does, writing into a fresh host array, so the methods differ only in
-how one example's Jacobian is computed:
+Python the way :func:`layersens.jacobian` does, writing into a fresh host array (for one example the dense JAX
+methods return their program's output as it is, uncopied), so the methods differ only in how one example's
+Jacobian is computed:
 
 * ``loop-jit``: one ``jax.jit`` of the scalar gradient of output ``i`` (``i`` traced, compiled once), called for
   every output element of every example: the loop a competent user writes.
@@ -108,6 +109,8 @@ class DenseMethod:
 
     def full(self) -> np.ndarray:
         split = self.split
+        if len(self.xs) == 1:  # the program's own output, as a user would take it: no copy
+            return np.asarray(self._compiled(self.theta, self.xs[0]))[None]
         out = np.empty((len(self.xs), split.num_outputs, split.num_params), split.activation_dtype)
         for n in range(len(self.xs)):
             out[n] = np.asarray(self._compiled(self.theta, self.xs[n]))

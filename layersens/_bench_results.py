@@ -46,9 +46,10 @@ class MethodResult:
     process of its own, passed the run limit); ``reason`` says why.
 
     Times are seconds for all examples. ``steady_seconds`` is the median of the timed runs, or for an
-    extrapolated loop the sample's median scaled to every gradient. For layersens methods it is the median of the
-    reported ``LayerJacobian.seconds`` (compute after compilation; layersens compiles on every call) and
-    ``compile_seconds`` the median reported ``compile_seconds``; ``wall_seconds`` is the whole call.
+    extrapolated loop the sample's median scaled to every gradient. For layersens methods it is the median wall
+    time of whole calls after the first (which plans and compiles, and reports that as ``compile_seconds``);
+    ``compute_seconds`` is the median of what those calls report as ``LayerJacobian.seconds`` (the call less
+    input checks and the lookup of the cached plan).
     """
 
     name: str
@@ -59,7 +60,7 @@ class MethodResult:
     compile_seconds: float | None = None
     steady_seconds: float | None = None
     runs_seconds: tuple[float, ...] = ()
-    wall_seconds: float | None = None
+    compute_seconds: float | None = None
     extrapolated: bool = False
     sampled_gradients: int | None = None
     total_gradients: int | None = None

@@ -1,8 +1,12 @@
 """The driver: examples × blocks × chunks, assembled into one ``LayerJacobian``.
 
-Examples are looped in Python over one compiled program per block: vectorizing over examples as well as basis
-vectors was slower on CPU (memory traffic, not arithmetic, dominates), and looping keeps working memory at one
-example's chunk.
+The device computes one chunk at a time (one example; one program for all blocks when each fits in one chunk)
+and returns what is nonzero; the host places it into one zeroed result. Why this split: on CPU the cost of a
+layer Jacobian is memory traffic, not arithmetic. Fresh zeroed host memory is paid for only by its page faults,
+so a mostly-zero block costs one touch of its pages plus its nonzeros, where a dense device output would be
+written in full and then copied. Vectorizing over examples as well was slower (XLA's large fresh outputs fault
+page by page), and looping keeps working memory at one example's chunk. Dispatch is asynchronous, so the device
+computes the next chunk while the host places this one.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import jax
 import numpy as np
 
 from ._errors import JacobianTooLargeError, SpecError, format_bytes
-from ._kernels import basis_size, bytes_per_vector, intermediate_bytes, make_fused, make_update
+from ._kernels import basis_size, bytes_per_vector, intermediate_bytes, make_fused, make_kernel
 from ._memory import DEFAULT_WORKING_MEMORY, available_memory, chunk_size, parse_bytes
 from ._result import LayerJacobian
 from ._split import LayerSplit
@@ -98,12 +102,43 @@ def plan(split: LayerSplit, x, mode=Auto(), max_memory=None) -> tuple[PlannedBlo
     return tuple(planned), structure
 
 
-def _compiled(split: LayerSplit, key, build, *example_args):
-    """Compiled kernels are kept on the split, so repeated calls with the same shapes do not recompile."""
-    cache = split.cache
-    if key not in cache:
-        cache[key] = jax.jit(build(), donate_argnums=2).lower(*example_args).compile()
-    return cache[key]
+@dataclasses.dataclass(frozen=True)
+class _Prepared:
+    """What one call needs besides the inputs, kept on the split per input shape, device, strategy and budget:
+    the plan, the device-resident parameters and, per step, a compiled kernel with its basis and chunk width."""
+
+    blocks: tuple[PlannedBlock, ...]
+    params: dict
+    steps: tuple  # (compiled, place, basis, width)
+    compile_seconds: float
+
+
+def _prepare(split: LayerSplit, x0, dev, strategy, budget) -> _Prepared:
+    start = time.perf_counter()
+    params = jax.device_put(split.params, dev)
+    blocks, structure = plan(split, x0, strategy, budget)
+    kernels = [make_kernel(split, b.method, b.names, structure, b.width) for b in blocks]
+    if all(b.width == b.basis for b in blocks):
+        fused = make_fused(kernels)
+        chunked = [(fused, 1, 1)]
+    else:
+        chunked = [(k, b.basis, b.width) for k, b in zip(kernels, blocks)]
+    steps = []
+    for i, (k, basis, width) in enumerate(chunked):
+        compute = k.compute
+        if i == 0:  # the first program also returns the activation; XLA shares the primal pass with the kernel
+            def compute(params, x, offset, kernel=k.compute):
+                return (split.apply(params, x),) + tuple(kernel(params, x, offset))
+        steps.append((jax.jit(compute).lower(params, x0, np.int32(0)).compile(), k.place, basis, width))
+    return _Prepared(blocks, params, tuple(steps), time.perf_counter() - start)
+
+
+def _tasks(prepared: _Prepared, num_examples: int):
+    """Every program call of the computation, in order: ``(example, step, compiled, place, offset)``."""
+    for n in range(num_examples):
+        for step, (compiled, place, basis, width) in enumerate(prepared.steps):
+            for offset in range(0, max(basis, 1), width):
+                yield n, step, compiled, place, max(0, min(offset, basis - width))  # the last chunk overlaps
 
 
 def jacobian(
@@ -124,55 +159,50 @@ def jacobian(
       max_memory: working-memory budget (bytes or a string such as ``"2GB"``); chunk sizes follow from it.
         The result itself is extra. Default: 512 MiB.
       device: ``"cpu"``, ``"gpu"`` or a ``jax.Device``; default: JAX's default device.
-      progress: called as ``progress(done, total)`` after each chunk.
+      progress: called as ``progress(done, total)`` each time a chunk's values have landed in the result.
 
-    The returned ``matrix`` is read-only: it is the computation's own buffer, not a copy.
+    The first call for a given input shape, device, mode and budget plans and compiles (``compile_seconds``);
+    later calls reuse that work, kept on ``split``. The returned ``matrix`` is read-only.
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     num_examples = len(x)
     check_size(split, num_examples)
     dev = resolve_device(device)
-    params = jax.device_put(split.params, dev)
-    xs = jax.device_put(x, dev)
-    blocks, structure = plan(split, xs[0], mode, max_memory)
+    strategy = as_strategy(mode)
+    budget = DEFAULT_WORKING_MEMORY if max_memory is None else parse_bytes(max_memory)
 
-    dtype = np.dtype(split.activation_dtype)
+    key = ("prepared", x.shape[1:], str(x.dtype), str(dev), strategy, budget)
+    fresh = key not in split.cache
+    if fresh:
+        split.cache[key] = _prepare(split, jax.device_put(x[0], dev), dev, strategy, budget)
+    prepared = split.cache[key]
+    compile_seconds = prepared.compile_seconds if fresh else 0.0
+
+    start = time.perf_counter()
+    params = prepared.params
     shape = (num_examples, split.num_outputs, split.num_params)
-    start = time.perf_counter()
-    zeros = jax.jit(lambda: jax.numpy.zeros(shape, dtype), out_shardings=jax.sharding.SingleDeviceSharding(dev))
-    example = (params, xs[0], jax.ShapeDtypeStruct(shape, dtype), np.int32(0), np.int32(0))
-    signature = (shape, str(dtype), xs.shape[1:], str(dev), tuple(structure.items()))
-    if all(b.width == b.basis for b in blocks):
-        key = ("fused", tuple((b.method, b.names, b.width) for b in blocks), signature)
-        kernel = _compiled(split, key, lambda: make_fused(split, blocks, structure), *example)
-        steps = [(kernel, 0, 1)]
-    else:
-        steps = []
-        for b in blocks:
-            key = (b.method, b.names, b.width, signature)
-            kernel = _compiled(split, key, lambda b=b: make_update(split, b.method, b.names, structure, b.width),
-                               *example)
-            steps.append((kernel, b.basis, b.width))
-    apply = jax.jit(jax.vmap(split.apply, in_axes=(None, 0)))
-    activation = apply(params, xs).block_until_ready()  # compiles once per shape; counted as compile time
-    buf = zeros().block_until_ready()
-    compile_seconds = time.perf_counter() - start
+    # Fresh zeroed memory costs only its page faults; blocks that are mostly zeros are then written where nonzero.
+    matrix = np.zeros(shape, np.dtype(split.activation_dtype))
+    activation = np.empty((num_examples,) + split.activation_shape, np.dtype(split.activation_dtype))
+    tasks = list(_tasks(prepared, num_examples))
+    examples = jax.device_put(list(x), dev)  # one transfer, instead of a slicing dispatch per chunk
 
-    total = num_examples * sum(max(1, -(-basis // width)) for _, basis, width in steps)
-    done = 0
-    start = time.perf_counter()
-    buf = zeros()
-    activation = apply(params, xs)
-    for n in range(num_examples):
-        for kernel, basis, width in steps:
-            for offset in range(0, max(basis, 1), width):
-                at = max(0, min(offset, basis - width))  # the last chunk overlaps: one compiled width
-                buf = kernel(params, xs[n], buf, np.int32(n), np.int32(at))
-                done += 1
-                if progress is not None:
-                    progress(done, total)
-    matrix = np.asarray(buf)
-    activation = np.asarray(activation)
+    def dispatch(task):
+        n, _, compiled, _, offset = task
+        return compiled(params, examples[n], np.int32(offset))
+
+    # JAX dispatches asynchronously: the next chunk computes while this one is placed into the result.
+    pending = dispatch(tasks[0])
+    for i, (n, step, _, place, offset) in enumerate(tasks):
+        following = dispatch(tasks[i + 1]) if i + 1 < len(tasks) else None
+        outputs = [np.asarray(o) for o in pending]
+        if step == 0:
+            activation[n] = outputs.pop(0)
+        place(matrix[n], offset, outputs)
+        pending = following
+        if progress is not None:
+            progress(i + 1, len(tasks))
+    matrix.flags.writeable = False
     seconds = time.perf_counter() - start
 
     return LayerJacobian(
@@ -185,8 +215,8 @@ def jacobian(
         param_names=split.param_names,
         param_shapes=split.param_shapes,
         excluded_params=split.excluded,
-        mode=_describe(blocks),
-        dtype=str(dtype),
+        mode=_describe(prepared.blocks),
+        dtype=str(np.dtype(split.activation_dtype)),
         device=f"{dev.platform}:{dev.id}",
         eval_mode=split.model.eval_mode,
         compile_seconds=compile_seconds,

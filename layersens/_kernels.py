@@ -1,29 +1,32 @@
-"""The vectorized kernels. Each writes one chunk of one block of the Jacobian of one example into the result.
+"""The vectorized kernels: each computes one chunk of one block of one example's ``(M, P)`` Jacobian.
 
-A kernel is ``update(params, x, buf, n, offset) -> buf``: it computes a chunk of ``width`` basis vectors starting
-at ``offset`` and writes it with ``dynamic_update_slice`` into ``buf`` (examples, M, P), which is donated, so the
-write happens in place and nothing is copied afterwards. ``n`` and ``offset`` are traced: one compiled program
-serves every chunk of every example. A chunk builds its identity basis from ``offset`` inside the program
-(``width × basis`` entries), never a whole identity matrix.
+A kernel is a pair ``(compute, place)``. ``compute(params, x, offset)`` runs on the device and returns the chunk
+for ``width`` basis vectors starting at ``offset`` (traced, so one compiled program serves every chunk of every
+example): dense sub-blocks for ``fwd``/``rev``, and for the colouring methods only the nonzero values, in compressed
+form. ``place(matrix, offset, outputs)`` writes them on the host into one example's ``(M, P)`` matrix, which
+starts as zeros: fresh zeroed memory costs only its page faults, so a block that is mostly zeros is written once,
+and only where it is nonzero (through a strided view of its diagonal). A chunk builds its identity basis from
+``offset`` inside the program (``width × basis`` entries), never a whole identity matrix.
 
 Methods (M outputs, P_b parameters in the block, C channels, W = P_leaf / C, S = M / C):
 
-* ``fwd``  — JVPs along parameter basis vectors: P_b passes; writes (M, width) columns.
-* ``rev``  — pullbacks of output basis vectors: M passes; writes (width, P_b) rows.
-* ``fwd-colour`` — one channel-diagonal leaf: a JVP along "within-channel index w, every channel" gives column
-  (w, c) on the rows of channel c for all c at once: W passes. The dense columns are expanded from that
-  compressed block with a mask (a write of mostly zeros, bound by memory bandwidth).
+* ``fwd``  — JVPs along parameter basis vectors: P_b passes; gives (M, width) columns.
+* ``rev``  — pullbacks of output basis vectors: M passes; gives (width, P_b) rows.
+* ``fwd-colour`` — channel-diagonal leaves (same C, same layer axis, adjacent columns): a JVP along "within-channel
+  index w, every channel" gives column (w, c) on the rows of channel c for all c at once: W passes. Only those
+  values leave the device; they land on the channel diagonal of the block's columns.
 * ``rev-colour`` — channel-diagonal leaves whose channel is the layer's last axis: a pullback of "position s,
   every channel" gives row (s, c) on channel c's slice of each leaf: S passes shared by all the block's leaves.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-
 from ._split import LayerSplit
 
 
@@ -53,29 +56,65 @@ def column_starts(split: LayerSplit) -> dict[str, int]:
     return starts
 
 
-def _write(buf, block, n, row, col):
-    start = tuple(jnp.asarray(i, jnp.int32) for i in (n, row, col))
-    return lax.dynamic_update_slice(buf, block[None].astype(buf.dtype), start)
+def _size(split: LayerSplit, name: str) -> int:
+    return int(np.prod(np.shape(split.params[name]), dtype=np.int64))
+
+
+def contiguous_runs(split: LayerSplit, names) -> list[tuple[str, ...]]:
+    """``names`` split into runs whose columns are adjacent in the Jacobian (in column order)."""
+    starts = column_starts(split)
+    runs: list[list[str]] = []
+    for name in sorted(names, key=starts.get):
+        if runs and starts[runs[-1][-1]] + _size(split, runs[-1][-1]) == starts[name]:
+            runs[-1].append(name)
+        else:
+            runs.append([name])
+    return [tuple(r) for r in runs]
+
+
+def place_diagonal(matrix: np.ndarray, row: int, column: int, row_shape, channel_axis: int, values: np.ndarray):
+    """Writes ``values`` (``row_shape + (W,)``) onto the channel diagonal of a block of ``matrix`` (C-contiguous,
+    ``(M, P)``) that starts at ``(row, column)``, whose rows are laid out as ``row_shape`` and whose columns as
+    ``(W, C)``: entry ``(r, (w, c))`` with ``r[channel_axis] == c`` gets ``values[r + (w,)]``."""
+    item = matrix.itemsize
+    num_params = matrix.shape[1]
+    C = row_shape[channel_axis]
+    row_strides = [int(np.prod(row_shape[a + 1:], dtype=np.int64)) * num_params * item for a in range(len(row_shape))]
+    row_strides[channel_axis] += item  # moving one channel down the rows moves one column right
+    flat = matrix.reshape(-1)
+    start = row * num_params + column
+    view = np.lib.stride_tricks.as_strided(
+        flat[start:], shape=tuple(row_shape) + (values.shape[-1],), strides=tuple(row_strides) + (C * item,))
+    view[...] = values
 
 
 def basis_size(split: LayerSplit, method: str, names, structure) -> int:
-    sizes = {n: int(np.prod(np.shape(split.params[n]), dtype=np.int64)) for n in names}
     if method == "fwd":
-        return sum(sizes.values())
+        return sum(_size(split, n) for n in names)
     if method == "rev":
         return split.num_outputs
     if method == "fwd-colour":
-        return sum(sizes[k] // structure[k].channels for k in names)
+        return sum(_size(split, k) // structure[k].channels for k in names)
     return split.num_outputs // structure[names[0]].channels  # rev-colour
 
 
-def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structure, width: int):
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """``compute(params, x, offset) -> outputs`` on the device; ``place(matrix, offset, outputs)`` on the host."""
+
+    compute: Callable
+    place: Callable
+    num_outputs: int
+
+
+def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structure, width: int):
+    """The kernel of one block and chunk width; see the module docstring."""
     starts = column_starts(split)
     act_shape = split.activation_shape
     M = split.num_outputs
 
     if method == "fwd":
-        def update(params, x, buf, n, offset):
+        def compute(params, x, offset):
             theta, unravel = ravel_leaves(params, names)
 
             def g(t):
@@ -83,27 +122,37 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
 
             basis = one_hot_rows(offset, width, theta.size, theta.dtype)
             columns = jax.vmap(lambda v: jax.jvp(g, (theta,), (v,))[1])(basis)
-            return _write(buf, columns.T, n, 0, starts[names[0]] + offset)
+            return (columns.T,)
+
+        def place(matrix, offset, outputs):
+            column = starts[names[0]] + offset
+            matrix[:, column:column + width] = outputs[0]
 
     elif method == "rev":
-        def update(params, x, buf, n, offset):
+        def compute(params, x, offset):
             def g(block):
                 return jnp.ravel(split.apply({**params, **block}, x))
 
             y, pullback = jax.vjp(g, {k: params[k] for k in names})
             rows = jax.vmap(pullback)(one_hot_rows(offset, width, y.size, y.dtype))[0]
-            for k in names:
-                buf = _write(buf, rows[k].reshape(width, -1), n, offset, starts[k])
-            return buf
+            return tuple(rows[k].reshape(width, -1) for k in names)
+
+        def place(matrix, offset, outputs):
+            for k, block in zip(names, outputs):
+                matrix[offset:offset + width, starts[k]:starts[k] + block.shape[1]] = block
 
     elif method == "fwd-colour":
         shapes = {k: np.shape(split.params[k]) for k in names}
-        within = [int(np.prod(shapes[k][:-1], dtype=np.int64)) for k in names]
+        C, axis = structure[names[0]].channels, structure[names[0]].output_axis
+        within = [_size(split, k) // C for k in names]
         bounds = np.cumsum([0] + within)
+        if any((structure[k].channels, structure[k].output_axis) != (C, axis) for k in names) or (
+                len(contiguous_runs(split, names)) > 1):
+            raise ValueError(f"a colouring block needs adjacent leaves of one channel axis: {names}")
         if len(names) > 1 and width != bounds[-1]:
             raise ValueError("a colouring block of several leaves is computed in one chunk")
 
-        def update(params, x, buf, n, offset):
+        def compute(params, x, offset):
             def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
                 moved = {k: params[k] + s[a:b].reshape(shapes[k][:-1] + (1,))
                          for k, a, b in zip(names, bounds[:-1], bounds[1:])}
@@ -112,42 +161,35 @@ def make_update(split: LayerSplit, method: str, names: tuple[str, ...], structur
             s0 = jnp.zeros(int(bounds[-1]), params[names[0]].dtype)
             basis = one_hot_rows(offset, width, s0.size, s0.dtype)
             compressed = jax.vmap(lambda v: jax.jvp(g, (s0,), (v,))[1])(basis)  # (width, *act)
-            blocks = []
-            for k, a, b in zip(names, bounds[:-1], bounds[1:]):
-                C, axis = structure[k].channels, structure[k].output_axis
-                part = compressed if len(names) == 1 else compressed[a:b]
-                values = jnp.moveaxis(part, 0, -1)[..., None]  # (*act, w, 1)
-                full = act_shape + (part.shape[0], C)
-                same_channel = lax.broadcasted_iota(jnp.int32, full, axis) == lax.broadcasted_iota(
-                    jnp.int32, full, len(full) - 1)
-                blocks.append(jnp.where(same_channel, values, 0).reshape(M, part.shape[0] * C))
-            for k, block in zip(names, blocks):
-                buf = _write(buf, block, n, 0, starts[k] + offset * structure[k].channels)
-            return buf
+            return (jnp.moveaxis(compressed, 0, -1),)  # (*act, width): the channel diagonal's layout
+
+        def place(matrix, offset, outputs):
+            place_diagonal(matrix, 0, starts[names[0]] + offset * C, act_shape, axis, outputs[0])
 
     elif method == "rev-colour":
         C = structure[names[0]].channels
         S = M // C
+        runs = contiguous_runs(split, names)
 
-        def update(params, x, buf, n, offset):
+        def compute(params, x, offset):
             def g(block):
                 return split.apply({**params, **block}, x).reshape(S, C)
 
             y, pullback = jax.vjp(g, {k: params[k] for k in names})
             basis = one_hot_rows(offset, width, S, y.dtype)  # position s, every channel
             grads = jax.vmap(pullback)(jnp.broadcast_to(basis[:, :, None], (width, S, C)))[0]
-            for k in names:
-                W = int(np.prod(np.shape(params[k])[:-1], dtype=np.int64))
-                values = grads[k].reshape(width, 1, W, C)
-                full = (width, C, W, C)
-                same_channel = lax.broadcasted_iota(jnp.int32, full, 1) == lax.broadcasted_iota(jnp.int32, full, 3)
-                block = jnp.where(same_channel, values, 0).reshape(width * C, W * C)
-                buf = _write(buf, block, n, offset * C, starts[k])
-            return buf
+            # Adjacent leaves' columns continue one another: one (width, C, W_run) diagonal per run.
+            return tuple(jnp.concatenate([grads[k].reshape(width, -1, C) for k in run], axis=1).swapaxes(1, 2)
+                         for run in runs)
+
+        def place(matrix, offset, outputs):
+            for run, values in zip(runs, outputs):
+                place_diagonal(matrix, offset * C, starts[run[0]], (width, C), 1, values)
 
     else:
         raise ValueError(f"unknown method {method!r}")
-    return update
+    outputs = {"rev": len(names), "rev-colour": len(contiguous_runs(split, names))}.get(method, 1)
+    return Kernel(compute, place, outputs)
 
 
 def intermediate_bytes(split: LayerSplit, x) -> int:
@@ -163,32 +205,31 @@ def intermediate_bytes(split: LayerSplit, x) -> int:
 
 
 def bytes_per_vector(split: LayerSplit, intermediates: int, method: str, names, structure) -> int:
-    """Estimated working memory of one basis vector: ``intermediates`` (see :func:`intermediate_bytes`) plus what
-    the vector writes (a column of M, a row of the block, or a colour group's share)."""
+    """Estimated device memory of one basis vector: ``intermediates`` (see :func:`intermediate_bytes`) plus what
+    the vector returns (a column of M, a row of the block, or one colour's values)."""
     total = intermediates
     itemsize = np.dtype(split.activation_dtype).itemsize
     block_params = sum(int(np.prod(np.shape(split.params[k]), dtype=np.int64)) for k in names)
-    if method == "fwd":
-        own = split.num_outputs
-    elif method == "rev":
-        own = block_params
-    elif method == "fwd-colour":
-        own = split.num_outputs * max(structure[k].channels for k in names)  # expanded columns of one colour
-        total += block_params  # the broadcast tangent of the leaves
+    if method in ("fwd", "fwd-colour"):
+        own = split.num_outputs  # a dense column, or a compressed one (expanded on the host)
     else:
-        channels = structure[names[0]].channels
-        own = block_params * channels
+        own = block_params  # a dense row of the block, or the leaves' gradients of one colour
+    if method == "fwd-colour":
+        total += block_params  # the broadcast tangent of the leaves
     return total + own * itemsize
 
 
-def make_fused(split: LayerSplit, blocks, structure):
-    """One program running every block of one example in a single chunk: one dispatch, and XLA shares the
-    primal pass between blocks."""
-    updates = [make_update(split, b.method, b.names, structure, b.width) for b in blocks]
+def make_fused(kernels) -> Kernel:
+    """One program computing every block of one example, for plans whose blocks each fit in one chunk: one
+    dispatch per example, and XLA shares the primal pass between blocks."""
 
-    def update_all(params, x, buf, n, offset):
-        for update in updates:
-            buf = update(params, x, buf, n, offset)
-        return buf
+    def compute(params, x, offset):
+        return tuple(o for k in kernels for o in k.compute(params, x, offset))
 
-    return update_all
+    def place(matrix, offset, outputs):
+        at = 0
+        for k in kernels:
+            k.place(matrix, offset, outputs[at:at + k.num_outputs])
+            at += k.num_outputs
+
+    return Kernel(compute, place, sum(k.num_outputs for k in kernels))

@@ -214,10 +214,10 @@ def report_markdown(report) -> str:
               *([f"- Run limit: each method but the loops first compiled and ran once in a process of its own; one "
                  f"that did not finish within {s.run_limit_s:g} s there was stopped and is reported as skipped, "
                  "not run here."] if s.run_limit_s is not None else []),
-              "- layersens compiles on its first `layersens.jacobian` call and keeps the kernels on the split; its "
-              "compile time is that call's `.compile_seconds` and its steady state the median of the `.seconds` later "
-              "calls report (compute, including allocating the result); the whole call's wall time is in the JSON "
-              "(`wall_seconds`).",
+              "- layersens plans and compiles on its first `layersens.jacobian` call and keeps both on the split; its "
+              "compile time is that call's `.compile_seconds` and its steady state the median wall time of whole later "
+              "calls (input checks, dispatch, computation and the host result included); the `.seconds` those calls "
+              "report are in the JSON (`compute_seconds`).",
               f"- loop-jit runs in full while one full loop is estimated to take at most {s.loop_budget_s:g} s (with "
               f"as many repeats as fit, at least one); beyond that it is timed on {s.loop_sample} random gradients "
               f"(seed {s.seed}) and extrapolated. loop-nojit is timed on {s.nojit_sample} random gradients. "

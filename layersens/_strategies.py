@@ -17,6 +17,7 @@ import itertools
 import numpy as np
 
 from ._errors import SpecError
+from ._kernels import contiguous_runs
 from ._split import LayerSplit
 
 # A pullback costs about two forward passes (the backward of a conv is two convs).
@@ -169,11 +170,18 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
     blocks: list[Block] = []
     plain_forward = {n for n, c in choice.items() if c == "fwd" and n not in structure}
     blocks += _runs(split, plain_forward, "fwd", chunk_size)
-    # One block per coloured leaf: measured faster than one JVP batch over several leaves, whose expansions XLA
-    # fuses less well; in one chunk they still run as one fused program.
-    for name in split.param_names:
-        if choice[name] == "fwd" and name in structure:
-            blocks.append(Block((name,), "fwd-colour", chunk_size))
+    # Adjacent coloured leaves of one channel axis share a block: one JVP batch, and one mask writes all their
+    # columns at once.
+    coloured = [n for n in split.param_names if choice[n] == "fwd" and n in structure]
+    for run in contiguous_runs(split, coloured):
+        group: list[str] = []
+        for name in run:
+            key = (structure[name].channels, structure[name].output_axis)
+            if group and key != (structure[group[-1]].channels, structure[group[-1]].output_axis):
+                blocks.append(Block(tuple(group), "fwd-colour", chunk_size))
+                group = []
+            group.append(name)
+        blocks.append(Block(tuple(group), "fwd-colour", chunk_size))
     for group in groups:
         names = tuple(n for n in split.param_names if choice[n] == group)
         if names:

@@ -154,3 +154,62 @@ def test_compressed_relu1_is_twenty_times_smaller(lenet_linen):
     dense = layersens.jacobian(split, x)
     assert dense.nbytes == 20 * compressed.nbytes
     np.testing.assert_array_equal(compressed.to_dense().matrix, dense.matrix)
+
+
+class _ForcedBlocks(layersens.Structured):
+    """A structured strategy with hand-picked blocks, to reach kernel paths the cost model rarely picks."""
+
+    def __init__(self, blocks):
+        object.__setattr__(self, "chosen", tuple(blocks))
+
+    def blocks(self, split, structure=None):
+        return self.chosen
+
+    def __hash__(self):
+        return hash(self.chosen)
+
+
+def _jacfwd_reference(split, xs):
+    flat = lambda p, x: jnp.concatenate(  # noqa: E731
+        [jnp.reshape(j, (split.num_outputs, -1)) for j in
+         (lambda jac: [jac[k] for k in split.param_names])(jax.jacfwd(lambda q: split.apply(q, x))(p))], axis=1)
+    return np.stack([np.asarray(flat(split.params, x)) for x in xs])
+
+
+def test_row_colouring_in_chunks_over_leaves_that_are_not_adjacent(model):
+    from layersens._strategies import Block
+
+    split = layersens.split(model, "act")  # 6×6×3: 36 positions × 3 channels, every leaf channel-diagonal
+    names = split.param_names
+    assert len(names) == 4
+    rows, rest = (names[0], names[2]), (names[1], names[3])
+    strategy = _ForcedBlocks([Block(rows, "rev-colour", 5), Block((rest[0],), "fwd-colour", 1),
+                              Block((rest[1],), "rev", 7)])
+    xs = np.random.default_rng(4).normal(size=(2, 6, 6, 1)).astype(np.float32)
+    result = layersens.jacobian(split, xs, mode=strategy)
+    assert result.mode == f"rev-colour[{'+'.join(rows)}], fwd-colour[{rest[0]}], rev[{rest[1]}]"
+    np.testing.assert_allclose(result.matrix, _jacfwd_reference(split, xs), **TOL[np.float32])
+
+
+class ChannelsFirst(nn.Module):
+    """A layer whose channel axis is not last: the conv output transposed to (C, H, W)."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Conv(3, (3, 3), padding="SAME", name="conv")(x)
+        h = jnp.transpose(h, (0, 3, 1, 2))
+        self.sow("intermediates", "chw", jnp.tanh(h))
+        return h.sum()
+
+
+def test_column_colouring_where_the_channel_axis_is_first():
+    module = ChannelsFirst()
+    model = layersens.from_linen(module, random_linen_variables(module, (4, 5, 2)), (4, 5, 2))
+    split = layersens.split(model, "chw")
+    xs = np.random.default_rng(5).normal(size=(2, 4, 5, 2)).astype(np.float32)
+    structure = layersens.channel_structure(split, jnp.asarray(xs[0]))
+    assert {s.output_axis for s in structure.values()} == {0} and set(structure) == set(split.param_names)
+    for mode in (layersens.Structured(), layersens.Structured(chunk_size=2)):
+        result = layersens.jacobian(split, xs, mode=mode)
+        assert result.mode == "fwd-colour"
+        np.testing.assert_allclose(result.matrix, _jacfwd_reference(split, xs), **TOL[np.float32])
