@@ -5,8 +5,10 @@ layer one channel at a time (see ``_structure``), C for its channels. A strategy
 sets of leaves and the method computing their columns (see ``_kernels``). Every block works through its basis in
 chunks sized from the memory budget.
 
-Costs are counted in passes per example (a JVP is about one forward pass from the leaf to the layer; a pullback
-about two). A reverse pass computes the rows of every leaf of its block at once, so leaves share reverse blocks.
+Costs are estimated per example as passes × the arithmetic of one pass over what depends on the leaves (a JVP is
+about one forward pass from the leaf to the layer; a pullback about two), plus the entries each method returns
+from the device (see ``_cost``). A reverse pass computes the rows of every leaf of its block at once, so leaves
+share reverse blocks.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import itertools
 import numpy as np
 
 from ._errors import SpecError
+from ._cost import WRITE_COST, pass_flops
 from ._kernels import contiguous_runs
 from ._split import LayerSplit
 
@@ -86,8 +89,8 @@ class Reverse:
 class PerLeaf:
     """Forward or reverse chosen per leaf by cost, without exploiting structure.
 
-    Cost: Σ over forward leaves of their sizes + 2M if any leaf goes reverse. Use to compare against
-    :class:`Auto`, or where structure detection is unwanted.
+    Cost: Σ over forward leaves of their sizes in JVPs + M pullbacks if any leaf goes reverse, each over only
+    what depends on its leaves. Use to compare against :class:`Auto`, or where structure detection is unwanted.
     """
 
     chunk_size: int | None = None
@@ -101,9 +104,9 @@ class PerLeaf:
 class Structured:
     """Column or row colouring for every channel-diagonal leaf, dense forward/reverse for the rest.
 
-    Cost: P_leaf / C JVPs (fwd-colour) or M / C shared pullbacks (rev-colour) per structured leaf, plus the write
-    of the dense block, which is mostly zeros and bound by memory bandwidth. Use to force colouring; :class:`Auto`
-    uses it only where it is cheaper.
+    Cost: P_leaf / C JVPs (fwd-colour) or M / C shared pullbacks (rev-colour) per structured leaf; only the
+    block's nonzeros (1 / C of it) leave the device and are written into the zeroed result. Use to force
+    colouring; :class:`Auto` uses it only where it is cheaper.
     """
 
     chunk_size: int | None = None
@@ -118,7 +121,8 @@ class Auto:
     """The default: per leaf, the cheapest of forward, reverse, and (where the leaf acts one channel at a time)
     column or row colouring, counting reverse passes as shared between leaves.
 
-    Cost: the minimum over those plans of the passes per example, plus writing the dense result.
+    Cost: the minimum over those plans of the estimated device time (passes × their arithmetic + the entries
+    returned; see :func:`plan_blocks`), plus placing the result on the host.
     """
 
     chunk_size: int | None = None
@@ -129,40 +133,53 @@ class Auto:
 
 
 def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_structure=False) -> tuple[Block, ...]:
-    """Chooses a method per leaf minimizing the passes per example.
+    """Chooses a method per leaf minimizing the estimated device time per example.
 
-    Reverse blocks have a fixed cost shared by their leaves (2M for dense rows, 2M/C for each channel count C of
-    row-coloured leaves), so we enumerate which reverse groups exist (at most a few) and give every leaf the
-    cheapest option among forward (its size, or size / C when coloured) and the existing groups.
+    Each method is charged its passes times the floating-point operations of one pass over what depends on its
+    leaves (``_cost.pass_flops``; a pullback counts ``REVERSE_PASS_COST`` times a JVP), plus ``WRITE_COST`` per
+    entry it returns: the dense columns or rows, or only the nonzeros for the colouring methods. Reverse groups
+    (dense rows; row colouring per channel count) share their passes between leaves, so we enumerate which
+    groups exist (at most a few) and give every leaf the cheapest option among forward (dense or coloured) and
+    the existing groups; each candidate plan is then costed with its groups' actual members.
     """
+    flops = pass_flops(split)
+    M = split.num_outputs
     last_axis = len(split.activation_shape) - 1
-    forward_cost = {}
-    for name in split.param_names:
+
+    def forward_cost(name):
         s = structure.get(name)
-        forward_cost[name] = _size(split, name) // s.channels if s else _size(split, name)
-    groups = {("rev", None): REVERSE_PASS_COST * split.num_outputs}
-    for s in structure.values():
-        if s.output_axis == last_axis:
-            groups[("rev-colour", s.channels)] = REVERSE_PASS_COST * split.num_outputs / s.channels
+        passes = _size(split, name) // s.channels if s else _size(split, name)
+        return passes * (flops([name]) + WRITE_COST * M)
+
+    group_passes = {("rev", None): M}
+    for st in structure.values():
+        if st.output_axis == last_axis:
+            group_passes[("rev-colour", st.channels)] = M // st.channels
 
     def eligible(name, group):
         kind, channels = group
         if kind == "rev":
             return not (force_structure and name in structure)
-        s = structure.get(name)
-        return s is not None and s.channels == channels and s.output_axis == last_axis
+        st = structure.get(name)
+        return st is not None and st.channels == channels and st.output_axis == last_axis
+
+    def group_cost(group, members):
+        passes = group_passes[group]
+        return passes * (REVERSE_PASS_COST * flops(members) + WRITE_COST * sum(_size(split, n) for n in members))
 
     best = None
-    for r in range(len(groups) + 1):
-        for active in itertools.combinations(groups, r):
-            total = sum(groups[g] for g in active)
+    for r in range(len(group_passes) + 1):
+        for active in itertools.combinations(group_passes, r):
             choice = {}
             for name in split.param_names:
-                options = [(forward_cost[name], "fwd")]
-                options += [(0.0, g) for g in active if eligible(name, g)]
-                cost, pick = min(options, key=lambda o: o[0])
-                total += cost
-                choice[name] = pick
+                options = [(forward_cost(name), "fwd")]
+                options += [(group_passes[g] * WRITE_COST * _size(split, name), g)  # the passes are shared
+                            for g in active if eligible(name, g)]
+                choice[name] = min(options, key=lambda o: o[0])[1]
+            total = sum(forward_cost(n) for n, c in choice.items() if c == "fwd")
+            for g in active:
+                members = [n for n, c in choice.items() if c == g]
+                total += group_cost(g, members) if members else 0.0
             if best is None or total < best[0]:
                 best = (total, choice)
     choice = best[1]
@@ -182,7 +199,7 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
                 group = []
             group.append(name)
         blocks.append(Block(tuple(group), "fwd-colour", chunk_size))
-    for group in groups:
+    for group in group_passes:
         names = tuple(n for n in split.param_names if choice[n] == group)
         if names:
             blocks.append(Block(names, group[0], chunk_size))
