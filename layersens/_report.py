@@ -102,13 +102,16 @@ def describe_case(case, bandwidth) -> str:
         text.append(f"Without jit the loop took {_x(nojit.steady_seconds / loop.steady_seconds)} as long as with it.")
     if win.write_fraction is not None:
         floor = case.jacobian_bytes / bandwidth.fill
+        fresh = case.jacobian_bytes / bandwidth.first_touch
         text.append(
-            f"{win.name} produced the dense matrix at {win.bytes_per_second / _GB:.3g} GB/s, "
-            f"{_pct(win.write_fraction)} of this machine's measured write bandwidth ({bandwidth.fill / _GB:.3g} GB/s; "
-            f"writing the result alone takes {_t(floor)})" + (
-                ", so it is near the floor set by writing the result: further gains on the dense matrix must come "
-                "from writing less of it." if win.write_fraction >= 0.25 else
-                ", so computing, not writing, still dominates its time."))
+            f"{win.name} produced the dense matrix at {win.bytes_per_second / _GB:.3g} GB/s: "
+            f"{_pct(win.write_fraction)} of this machine's write bandwidth into memory already in use "
+            f"({bandwidth.fill / _GB:.3g} GB/s; {_t(floor)} for this result) and "
+            f"{_pct(win.bytes_per_second / bandwidth.first_touch)} of its first-touch bandwidth into fresh memory "
+            f"({bandwidth.first_touch / _GB:.3g} GB/s; {_t(fresh)}), which any call returning a new matrix pays" + (
+                ". That is within 2× of the floor set by writing the result: further gains on the dense matrix must "
+                "come from writing less of it." if win.steady_seconds <= 2 * fresh else
+                "; computing, not writing, still dominates its time."))
     if win.compile_seconds and win.compile_seconds > win.steady_seconds:
         text.append(f"Its compilation ({_t(win.compile_seconds)}) takes longer than its computation, so a single "
                     "call is dominated by compiling.")
