@@ -27,6 +27,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 from ._split import LayerSplit
 
 
@@ -100,11 +101,23 @@ def basis_size(split: LayerSplit, method: str, names, structure) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    """``compute(params, x, offset) -> outputs`` on the device; ``place(matrix, offset, outputs)`` on the host."""
+    """``compute(params, x, offset) -> outputs`` on the device; ``place(matrix, offset, outputs)`` on the host;
+    ``expand(outputs) -> [(column, block)]``, traceable, the same chunk as dense full-height column blocks (for a
+    chunk that spans the whole block: see :func:`make_dense`)."""
 
     compute: Callable
     place: Callable
+    expand: Callable
     num_outputs: int
+
+
+def _expand_diagonal(values, row_shape, channel_axis: int):
+    """The dense block that :func:`place_diagonal` fills, built on the device: ``(prod(row_shape), W × C)``."""
+    C = row_shape[channel_axis]
+    full = tuple(row_shape) + (values.shape[-1], C)
+    same_channel = lax.broadcasted_iota(jnp.int32, full, channel_axis) == lax.broadcasted_iota(
+        jnp.int32, full, len(full) - 1)
+    return jnp.where(same_channel, values[..., None], 0).reshape(int(np.prod(row_shape)), -1)
 
 
 def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structure, width: int):
@@ -112,6 +125,12 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
     starts = column_starts(split)
     act_shape = split.activation_shape
     M = split.num_outputs
+    # A chunk spanning the whole basis builds it from a constant offset: XLA then sees a constant one-hot basis
+    # and simplifies the tangents (measured 5× faster for relu1's 240 dense JVPs than with a traced offset).
+    whole = width >= basis_size(split, method, names, structure)
+
+    def basis_rows(offset, size, dtype):
+        return one_hot_rows(0 if whole else offset, width, size, dtype)
 
     if method == "fwd":
         def compute(params, x, offset):
@@ -120,7 +139,7 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
             def g(t):
                 return jnp.ravel(split.apply({**params, **unravel(t)}, x))
 
-            basis = one_hot_rows(offset, width, theta.size, theta.dtype)
+            basis = basis_rows(offset, theta.size, theta.dtype)
             columns = jax.vmap(lambda v: jax.jvp(g, (theta,), (v,))[1])(basis)
             return (columns.T,)
 
@@ -128,18 +147,24 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
             column = starts[names[0]] + offset
             matrix[:, column:column + width] = outputs[0]
 
+        def expand(outputs):
+            return [(starts[names[0]], outputs[0])]
+
     elif method == "rev":
         def compute(params, x, offset):
             def g(block):
                 return jnp.ravel(split.apply({**params, **block}, x))
 
             y, pullback = jax.vjp(g, {k: params[k] for k in names})
-            rows = jax.vmap(pullback)(one_hot_rows(offset, width, y.size, y.dtype))[0]
+            rows = jax.vmap(pullback)(basis_rows(offset, y.size, y.dtype))[0]
             return tuple(rows[k].reshape(width, -1) for k in names)
 
         def place(matrix, offset, outputs):
             for k, block in zip(names, outputs):
                 matrix[offset:offset + width, starts[k]:starts[k] + block.shape[1]] = block
+
+        def expand(outputs):
+            return [(starts[k], block) for k, block in zip(names, outputs)]
 
     elif method == "fwd-colour":
         shapes = {k: np.shape(split.params[k]) for k in names}
@@ -159,12 +184,15 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
                 return split.apply({**params, **moved}, x)
 
             s0 = jnp.zeros(int(bounds[-1]), params[names[0]].dtype)
-            basis = one_hot_rows(offset, width, s0.size, s0.dtype)
+            basis = basis_rows(offset, s0.size, s0.dtype)
             compressed = jax.vmap(lambda v: jax.jvp(g, (s0,), (v,))[1])(basis)  # (width, *act)
             return (jnp.moveaxis(compressed, 0, -1),)  # (*act, width): the channel diagonal's layout
 
         def place(matrix, offset, outputs):
             place_diagonal(matrix, 0, starts[names[0]] + offset * C, act_shape, axis, outputs[0])
+
+        def expand(outputs):
+            return [(starts[names[0]], _expand_diagonal(outputs[0], act_shape, axis))]
 
     elif method == "rev-colour":
         C = structure[names[0]].channels
@@ -176,7 +204,7 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
                 return split.apply({**params, **block}, x).reshape(S, C)
 
             y, pullback = jax.vjp(g, {k: params[k] for k in names})
-            basis = one_hot_rows(offset, width, S, y.dtype)  # position s, every channel
+            basis = basis_rows(offset, S, y.dtype)  # position s, every channel
             grads = jax.vmap(pullback)(jnp.broadcast_to(basis[:, :, None], (width, S, C)))[0]
             # Adjacent leaves' columns continue one another: one (width, C, W_run) diagonal per run.
             return tuple(jnp.concatenate([grads[k].reshape(width, -1, C) for k in run], axis=1).swapaxes(1, 2)
@@ -186,10 +214,13 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
             for run, values in zip(runs, outputs):
                 place_diagonal(matrix, offset * C, starts[run[0]], (width, C), 1, values)
 
+        def expand(outputs):
+            return [(starts[run[0]], _expand_diagonal(values, (width, C), 1)) for run, values in zip(runs, outputs)]
+
     else:
         raise ValueError(f"unknown method {method!r}")
     outputs = {"rev": len(names), "rev-colour": len(contiguous_runs(split, names))}.get(method, 1)
-    return Kernel(compute, place, outputs)
+    return Kernel(compute, place, expand, outputs)
 
 
 def intermediate_bytes(split: LayerSplit, x) -> int:
@@ -226,10 +257,32 @@ def make_fused(kernels) -> Kernel:
     def compute(params, x, offset):
         return tuple(o for k in kernels for o in k.compute(params, x, offset))
 
-    def place(matrix, offset, outputs):
+    def split_outputs(outputs):
         at = 0
         for k in kernels:
-            k.place(matrix, offset, outputs[at:at + k.num_outputs])
+            yield k, outputs[at:at + k.num_outputs]
             at += k.num_outputs
 
-    return Kernel(compute, place, sum(k.num_outputs for k in kernels))
+    def place(matrix, offset, outputs):
+        for k, own in split_outputs(outputs):
+            k.place(matrix, offset, own)
+
+    def expand(outputs):
+        return [piece for k, own in split_outputs(outputs) for piece in k.expand(own)]
+
+    return Kernel(compute, place, expand, sum(k.num_outputs for k in kernels))
+
+
+def make_dense(split: LayerSplit, kernel: Kernel):
+    """``dense(params, x) -> (M, P)``: one example's Jacobian for a kernel spanning every column in one chunk: the
+    whole matrix as one program output. Where device memory is host memory (CPU) and the matrix is small, this
+    writes each entry once into memory XLA reuses from call to call, instead of zeroing a host array and then
+    placing the nonzeros into it."""
+    dtype = split.activation_dtype
+
+    def dense(params, x):
+        pieces = sorted(kernel.expand(kernel.compute(params, x, 0)), key=lambda p: p[0])
+        blocks = [block.astype(dtype) for _, block in pieces]
+        return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)
+
+    return dense

@@ -225,3 +225,18 @@ def test_pass_cost_counts_only_what_depends_on_the_leaves(lenet_linen):
     conv2 = 2 * 14 * 14 * 32 * 3 * 3 * 20
     assert flops(["conv1/kernel"]) > flops(["conv2/kernel"]) > conv2 + fc1_matmul
     assert flops(["conv1/kernel", "fc1/kernel"]) == flops(["conv1/kernel"])
+
+
+@pytest.mark.parametrize("layer", ["act", "output"])
+def test_one_example_built_on_the_device_equals_host_placement(model, layer, monkeypatch):
+    import layersens._jacobian as driver
+
+    x = np.random.default_rng(6).normal(size=(1, 6, 6, 1)).astype(np.float32)
+    for name in ("fwd", "rev", "structured", "auto"):
+        device_built = layersens.jacobian(layersens.split(model, layer), x, mode=name)
+        monkeypatch.setattr(driver, "DEVICE_DENSE_MAX_BYTES", 0)  # the zeroed host array + placed nonzeros
+        host_placed = layersens.jacobian(layersens.split(model, layer), x, mode=name)
+        monkeypatch.undo()
+        np.testing.assert_allclose(device_built.matrix, host_placed.matrix, **TOL[np.float32], err_msg=name)
+        np.testing.assert_array_equal(device_built.activation, host_placed.activation)
+        assert not device_built.matrix.flags.writeable and not host_placed.matrix.flags.writeable
