@@ -1,9 +1,11 @@
 """What one pass through a split costs, per upstream leaf: the numbers the strategies' cost model weighs.
 
-A JVP along a leaf, or a pullback down to it, only runs the operations that depend on that leaf: for ``fc1``'s
-kernel that is one matrix product, for ``conv1``'s every layer in between. We trace the split once (shapes
-only), propagate which leaves each value depends on (as ``_dependence`` does) and charge every equation's
-floating-point operations to the set of leaves it depends on. Cost: one trace and one pass over the equations.
+A JVP along a leaf, or a pullback down to it, only runs the operations that depend on that leaf, and of each
+only the derivatives with respect to the operands that do: for ``fc1``'s kernel that is one matrix product; for
+``conv2``'s kernel one derivative convolution at conv2 and one product at fc1; for ``conv1``'s, conv2's input
+derivative as well. We trace the split once (shapes only), propagate which leaves each value depends on (as
+``_dependence`` does) and record every equation's floating-point operations with the leaf sets of its operands.
+Cost: one trace and one pass over the equations.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def _flops(eqn) -> float:
     return float(out)
 
 
-def _charge(jaxpr, in_masks: list[int], totals: dict[int, float]) -> list[int]:
+def _charge(jaxpr, in_masks: list[int], totals: dict[tuple[int, ...], float]) -> list[int]:
     masks: dict = {}
 
     def read(v) -> int:
@@ -53,7 +55,8 @@ def _charge(jaxpr, in_masks: list[int], totals: dict[int, float]) -> list[int]:
             for m in ins:
                 union |= m
             if union:
-                totals[union] = totals.get(union, 0.0) + _flops(eqn)
+                key = tuple(sorted(m for m in ins if m))
+                totals[key] = totals.get(key, 0.0) + _flops(eqn)
             outs = [union] * len(eqn.outvars)
         for var, m in zip(eqn.outvars, outs):
             masks[var] = m
@@ -61,24 +64,27 @@ def _charge(jaxpr, in_masks: list[int], totals: dict[int, float]) -> list[int]:
 
 
 def pass_flops(split: LayerSplit):
-    """``flops(names)``: floating-point operations of one forward pass restricted to what depends on any of the
-    named leaves (a JVP along them costs about this; a pullback down to them about twice)."""
+    """``flops(names)``: floating-point operations of one JVP along the named leaves, or of one pullback down to
+    them: every operation that depends on them, once per operand that does (a convolution whose input and kernel
+    both depend on the leaves needs two derivative convolutions; one whose input alone does, one)."""
     key = ("pass_flops",)
     if key not in split.cache:
         x = jax.ShapeDtypeStruct(tuple(split.input_shape), np.dtype(split.input_dtype))
         closed = jax.make_jaxpr(split.apply)(split.params, x)
         leaves = jax.tree_util.tree_flatten_with_path(split.params)[0]
         order = [path[0].key for path, _ in leaves]  # the jaxpr's inputs, in the dict's flattening order
-        totals: dict[int, float] = {}
+        totals: dict[tuple[int, ...], float] = {}
         _charge(closed.jaxpr, [1 << i for i in range(len(order))] + [0] * (len(closed.jaxpr.invars) - len(order)),
                 totals)
-        split.cache[key] = ({name: 1 << i for i, name in enumerate(order)}, totals)
-    bits, totals = split.cache[key]
+        split.cache[key] = ({name: 1 << i for i, name in enumerate(order)}, totals, {})
+    bits, totals, memo = split.cache[key]
 
     def flops(names) -> float:
         mask = 0
         for name in names:
             mask |= bits[name]
-        return sum(f for m, f in totals.items() if m & mask)
+        if mask not in memo:
+            memo[mask] = sum(f * sum(1 for m in operands if m & mask) for operands, f in totals.items())
+        return memo[mask]
 
     return flops

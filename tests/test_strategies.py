@@ -224,7 +224,9 @@ def test_pass_cost_counts_only_what_depends_on_the_leaves(lenet_linen):
     assert fc1_matmul <= flops(["fc1/kernel"]) < 1.1 * fc1_matmul
     conv2 = 2 * 14 * 14 * 32 * 3 * 3 * 20
     assert flops(["conv1/kernel"]) > flops(["conv2/kernel"]) > conv2 + fc1_matmul
-    assert flops(["conv1/kernel", "fc1/kernel"]) == flops(["conv1/kernel"])
+    # conv2's input and kernel both depend on these: two derivative convolutions instead of one
+    both = flops(["conv1/kernel", "conv2/kernel"])
+    assert conv2 <= both - flops(["conv1/kernel"]) < 1.1 * conv2
 
 
 @pytest.mark.parametrize("layer", ["act", "output"])
