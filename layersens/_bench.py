@@ -25,8 +25,8 @@ import numpy as np
 import layersens
 
 from ._bench_env import DEFAULT_BANDWIDTH_BYTES, Bandwidth, environment, measure_bandwidth
-from ._bench_methods import (DENSE_METHODS, LOOP_METHODS, DenseMethod, available_methods, compare, make_method,
-                             sample_pairs)
+from ._bench_methods import (DENSE_METHODS, LOOP_METHODS, DenseMethod, available_methods, compare, is_method,
+                             make_method, sample_pairs)
 from ._bench_results import BenchmarkReport, CaseResult, MethodResult, Settings
 from ._bench_worker import measure_peak_memory
 from ._errors import InputShapeError, JacobianTooLargeError, SpecError, format_bytes
@@ -228,9 +228,10 @@ def _check_methods(methods) -> tuple[str, ...]:
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = tuple(dict.fromkeys(methods))
-    unknown = [m for m in methods if m not in known]
+    unknown = [m for m in methods if not is_method(m)]
     if unknown or not methods:
-        raise SpecError(f"methods {list(methods)}: unknown {unknown or 'none given'}; choose from {', '.join(known)}.")
+        raise SpecError(f"methods {list(methods)}: unknown {unknown or 'none given'}; choose from {', '.join(known)} "
+                        "(any layersens-<mode>@<size> too, e.g. layersens-auto@32MiB).")
     return methods
 
 

@@ -10,7 +10,8 @@ Jacobian is computed:
 * ``loop-nojit``: the same gradient without ``jax.jit``, op by op.
 * ``vmap-vjp``: one ``jax.vjp``, its pullback vmapped over the identity basis of the outputs, jitted.
 * ``jacrev`` / ``jacfwd``: ``jax.jit(jax.jacrev(...))`` / ``jax.jit(jax.jacfwd(...))``.
-* ``layersens-<strategy>``: :func:`layersens.jacobian` with each strategy in ``_strategies.STRATEGIES``.
+* ``layersens-<strategy>``: :func:`layersens.jacobian` with each strategy in ``_strategies.STRATEGIES``;
+  ``layersens-<strategy>@<size>`` with ``max_memory=<size>`` (peak memory is then read against the budget).
 
 The dense methods differentiate one flat function of the upstream parameters concatenated in
 ``split.param_names`` order, so columns line up with layersens' and every method yields the same matrix.
@@ -26,6 +27,8 @@ import numpy as np
 
 import layersens
 
+from ._errors import SpecError
+from ._memory import parse_bytes
 from ._split import LayerSplit
 
 LOOP_METHODS = ("loop-jit", "loop-nojit")
@@ -40,8 +43,38 @@ def layersens_modes() -> tuple[str, ...]:
     return ("auto",) + tuple(name for name in STRATEGIES if name != "auto")
 
 
+# Working-memory budgets the default benchmark also runs ``layersens-auto`` under (``--max-memory``), so the
+# report shows peak memory against each budget.
+BUDGETS = ("16MiB", "64MiB")
+
+
 def available_methods() -> tuple[str, ...]:
-    return LOOP_METHODS + DENSE_METHODS + tuple(LAYERSENS_PREFIX + m for m in layersens_modes())
+    """The default method list. Any ``layersens-<mode>@<size>`` (e.g. ``layersens-auto@16MiB``) is accepted too:
+    that strategy with ``max_memory=<size>``."""
+    return (LOOP_METHODS + DENSE_METHODS + tuple(LAYERSENS_PREFIX + m for m in layersens_modes())
+            + tuple(f"{LAYERSENS_PREFIX}auto@{b}" for b in BUDGETS))
+
+
+def is_method(name: str) -> bool:
+    if name in LOOP_METHODS or name in DENSE_METHODS:
+        return True
+    if not name.startswith(LAYERSENS_PREFIX):
+        return False
+    mode, _, budget = name[len(LAYERSENS_PREFIX):].partition("@")
+    if mode not in layersens_modes():
+        return False
+    if budget:
+        try:
+            parse_bytes(budget)
+        except SpecError:
+            return False
+    return True
+
+
+def method_budget(name: str) -> int | None:
+    """The ``max_memory`` in bytes of a ``layersens-<mode>@<size>`` method, else ``None``."""
+    _, _, budget = name.partition("@")
+    return parse_bytes(budget) if budget else None
 
 
 def flat_parameters(split: LayerSplit):
@@ -169,7 +202,8 @@ class LayersensMethod:
 
     def __init__(self, name: str, split: LayerSplit, xs: np.ndarray):
         self.name, self.split, self.xs = name, split, xs
-        self.mode = name[len(LAYERSENS_PREFIX):]
+        self.mode = name[len(LAYERSENS_PREFIX):].partition("@")[0]
+        self.max_memory = method_budget(name)
         self.last = None
         self.first_compile_seconds = None
 
@@ -179,7 +213,7 @@ class LayersensMethod:
     def full(self) -> np.ndarray:
         self.last = None  # let the previous result go before the next is allocated
         # Looked up on the package at call time, so a replaced ``layersens.jacobian`` is what gets measured.
-        self.last = layersens.jacobian(self.split, self.xs, mode=self.mode)
+        self.last = layersens.jacobian(self.split, self.xs, mode=self.mode, max_memory=self.max_memory)
         if self.first_compile_seconds is None:
             self.first_compile_seconds = self.last.compile_seconds
         return self.last.matrix
@@ -190,7 +224,7 @@ def make_method(name: str, split: LayerSplit, xs: np.ndarray):
         return LoopMethod(name, split, xs)
     if name in DENSE_METHODS:
         return DenseMethod(name, split, xs)
-    if name.startswith(LAYERSENS_PREFIX):
+    if is_method(name):
         return LayersensMethod(name, split, xs)
     raise KeyError(name)
 

@@ -8,7 +8,8 @@ report the hungriest method so far. So each method runs once in a fresh worker::
 
 which loads the model, splits it and prepares its inputs, reads the resident-set high-water mark (the
 baseline: Python, JAX, the model; ``VmHWM`` where Linux has it, else ``ru_maxrss``), computes the Jacobian once
-(compilation included, as a first call pays it) and prints one JSON object on stdout. A loop method runs
+(compilation included, as a first call pays it), then, where Linux lets it reset the high-water mark, once more
+(what every later call adds: working memory and the result), and prints one JSON object on stdout. A loop method runs
 ``--loop-sample`` of its gradients into a full result buffer that is faulted in, since its memory does not grow
 with the number of gradients but its result does. With ``--time-limit`` the worker ends itself (SIGALRM) if
 compiling and running take longer: the benchmark's run limit, enforced where a computation can be stopped.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import resource
@@ -35,6 +37,8 @@ class PeakMemory:
 
     baseline_bytes: int | None = None
     peak_bytes: int | None = None
+    steady_baseline_bytes: int | None = None
+    steady_peak_bytes: int | None = None
     seconds: float | None = None
     source: str = ""
     note: str = ""
@@ -46,6 +50,13 @@ class PeakMemory:
         if self.baseline_bytes is None or self.peak_bytes is None:
             return None
         return max(0, self.peak_bytes - self.baseline_bytes)
+
+    @property
+    def steady_added_bytes(self) -> int | None:
+        """What a second call added at its peak over the resident set before it (compiled programs held)."""
+        if self.steady_baseline_bytes is None or self.steady_peak_bytes is None:
+            return None
+        return max(0, self.steady_peak_bytes - self.steady_baseline_bytes)
 
 
 def _peak_rss() -> tuple[int, str]:
@@ -98,7 +109,35 @@ def _work(args) -> dict:
     seconds = time.perf_counter() - start
     signal.setitimer(signal.ITIMER_REAL, 0)
     peak, source = _peak_rss()
-    return {"baseline_bytes": baseline, "peak_bytes": peak, "source": source, "seconds": seconds, "note": note}
+    out = {"baseline_bytes": baseline, "peak_bytes": peak, "source": source, "seconds": seconds, "note": note}
+    if args.method not in LOOP_METHODS and _reset_peak_rss():
+        # A second call, compiled programs already held: what each later call adds (working memory + result).
+        if hasattr(method, "last"):
+            method.last = None
+        gc.collect()
+        _reset_peak_rss()
+        out["steady_baseline_bytes"] = _current_rss()
+        method.full()
+        out["steady_peak_bytes"] = _peak_rss()[0]
+    return out
+
+
+def _reset_peak_rss() -> bool:
+    """Resets this process's ``VmHWM`` to its current resident set (Linux ``clear_refs``); False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _current_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmRSS in /proc/self/status")
 
 
 def main(argv=None) -> int:
@@ -152,6 +191,8 @@ def measure_peak_memory(model_dir, layer: str, num_examples: int, method: str, *
     if "error" in data:
         return PeakMemory(error=data["error"])
     return PeakMemory(baseline_bytes=data["baseline_bytes"], peak_bytes=data["peak_bytes"],
+                      steady_baseline_bytes=data.get("steady_baseline_bytes"),
+                      steady_peak_bytes=data.get("steady_peak_bytes"),
                       seconds=data["seconds"], source=data.get("source", ""), note=data.get("note", ""))
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._errors import JacobianTooLargeError, SpecError, format_bytes
 from ._kernels import basis_size, bytes_per_vector, intermediate_bytes, make_dense, make_fused, make_kernel
-from ._memory import DEFAULT_WORKING_MEMORY, available_memory, chunk_size, parse_bytes
+from ._memory import DEFAULT_WORKING_MEMORY, available_memory, balanced_width, chunk_size, parse_bytes
 from ._result import LayerJacobian
 from ._split import LayerSplit
 from ._strategies import Auto, Structured, as_strategy
@@ -38,13 +38,15 @@ DEVICE_DENSE_MAX_BYTES = 32 * 2**20
 
 @dataclasses.dataclass(frozen=True)
 class PlannedBlock:
-    """A block of the plan: its leaves, method, number of basis vectors, chunk width and bytes per vector."""
+    """A block of the plan: its leaves, method, number of basis vectors, chunk width and estimated bytes per
+    vector. The width is the estimate's; the first call checks XLA's own count and may narrow it."""
 
     names: tuple[str, ...]
     method: str
     basis: int
     width: int
     bytes_per_vector: int
+    fixed_width: bool = False  # the strategy asked for this chunk size
 
 
 def resolve_device(device=None) -> jax.Device:
@@ -102,9 +104,10 @@ def plan(split: LayerSplit, x, mode=Auto(), max_memory=None) -> tuple[PlannedBlo
                 basis = basis_size(split, block.method, (name,), structure)
                 per_vector = bytes_per_vector(split, intermediates, block.method, (name,), structure)
                 width = chunk_size(basis, per_vector, budget, block.chunk_size)
-                planned.append(PlannedBlock((name,), block.method, basis, width, per_vector))
+                planned.append(PlannedBlock((name,), block.method, basis, width, per_vector,
+                                            block.chunk_size is not None))
             continue
-        planned.append(PlannedBlock(block.names, block.method, basis, width, per_vector))
+        planned.append(PlannedBlock(block.names, block.method, basis, width, per_vector, block.chunk_size is not None))
     return tuple(planned), structure
 
 
@@ -115,40 +118,85 @@ class _Prepared:
 
     blocks: tuple[PlannedBlock, ...]
     params: dict
-    steps: tuple  # (compiled, place, basis, width)
+    steps: tuple  # _Step per block (one fused step when every block fits in one chunk)
     activation: object  # compiled split.apply of one example
     compile_seconds: float
     dense: object | None  # the make_dense program, for one example where that is cheaper (compiled on first use)
+
+
+def _working_bytes(compiled, with_arguments=False) -> int | None:
+    """XLA's own count of a compiled program's temporaries and outputs (and arguments, for a chunk program whose
+    argument is the example's linear map); ``None`` where the backend does not say."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if stats is None:
+        return None
+    total = stats.temp_size_in_bytes + stats.output_size_in_bytes
+    return int(total + (stats.argument_size_in_bytes if with_arguments else 0))
+
+
+def _compile_block(split, block: PlannedBlock, structure, params, x0, budget: int):
+    """One block's compiled step. Chunk widths come from an estimate; once compiled, XLA's own count of the
+    programs' memory is checked against the budget and the chunks narrowed (and recompiled) while it is over."""
+    width = block.width
+    fixed = block.fixed_width or (block.method == "fwd-colour" and len(block.names) > 1)
+    for _ in range(4):
+        kernel = make_kernel(split, block.method, block.names, structure, width)
+        if width >= block.basis:
+            compute = jax.jit(kernel.compute).lower(params, x0, np.int32(0)).compile()
+            step, working = _Step(None, compute, kernel.place, block.basis, width), _working_bytes(compute)
+        else:
+            linear = jax.eval_shape(kernel.linearize, params, x0)
+            linearize = jax.jit(kernel.linearize).lower(params, x0).compile()
+            chunk = jax.jit(kernel.chunk).lower(linear, np.int32(0)).compile()
+            step = _Step(linearize, chunk, kernel.place, block.basis, width)
+            sizes = (_working_bytes(linearize), _working_bytes(chunk, with_arguments=True))
+            working = None if None in sizes else max(sizes)
+        if fixed or working is None or working <= budget or width == 1:
+            return step, dataclasses.replace(block, width=width)
+        width = balanced_width(block.basis, max(1, int(width * budget / working)))
+    return step, dataclasses.replace(block, width=width)
 
 
 def _prepare(split: LayerSplit, x0, dev, strategy, budget) -> _Prepared:
     start = time.perf_counter()
     params = jax.device_put(split.params, dev)
     blocks, structure = plan(split, x0, strategy, budget)
-    kernels = [make_kernel(split, b.method, b.names, structure, b.width) for b in blocks]
-    dense = None
+    steps, dense = None, None
     if all(b.width == b.basis for b in blocks):
-        fused = make_fused(kernels)
-        chunked = [(fused, 1, 1)]
-        example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
-        if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
-            dense = jax.jit(make_dense(split, fused))
-    else:
-        chunked = [(k, b.basis, b.width) for k, b in zip(kernels, blocks)]
+        fused = make_fused([make_kernel(split, b.method, b.names, structure, b.width) for b in blocks])
+        compute = jax.jit(fused.compute).lower(params, x0, np.int32(0)).compile()
+        working = _working_bytes(compute)
+        if working is None or working <= budget:
+            steps = (_Step(None, compute, fused.place, 1, 1),)
+            example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
+            if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
+                dense = jax.jit(make_dense(split, fused))
+    if steps is None:
+        compiled = [_compile_block(split, b, structure, params, x0, budget) for b in blocks]
+        steps, blocks = tuple(c[0] for c in compiled), tuple(c[1] for c in compiled)
     # The activation is a program of its own: returned from the kernels' programs as well, it changed XLA's
     # fusion of the dense forward kernel (a transposed copy, measured 5× slower on relu1).
-    steps = tuple((jax.jit(k.compute).lower(params, x0, np.int32(0)).compile(), k.place, basis, width)
-                  for k, basis, width in chunked)
     activation = jax.jit(split.apply).lower(params, x0).compile()
     return _Prepared(blocks, params, steps, activation, time.perf_counter() - start, dense)
 
 
-def _tasks(prepared: _Prepared, num_examples: int):
-    """Every program call of the computation, in order: ``(example, step, compiled, place, offset)``."""
-    for n in range(num_examples):
-        for step, (compiled, place, basis, width) in enumerate(prepared.steps):
-            for offset in range(0, max(basis, 1), width):
-                yield n, step, compiled, place, max(0, min(offset, basis - width))  # the last chunk overlaps
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One block's compiled programs: ``linearize`` (None for a block computed in one chunk, by ``compute``
+    from params and the example) and ``compute`` (from the linear map and the chunk's offset otherwise)."""
+
+    linearize: object | None
+    compute: object
+    place: object
+    basis: int
+    width: int
+
+    def offsets(self):
+        # The last chunk overlaps the one before rather than being narrower: one compiled width.
+        return [max(0, min(offset, self.basis - self.width)) for offset in range(0, max(self.basis, 1), self.width)]
 
 
 def jacobian(
@@ -205,23 +253,25 @@ def jacobian(
     # Fresh zeroed memory costs only its page faults; blocks that are mostly zeros are then written where nonzero.
     matrix = np.zeros(shape, np.dtype(split.activation_dtype))
     activation = np.empty((num_examples,) + split.activation_shape, np.dtype(split.activation_dtype))
-    tasks = list(_tasks(prepared, num_examples))
     examples = jax.device_put(list(x), dev)  # one transfer, instead of a slicing dispatch per chunk
-
-    def dispatch(task):
-        n, _, compiled, _, offset = task
-        return compiled(params, examples[n], np.int32(offset))
-
+    total = num_examples * sum(len(step.offsets()) for step in prepared.steps)
+    done = 0
     # One chunk in flight at a time: dispatching the next before placing this one was measured slower (two
     # chunks' device buffers alive made the allocator map fresh pages; XLA already uses every core).
-    for i, task in enumerate(tasks):
-        n, step, _, place, offset = task
-        outputs = [np.asarray(o) for o in dispatch(task)]
-        if step == 0 and offset == 0:
-            activation[n] = np.asarray(prepared.activation(params, examples[n]))
-        place(matrix[n], offset, outputs)
-        if progress is not None:
-            progress(i + 1, len(tasks))
+    for n in range(num_examples):
+        activation[n] = np.asarray(prepared.activation(params, examples[n]))
+        for step in prepared.steps:
+            linear = step.linearize(params, examples[n]) if step.linearize is not None else None
+            for offset in step.offsets():
+                if linear is None:
+                    outputs = step.compute(params, examples[n], np.int32(offset))
+                else:
+                    outputs = step.compute(linear, np.int32(offset))
+                step.place(matrix[n], offset, [np.asarray(o) for o in outputs])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+            del linear
     matrix.flags.writeable = False
 
     return _result(split, prepared, x, matrix, activation, dev, compile_seconds, time.perf_counter() - start)

@@ -1,12 +1,13 @@
 """The vectorized kernels: each computes one chunk of one block of one example's ``(M, P)`` Jacobian.
 
-A kernel is a pair ``(compute, place)``. ``compute(params, x, offset)`` runs on the device and returns the chunk
-for ``width`` basis vectors starting at ``offset`` (traced, so one compiled program serves every chunk of every
-example): dense sub-blocks for ``fwd``/``rev``, and for the colouring methods only the nonzero values, in compressed
-form. ``place(matrix, offset, outputs)`` writes them on the host into one example's ``(M, P)`` matrix, which
-starts as zeros: fresh zeroed memory costs only its page faults, so a block that is mostly zeros is written once,
-and only where it is nonzero (through a strided view of its diagonal). A chunk builds its identity basis from
-``offset`` inside the program (``width × basis`` entries), never a whole identity matrix.
+A :class:`Kernel` computes chunks of ``width`` basis vectors starting at ``offset`` (traced, so one compiled
+program serves every chunk of every example) on the device: dense sub-blocks for ``fwd``/``rev``, and for the
+colouring methods only the nonzero values, in compressed form. Its ``place`` writes them on the host into one
+example's ``(M, P)`` matrix, which starts as zeros: fresh zeroed memory costs only its page faults, so a block
+that is mostly zeros is written once, and only where it is nonzero (through a strided view of its diagonal).
+A block of several chunks linearizes once per example and applies that linear map chunk by chunk. A chunk
+builds its identity basis from ``offset`` inside the program (``width × basis`` entries), never a whole identity
+matrix.
 
 Methods (M outputs, P_b parameters in the block, C channels, W = P_leaf / C, S = M / C):
 
@@ -101,11 +102,18 @@ def basis_size(split: LayerSplit, method: str, names, structure) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Kernel:
-    """``compute(params, x, offset) -> outputs`` on the device; ``place(matrix, offset, outputs)`` on the host;
-    ``expand(outputs) -> [(column, block)]``, traceable, the same chunk as dense full-height column blocks (for a
-    chunk that spans the whole block: see :func:`make_dense`)."""
+    """One block's chunk, computed on the device and placed on the host.
+
+    ``compute(params, x, offset) -> outputs`` computes one chunk in one program. For blocks of several chunks,
+    ``linearize(params, x)`` returns the example's linear map (a pytree holding the forward pass's residuals) and
+    ``chunk(linear, offset)`` applies it to one chunk of the basis, so the forward pass runs once per example,
+    not once per chunk. ``place(matrix, offset, outputs)`` writes a chunk into the example's zeroed matrix on the
+    host; ``expand(outputs) -> [(column, block)]``, traceable, gives a chunk spanning the whole block as dense
+    full-height column blocks (see :func:`make_dense`)."""
 
     compute: Callable
+    linearize: Callable
+    chunk: Callable
     place: Callable
     expand: Callable
     num_outputs: int
@@ -129,19 +137,21 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
     # and simplifies the tangents (measured 5× faster for relu1's 240 dense JVPs than with a traced offset).
     whole = width >= basis_size(split, method, names, structure)
 
+    leaf_dtype = np.dtype(split.params[names[0]].dtype)
+    act_dtype = np.dtype(split.activation_dtype)
+
     def basis_rows(offset, size, dtype):
         return one_hot_rows(0 if whole else offset, width, size, dtype)
 
     if method == "fwd":
-        def compute(params, x, offset):
+        size = sum(_size(split, k) for k in names)
+
+        def setup(params, x):
             theta, unravel = ravel_leaves(params, names)
+            return (lambda t: jnp.ravel(split.apply({**params, **unravel(t)}, x))), theta
 
-            def g(t):
-                return jnp.ravel(split.apply({**params, **unravel(t)}, x))
-
-            basis = basis_rows(offset, theta.size, theta.dtype)
-            columns = jax.vmap(lambda v: jax.jvp(g, (theta,), (v,))[1])(basis)
-            return (columns.T,)
+        def chunk(push, offset):
+            return (jax.vmap(push)(basis_rows(offset, size, leaf_dtype)).T,)
 
         def place(matrix, offset, outputs):
             column = starts[names[0]] + offset
@@ -151,12 +161,11 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
             return [(starts[names[0]], outputs[0])]
 
     elif method == "rev":
-        def compute(params, x, offset):
-            def g(block):
-                return jnp.ravel(split.apply({**params, **block}, x))
+        def setup(params, x):
+            return (lambda block: jnp.ravel(split.apply({**params, **block}, x))), {k: params[k] for k in names}
 
-            y, pullback = jax.vjp(g, {k: params[k] for k in names})
-            rows = jax.vmap(pullback)(basis_rows(offset, y.size, y.dtype))[0]
+        def chunk(pull, offset):
+            rows = jax.vmap(pull)(basis_rows(offset, M, act_dtype))[0]
             return tuple(rows[k].reshape(width, -1) for k in names)
 
         def place(matrix, offset, outputs):
@@ -177,15 +186,16 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
         if len(names) > 1 and width != bounds[-1]:
             raise ValueError("a colouring block of several leaves is computed in one chunk")
 
-        def compute(params, x, offset):
+        def setup(params, x):
             def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
                 moved = {k: params[k] + s[a:b].reshape(shapes[k][:-1] + (1,))
                          for k, a, b in zip(names, bounds[:-1], bounds[1:])}
                 return split.apply({**params, **moved}, x)
 
-            s0 = jnp.zeros(int(bounds[-1]), params[names[0]].dtype)
-            basis = basis_rows(offset, s0.size, s0.dtype)
-            compressed = jax.vmap(lambda v: jax.jvp(g, (s0,), (v,))[1])(basis)  # (width, *act)
+            return g, jnp.zeros(int(bounds[-1]), leaf_dtype)
+
+        def chunk(push, offset):
+            compressed = jax.vmap(push)(basis_rows(offset, int(bounds[-1]), leaf_dtype))  # (width, *act)
             return (jnp.moveaxis(compressed, 0, -1),)  # (*act, width): the channel diagonal's layout
 
         def place(matrix, offset, outputs):
@@ -199,13 +209,12 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
         S = M // C
         runs = contiguous_runs(split, names)
 
-        def compute(params, x, offset):
-            def g(block):
-                return split.apply({**params, **block}, x).reshape(S, C)
+        def setup(params, x):
+            return (lambda block: split.apply({**params, **block}, x).reshape(S, C)), {k: params[k] for k in names}
 
-            y, pullback = jax.vjp(g, {k: params[k] for k in names})
-            basis = basis_rows(offset, S, y.dtype)  # position s, every channel
-            grads = jax.vmap(pullback)(jnp.broadcast_to(basis[:, :, None], (width, S, C)))[0]
+        def chunk(pull, offset):
+            basis = basis_rows(offset, S, act_dtype)  # position s, every channel
+            grads = jax.vmap(pull)(jnp.broadcast_to(basis[:, :, None], (width, S, C)))[0]
             # Adjacent leaves' columns continue one another: one (width, C, W_run) diagonal per run.
             return tuple(jnp.concatenate([grads[k].reshape(width, -1, C) for k in run], axis=1).swapaxes(1, 2)
                          for run in runs)
@@ -219,8 +228,25 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
 
     else:
         raise ValueError(f"unknown method {method!r}")
+
+    if method in ("fwd", "fwd-colour"):
+        def linearize(params, x):
+            g, point = setup(params, x)
+            return jax.linearize(g, point)[1]
+
+        def compute(params, x, offset):  # in one program, JVPs of the function itself (XLA fuses them better)
+            g, point = setup(params, x)
+            return chunk(lambda v: jax.jvp(g, (point,), (v,))[1], offset)
+    else:
+        def linearize(params, x):
+            g, point = setup(params, x)
+            return jax.vjp(g, point)[1]
+
+        def compute(params, x, offset):
+            return chunk(linearize(params, x), offset)
+
     outputs = {"rev": len(names), "rev-colour": len(contiguous_runs(split, names))}.get(method, 1)
-    return Kernel(compute, place, expand, outputs)
+    return Kernel(compute, linearize, chunk, place, expand, outputs)
 
 
 def intermediate_bytes(split: LayerSplit, x) -> int:
@@ -270,7 +296,7 @@ def make_fused(kernels) -> Kernel:
     def expand(outputs):
         return [piece for k, own in split_outputs(outputs) for piece in k.expand(own)]
 
-    return Kernel(compute, place, expand, sum(k.num_outputs for k in kernels))
+    return Kernel(compute, None, None, place, expand, sum(k.num_outputs for k in kernels))
 
 
 def make_dense(split: LayerSplit, kernel: Kernel):

@@ -51,4 +51,11 @@ def chunk_size(num_basis: int, bytes_per_vector: int, budget: int, requested: in
         if requested < 1:
             raise SpecError(f"chunk_size is {requested}; it must be at least 1.")
         return min(requested, num_basis)
-    return int(max(1, min(num_basis, budget // max(1, bytes_per_vector))))
+    return balanced_width(num_basis, int(max(1, min(num_basis, budget // max(1, bytes_per_vector)))))
+
+
+def balanced_width(num_basis: int, most: int) -> int:
+    """The narrowest width that needs as few chunks as ``most`` does: 128 vectors at most 109 per chunk are two
+    chunks of 64, not 109 + 109 (the last chunk overlaps the one before to keep one compiled width)."""
+    chunks = -(-num_basis // max(1, most))
+    return -(-num_basis // chunks)

@@ -14,6 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from ._bench_methods import method_budget
 from ._errors import LayersensError, format_bytes
 
 FORMAT = "layersens-benchmark/1"
@@ -115,6 +116,9 @@ def describe_case(case, bandwidth) -> str:
     if win.compile_seconds and win.compile_seconds > win.steady_seconds:
         text.append(f"Its compilation ({_t(win.compile_seconds)}) takes longer than its computation, so a single "
                     "call is dominated by compiling.")
+    memory = _memory_sentence(case)
+    if memory:
+        text.append(memory)
     missing = [f"{m.name} {m.status} ({m.reason})" for m in case.methods if not m.ok]
     if missing:
         text.append("Not timed: " + "; ".join(missing) + ".")
@@ -171,10 +175,30 @@ def report_json(report) -> dict:
     return data
 
 
+def _memory_sentence(case) -> str:
+    """layersens-auto's peak memory against the result's size and, for budgeted runs, against the budget."""
+    parts = []
+    for m in _ok(case):
+        steady = m.memory.steady_added_bytes if m.memory is not None else None
+        if not m.name.startswith("layersens-auto") or steady is None:
+            continue
+        budget = method_budget(m.name)
+        beyond = steady - case.jacobian_bytes
+        text = (f"{m.name} added {format_bytes(steady)} per call at its peak "
+                f"({steady / case.jacobian_bytes:.2g}× the result; {format_bytes(max(0, beyond))} beyond it")
+        if budget is not None:
+            text += f", {'within' if beyond <= budget else 'over'} its {format_bytes(budget)} working-memory budget"
+        parts.append(text + f"; {format_bytes(m.memory.added_bytes)} for the first call, compilation included)")
+    return ("Peak memory: " + "; ".join(parts) + ".") if parts else ""
+
+
 def _method_row(m) -> list[str]:
     memory = m.memory.added_bytes if m.memory is not None else None
     memory_text = format_bytes(memory) if memory is not None else (
         "not measured (see JSON)" if m.memory is not None and m.memory.error else "—")
+    steady = m.memory.steady_added_bytes if m.memory is not None else None
+    if steady is not None:
+        memory_text += f" / {format_bytes(steady)}"
     return [m.name, m.status, _t(m.compile_seconds), _t(m.steady_seconds) + (" *" if m.extrapolated else ""),
             m.timing or m.reason, _x(m.speedup_vs_loop), _x(m.speedup_vs_best_jax),
             "—" if m.bytes_per_second is None else f"{m.bytes_per_second / _GB:.3g}",
@@ -226,13 +250,15 @@ def report_markdown(report) -> str:
               f"(seed {s.seed}) and extrapolated. loop-nojit is timed on {s.nojit_sample} random gradients. "
               "Extrapolated times are marked *.",
               "- Peak memory: each method runs once (compilation included) in a fresh process before it is timed "
-              "here; the column is the growth of its peak resident set over the baseline after loading the model. Loops run their "
-              "sample into a faulted-in full result buffer.",
+              "here; the column is the growth of its peak resident set over the baseline after loading the model, "
+              "for that first call and (after resetting the high-water mark) for a second call with the compiled "
+              "programs held: what each later call adds, the result included. Loops run their sample into a "
+              "faulted-in full result buffer. `layersens-auto@SIZE` is auto with `max_memory=SIZE`.",
               "- Ratios are steady-state times: `vs loop-jit` = loop-jit time ÷ method time, `vs best jax` = the "
               "faster of jacrev/jacfwd ÷ method time. `% write bw` = dense Jacobian bytes per second ÷ the fill "
               "bandwidth above.", ""]
     header = ["method", "status", "compile", "steady", "timing", "vs loop-jit", "vs best jax", "GB/s",
-              "% write bw", "peak added", "max abs err"]
+              "% write bw", "peak added (first / later call)", "max abs err"]
     for case in report.cases:
         lines += [f"## {case.layer}, {case.num_examples} example(s)", "",
                   f"Jacobian {case.num_examples} × {case.num_outputs:,} × {case.num_params:,} "

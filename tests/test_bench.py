@@ -140,16 +140,22 @@ def test_dense_method_too_big_for_memory_is_skipped_not_run(tiny_dir, monkeypatc
 
 
 def test_peak_memory_from_own_process(tiny_dir):
-    report = run_benchmark(tiny_dir, "act", methods=["loop-jit", "jacfwd"], **{**FAST, "measure_memory": True})
+    report = run_benchmark(tiny_dir, "act", methods=["loop-jit", "jacfwd", "layersens-auto@1MiB"],
+                           **{**FAST, "measure_memory": True})
     for m in report.cases[0].methods:
         assert m.memory is not None and m.memory.error is None, m.memory
         assert m.memory.peak_bytes >= m.memory.baseline_bytes > 10 * 2**20  # Python + JAX are already resident
         assert m.memory.added_bytes is not None
+    budgeted = report.cases[0].method("layersens-auto@1MiB").memory
+    assert budgeted.steady_added_bytes is not None  # a second call, measured after resetting the high-water mark
+    assert "layersens-auto@1MiB added" in report.cases[0].summary and "1.0 MiB working-memory budget" in (
+        report.cases[0].summary)
 
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(layer="nope"), "unknown layer 'nope'"),
     (dict(layer="act", methods="jacrev,fastest"), "unknown ['fastest']"),
+    (dict(layer="act", methods="layersens-auto@lots"), "unknown ['layersens-auto@lots']"),
     (dict(layer="act", num_examples=9), "ships 3 example inputs"),
     (dict(layer="act", repeats=0), "must be positive"),
 ])

@@ -161,3 +161,33 @@ def test_flat_params_order_is_forward_order(lenet_linen):
     assert list(layersens.split(lenet_linen, "relu2").params) == [
         "conv1/kernel", "conv1/bias", "bn1/scale", "bn1/bias", "conv2/kernel", "conv2/bias", "bn2/scale", "bn2/bias"]
     assert set(flatten_params(lenet_linen.params)) >= set(layersens.split(lenet_linen, "fc2").params)
+
+
+def test_balanced_chunks_need_no_more_calls_than_the_widest():
+    from layersens._memory import balanced_width, chunk_size
+
+    assert balanced_width(128, 109) == 64  # two chunks of 64, not 109 + an overlapping 109
+    assert balanced_width(128, 128) == 128 and balanced_width(128, 1) == 1 and balanced_width(7, 3) == 3
+    for basis in range(1, 60):
+        for most in range(1, basis + 1):
+            width = balanced_width(basis, most)
+            assert width <= most and -(-basis // width) == -(-basis // most)
+    assert chunk_size(128, 1000, 109_000) == 64
+    assert chunk_size(128, 1000, 109_000, requested=100) == 100  # a requested size is kept
+
+
+def test_compiled_programs_fit_the_memory_budget_by_xla_count(lenet_linen):
+    from layersens._jacobian import _working_bytes
+
+    split = layersens.split(lenet_linen, "fc1")
+    x = lenet_linen.example_inputs[:1]
+    budget = 4 * 2**20
+    result = layersens.jacobian(split, x, max_memory=budget)
+    prepared = [v for k, v in split.cache.items() if k[0] == "prepared"][0]
+    for step in prepared.steps:
+        sizes = [_working_bytes(step.compute, with_arguments=step.linearize is not None)]
+        sizes += [_working_bytes(step.linearize)] if step.linearize is not None else []
+        assert max(sizes) <= budget, [b.width for b in prepared.blocks]
+    assert prepared.blocks[0].width < layersens.plan(split, x[0], max_memory=budget)[0][0].width  # narrowed
+    reference = layersens.jacobian(split, x, mode="rev")
+    np.testing.assert_allclose(result.matrix, reference.matrix, **TOL[np.float32])
