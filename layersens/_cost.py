@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import jax
 import numpy as np
-from jax.extend import core as jcore
 
-from ._dependence import sub_jaxpr
+from ._dependence import propagate
 from ._split import LayerSplit
 
 # Device time of writing one entry of a dense block (and copying it into the host result), in units of one
@@ -37,32 +36,6 @@ def _flops(eqn) -> float:
     return float(out)
 
 
-def _charge(jaxpr, in_masks: list[int], totals: dict[tuple[int, ...], float]) -> list[int]:
-    masks: dict = {}
-
-    def read(v) -> int:
-        return 0 if isinstance(v, jcore.Literal) else masks.get(v, 0)
-
-    for var, m in zip(jaxpr.invars, in_masks):
-        masks[var] = m
-    for eqn in jaxpr.eqns:
-        ins = [read(v) for v in eqn.invars]
-        sub = sub_jaxpr(eqn)
-        if sub is not None:
-            outs = _charge(sub, ins, totals)
-        else:
-            union = 0
-            for m in ins:
-                union |= m
-            if union:
-                key = tuple(sorted(m for m in ins if m))
-                totals[key] = totals.get(key, 0.0) + _flops(eqn)
-            outs = [union] * len(eqn.outvars)
-        for var, m in zip(eqn.outvars, outs):
-            masks[var] = m
-    return [read(v) for v in jaxpr.outvars]
-
-
 def pass_flops(split: LayerSplit):
     """``flops(names)``: floating-point operations of one JVP along the named leaves, or of one pullback down to
     them: every operation that depends on them, once per operand that does (a convolution whose input and kernel
@@ -74,8 +47,14 @@ def pass_flops(split: LayerSplit):
         leaves = jax.tree_util.tree_flatten_with_path(split.params)[0]
         order = [path[0].key for path, _ in leaves]  # the jaxpr's inputs, in the dict's flattening order
         totals: dict[tuple[int, ...], float] = {}
-        _charge(closed.jaxpr, [1 << i for i in range(len(order))] + [0] * (len(closed.jaxpr.invars) - len(order)),
-                totals)
+
+        def charge(eqn, operand_masks):
+            key = tuple(sorted(m for m in operand_masks if m))
+            if key:
+                totals[key] = totals.get(key, 0.0) + _flops(eqn)
+
+        propagate(closed.jaxpr, [1 << i for i in range(len(order))] + [0] * (len(closed.jaxpr.invars) - len(order)),
+                  charge)
         split.cache[key] = ({name: 1 << i for i, name in enumerate(order)}, totals, {})
     bits, totals, memo = split.cache[key]
 

@@ -30,7 +30,9 @@ def sub_jaxpr(eqn):
     return sub
 
 
-def _propagate(jaxpr, in_masks: list[int]) -> list[int]:
+def propagate(jaxpr, in_masks: list[int], on_equation=None) -> list[int]:
+    """The input bit set of each output of ``jaxpr``, given those of its inputs. ``on_equation(eqn, in_masks)``,
+    if given, sees every primitive equation (inside followed calls too) with its operands' bit sets."""
     masks: dict = {}
 
     def read(v) -> int:
@@ -44,8 +46,10 @@ def _propagate(jaxpr, in_masks: list[int]) -> list[int]:
         ins = [read(v) for v in eqn.invars]
         sub = sub_jaxpr(eqn)
         if sub is not None:
-            outs = _propagate(sub, ins)
+            outs = propagate(sub, ins, on_equation)
         else:
+            if on_equation is not None:
+                on_equation(eqn, ins)
             union = 0
             for m in ins:
                 union |= m
@@ -66,7 +70,7 @@ def input_dependence(fn, *args) -> list[frozenset[int]]:
 def jaxpr_dependence(closed) -> list[frozenset[int]]:
     """:func:`input_dependence` of an already traced ``ClosedJaxpr``."""
     n_in = len(closed.jaxpr.invars)
-    out_masks = _propagate(closed.jaxpr, [1 << i for i in range(n_in)])
+    out_masks = propagate(closed.jaxpr, [1 << i for i in range(n_in)])
     return [frozenset(i for i in range(n_in) if m >> i & 1) for m in out_masks]
 
 
