@@ -45,7 +45,7 @@ def layersens_modes() -> tuple[str, ...]:
 
 # Working-memory budgets the default benchmark also runs ``layersens-auto`` under (``--max-memory``), so the
 # report shows peak memory against each budget.
-BUDGETS = ("16MiB", "64MiB")
+BUDGETS = ("8MiB", "256MiB")
 
 
 def available_methods() -> tuple[str, ...]:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ._jacobian import jacobian, resolve_device
 from ._kernels import one_hot_rows
-from ._memory import DEFAULT_WORKING_MEMORY, chunk_size, parse_bytes
+from ._memory import chunk_size, working_memory
 from ._result import LayerJacobian
 from ._split import LayerSplit
 from ._strategies import PerLeaf
@@ -86,7 +86,7 @@ def compressed_jacobian(split: LayerSplit, inputs, *, max_memory=None, device=No
     params = jax.device_put(split.params, dev)
     xs = jax.device_put(x, dev)
     structure = channel_structure(split, xs[0])
-    budget = DEFAULT_WORKING_MEMORY if max_memory is None else parse_bytes(max_memory)
+    budget = working_memory(max_memory, dev.platform)
     start = time.perf_counter()
     blocks = {name: _channel_block(split, params, xs, name, structure[name], budget) for name in structure}
     rest = tuple(n for n in split.param_names if n not in structure)

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._errors import JacobianTooLargeError, SpecError, format_bytes
 from ._kernels import basis_size, bytes_per_vector, intermediate_bytes, make_dense, make_fused, make_kernel
-from ._memory import DEFAULT_WORKING_MEMORY, available_memory, balanced_width, chunk_size, parse_bytes
+from ._memory import available_memory, balanced_width, chunk_size, working_memory
 from ._result import LayerJacobian
 from ._split import LayerSplit
 from ._strategies import Auto, Structured, as_strategy
@@ -89,8 +89,8 @@ def check_size(split: LayerSplit, num_examples: int) -> int:
 def plan(split: LayerSplit, x, mode=Auto(), max_memory=None) -> tuple[PlannedBlock, ...]:
     """The blocks ``mode`` computes for ``split``, each with its basis size and chunk width (no computation)."""
     strategy = as_strategy(mode)
-    budget = DEFAULT_WORKING_MEMORY if max_memory is None else parse_bytes(max_memory)
     x = jax.numpy.asarray(x)
+    budget = working_memory(max_memory, next(iter(x.devices())).platform)
     structure = channel_structure(split, x) if isinstance(strategy, (Auto, Structured)) else {}
     intermediates = intermediate_bytes(split, x)  # one trace, shared by every block's estimate
     planned = []
@@ -215,7 +215,8 @@ def jacobian(
       inputs: ``(examples,) + input_shape`` (a single example without the batch axis is accepted).
       mode: a strategy (``Auto()``, ``Forward()``, ``Reverse()``, ``PerLeaf()``, ``Structured()``) or its name.
       max_memory: working-memory budget (bytes or a string such as ``"2GB"``); chunk sizes follow from it.
-        The result itself is extra. Default: 512 MiB.
+        The result itself is extra. Default: 32 MiB on CPU (cache-sized chunks measured fastest), 1 GiB on
+        accelerators.
       device: ``"cpu"``, ``"gpu"`` or a ``jax.Device``; default: JAX's default device.
       progress: called as ``progress(done, total)`` each time a chunk's values have landed in the result.
 
@@ -227,7 +228,7 @@ def jacobian(
     check_size(split, num_examples)
     dev = resolve_device(device)
     strategy = as_strategy(mode)
-    budget = DEFAULT_WORKING_MEMORY if max_memory is None else parse_bytes(max_memory)
+    budget = working_memory(max_memory, dev.platform)
 
     key = ("prepared", x.shape[1:], str(x.dtype), str(dev), strategy, budget)
     fresh = key not in split.cache
