@@ -1,7 +1,7 @@
 """The LeNet-digits benchmark: every Jacobian method on relu1, relu2 and fc1 at 1 and 8 examples, on this machine.
 
     python benchmarks/run_lenet.py                  # writes benchmarks/reports/lenet-cpu/
-    python benchmarks/run_lenet.py --out DIR --repeats 5 --loop-budget 120 --method-budget 30 --run-limit 150
+    python benchmarks/run_lenet.py --out DIR --repeats 5 --loop-budget 120 --method-budget 20 --run-limit 60
 
 Runs on the shipped example model (no download), on JAX's default device. Expect about half an hour on a
 2-core CPU: relu2 at 8 examples is a 1.2 GB Jacobian, and jax.jacrev and the reverse-mode methods take over a
@@ -31,9 +31,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--loop-budget", type=float, default=120.0,
                         help="seconds one full run of the jitted scalar loop may take before it is extrapolated")
-    parser.add_argument("--method-budget", type=float, default=30.0,
+    parser.add_argument("--method-budget", type=float, default=20.0,
                         help="seconds of timed runs per other method; slow methods get fewer than --repeats")
-    parser.add_argument("--run-limit", type=float, default=150.0,
+    parser.add_argument("--run-limit", type=float, default=60.0,
                         help="seconds compiling and one run of a method may take (tried in its own process); "
                              "slower methods are reported as skipped")
     parser.add_argument("--methods", help="comma-separated subset (default: all)")
