@@ -67,10 +67,7 @@ def _peak_rss() -> tuple[int, str]:
     it is preferred where it exists.
     """
     try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024, "VmHWM"
+        return _status_bytes("VmHWM"), "VmHWM"
     except OSError:
         pass
     scale = 1 if sys.platform == "darwin" else 1024  # Linux reports KiB, macOS bytes
@@ -116,7 +113,7 @@ def _work(args) -> dict:
             method.last = None
         gc.collect()
         _reset_peak_rss()
-        out["steady_baseline_bytes"] = _current_rss()
+        out["steady_baseline_bytes"] = _status_bytes("VmRSS")
         method.full()
         out["steady_peak_bytes"] = _peak_rss()[0]
     return out
@@ -132,12 +129,13 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _current_rss() -> int:
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in bytes; ``OSError`` where there is none."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
-    raise OSError("no VmRSS in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
 
 
 def main(argv=None) -> int:

@@ -58,7 +58,7 @@ def column_starts(split: LayerSplit) -> dict[str, int]:
     return starts
 
 
-def _size(split: LayerSplit, name: str) -> int:
+def leaf_size(split: LayerSplit, name: str) -> int:
     return int(np.prod(np.shape(split.params[name]), dtype=np.int64))
 
 
@@ -67,7 +67,7 @@ def contiguous_runs(split: LayerSplit, names) -> list[tuple[str, ...]]:
     starts = column_starts(split)
     runs: list[list[str]] = []
     for name in sorted(names, key=starts.get):
-        if runs and starts[runs[-1][-1]] + _size(split, runs[-1][-1]) == starts[name]:
+        if runs and starts[runs[-1][-1]] + leaf_size(split, runs[-1][-1]) == starts[name]:
             runs[-1].append(name)
         else:
             runs.append([name])
@@ -92,11 +92,11 @@ def place_diagonal(matrix: np.ndarray, row: int, column: int, row_shape, channel
 
 def basis_size(split: LayerSplit, method: str, names, structure) -> int:
     if method == "fwd":
-        return sum(_size(split, n) for n in names)
+        return sum(leaf_size(split, n) for n in names)
     if method == "rev":
         return split.num_outputs
     if method == "fwd-colour":
-        return sum(_size(split, k) // structure[k].channels for k in names)
+        return sum(leaf_size(split, k) // structure[k].channels for k in names)
     return split.num_outputs // structure[names[0]].channels  # rev-colour
 
 
@@ -144,7 +144,7 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
         return one_hot_rows(0 if whole else offset, width, size, dtype)
 
     if method == "fwd":
-        size = sum(_size(split, k) for k in names)
+        size = sum(leaf_size(split, k) for k in names)
 
         def setup(params, x):
             theta, unravel = ravel_leaves(params, names)
@@ -178,7 +178,7 @@ def make_kernel(split: LayerSplit, method: str, names: tuple[str, ...], structur
     elif method == "fwd-colour":
         shapes = {k: np.shape(split.params[k]) for k in names}
         C, axis = structure[names[0]].channels, structure[names[0]].output_axis
-        within = [_size(split, k) // C for k in names]
+        within = [leaf_size(split, k) // C for k in names]
         bounds = np.cumsum([0] + within)
         if any((structure[k].channels, structure[k].output_axis) != (C, axis) for k in names) or (
                 len(contiguous_runs(split, names)) > 1):
@@ -266,7 +266,7 @@ def bytes_per_vector(split: LayerSplit, intermediates: int, method: str, names, 
     the vector returns (a column of M, a row of the block, or one colour's values)."""
     total = intermediates
     itemsize = np.dtype(split.activation_dtype).itemsize
-    block_params = sum(int(np.prod(np.shape(split.params[k]), dtype=np.int64)) for k in names)
+    block_params = sum(leaf_size(split, k) for k in names)
     if method in ("fwd", "fwd-colour"):
         own = split.num_outputs  # a dense column, or a compressed one (expanded on the host)
     else:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 
-import numpy as np
 
 from ._errors import SpecError
 from ._cost import WRITE_COST, pass_flops
-from ._kernels import contiguous_runs
+from ._kernels import contiguous_runs, leaf_size
 from ._split import LayerSplit
 
 # A pullback costs about two forward passes (the backward of a conv is two convs).
@@ -35,24 +34,6 @@ class Block:
     names: tuple[str, ...]
     method: str
     chunk_size: int | None = None
-
-
-def _size(split: LayerSplit, name: str) -> int:
-    return int(np.prod(np.shape(split.params[name]), dtype=np.int64))
-
-
-def _runs(split: LayerSplit, names: set[str], method: str, chunk_size) -> list[Block]:
-    """Adjacent leaves in column order, grouped into one block each (one compiled kernel per run)."""
-    blocks, run = [], []
-    for name in split.param_names:
-        if name in names:
-            run.append(name)
-        elif run:
-            blocks.append(Block(tuple(run), method, chunk_size))
-            run = []
-    if run:
-        blocks.append(Block(tuple(run), method, chunk_size))
-    return blocks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +129,7 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
 
     def forward_cost(name):
         s = structure.get(name)
-        passes = _size(split, name) // s.channels if s else _size(split, name)
+        passes = leaf_size(split, name) // s.channels if s else leaf_size(split, name)
         return passes * (flops([name]) + WRITE_COST * M)
 
     group_passes = {("rev", None): M}
@@ -165,7 +146,7 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
 
     def group_cost(group, members):
         passes = group_passes[group]
-        return passes * (REVERSE_PASS_COST * flops(members) + WRITE_COST * sum(_size(split, n) for n in members))
+        return passes * (REVERSE_PASS_COST * flops(members) + WRITE_COST * sum(leaf_size(split, n) for n in members))
 
     best = None
     for r in range(len(group_passes) + 1):
@@ -173,7 +154,7 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
             choice = {}
             for name in split.param_names:
                 options = [(forward_cost(name), "fwd")]
-                options += [(group_passes[g] * WRITE_COST * _size(split, name), g)  # the passes are shared
+                options += [(group_passes[g] * WRITE_COST * leaf_size(split, name), g)  # the passes are shared
                             for g in active if eligible(name, g)]
                 choice[name] = min(options, key=lambda o: o[0])[1]
             total = sum(forward_cost(n) for n, c in choice.items() if c == "fwd")
@@ -186,7 +167,7 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
 
     blocks: list[Block] = []
     plain_forward = {n for n, c in choice.items() if c == "fwd" and n not in structure}
-    blocks += _runs(split, plain_forward, "fwd", chunk_size)
+    blocks += [Block(run, "fwd", chunk_size) for run in contiguous_runs(split, plain_forward)]
     # Adjacent coloured leaves of one channel axis share a block: one JVP batch, and one mask writes all their
     # columns at once.
     coloured = [n for n in split.param_names if choice[n] == "fwd" and n in structure]
