@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from layersens import run_benchmark
+from layersens.bench import run_benchmark
 from layersens.examples import LENET_DIGITS
 
 HERE = Path(__file__).resolve().parent

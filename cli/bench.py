@@ -12,8 +12,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from layersens import benchmark_methods as available_methods
-from layersens import run_benchmark
+from layersens.bench import available_methods
+from layersens.bench import run_benchmark
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)

@@ -1,27 +1,30 @@
-"""layersens: Jacobians of a trained network's layer with respect to the parameters that feed it."""
+"""layersens: Jacobians of a trained network's layer with respect to the parameters that feed it.
 
-from ._adapters import Model, from_linen, from_nnx
-from ._checkpoint import load_model, read_model_spec, save_model
-from ._bench import BenchmarkReport, run_benchmark, write_report
-from ._bench_methods import available_methods as benchmark_methods
-from ._compressed import CompressedJacobian, compressed_jacobian
+The stages, in the order data flows: ``models`` (checkpoints and adapters → Model), ``tracing`` (one trace, cut
+at a layer → LayerSplit), ``analysis`` (dependence, channel structure, cost, autodiff limits of that trace),
+``planning`` (methods, strategies, chunks → Plan), ``compute`` (compiled plans → results), ``results``
+(LayerJacobian, storage, summaries). ``layersens.bench`` (the benchmark harness) is imported on its own.
+"""
+
 from ._errors import (
     CheckpointError,
     InputShapeError,
     JacobianTooLargeError,
     LayersensError,
+    MemoryBudgetError,
     SpecError,
     TrainModeError,
     UnknownLayerError,
     UntrustedModuleError,
+    format_bytes,
 )
+from .models import Model, ModelSpec, from_linen, from_nnx, load_model, read_model_spec, save_model
+from .tracing import LayerInfo, LayerSplit, list_layers, split
+from .analysis import ChannelStructure, channel_structure
+from .planning import (STRATEGIES, Auto, Forward, PerLeaf, Plan, PlannedBlock, Reverse, Structured,
+                       available_memory, parse_bytes, plan)
+from .compute import CompressedJacobian, PreparedJacobian, compressed_jacobian, jacobian, prepare
+from .results import JacobianSummary, LayerJacobian, LeafSummary, load_jacobian, summarize
 from ._extract import extract, read_inputs
-from ._jacobian import PlannedBlock, jacobian, plan
-from ._result import LayerJacobian, load_jacobian
-from ._spec import ModelSpec
-from ._split import LayerInfo, LayerSplit, list_layers, split
-from ._strategies import Auto, Forward, PerLeaf, Reverse, Structured
-from ._structure import ChannelStructure, channel_structure
-from ._summary import JacobianSummary, LeafSummary, summarize
 
 __version__ = "0.1.0"

@@ -48,6 +48,10 @@ class JacobianTooLargeError(LayersensError, MemoryError):
     pass
 
 
+class MemoryBudgetError(LayersensError, MemoryError):
+    """The narrowest chunk needs more working memory than the budget the user gave."""
+
+
 class TrainModeError(LayersensError):
     pass
 

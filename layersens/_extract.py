@@ -6,13 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ._adapters import Model
-from ._checkpoint import load_model
+from .models import Model
+from .models import load_model
 from ._errors import CheckpointError, InputShapeError
-from ._jacobian import jacobian
-from ._result import LayerJacobian
-from ._split import split
-from ._strategies import Auto
+from .compute import jacobian
+from .results import LayerJacobian
+from .tracing import split
+from .planning import Auto
 
 DEFAULT_NUM_EXAMPLES = 4
 

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 import layersens
-from layersens import run_benchmark
-from layersens import benchmark_methods as available_methods
-from layersens._bench_worker import PeakMemory
+from layersens.bench import run_benchmark
+from layersens.bench import available_methods
+from layersens.bench._worker import PeakMemory
 from tests.bench_tiny import Tiny
 
 FAST = dict(repeats=2, bandwidth_bytes=4 * 2**20, measure_memory=False, allow_import=True)
@@ -123,14 +123,14 @@ def test_run_limit_stops_a_slow_method_and_says_so(tiny_dir):
 
 
 def test_dense_method_too_big_for_memory_is_skipped_not_run(tiny_dir, monkeypatch):
-    from layersens._bench_methods import DenseMethod
+    from layersens.bench._methods import DenseMethod
 
     monkeypatch.setattr(DenseMethod, "working_bytes", lambda self: 10**15)  # as jacfwd of a wide layer would be
     monkeypatch.setattr(DenseMethod, "full", lambda self: pytest.fail("a skipped method must not run"))
-    monkeypatch.setattr("layersens._bench._reference", lambda split, xs, budget: (
+    monkeypatch.setattr("layersens.bench._run._reference", lambda split, xs, budget: (
         layersens.jacobian(split, xs, mode="fwd").matrix, "layersens fwd"))
     workers = []
-    monkeypatch.setattr("layersens._bench.measure_peak_memory",
+    monkeypatch.setattr("layersens.bench._run.measure_peak_memory",
                         lambda model_dir, layer, n, name, **kw: workers.append(name) or PeakMemory(1, 2))
     report = run_benchmark(tiny_dir, "act", methods="jacfwd,layersens-rev", **{**FAST, "measure_memory": True})
     jacfwd, ours = report.cases[0].methods

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import layersens
-from layersens._split import flatten_params
+from layersens.models import flatten_params
 from tests.conftest import TOL
 from tests.tiny_models import TinyCNN, TinyCNNNNX, TinyMLP, random_linen_variables, tiny_cnn_act_flat
 
@@ -124,11 +124,20 @@ def test_tiny_memory_budget_forces_small_chunks_with_equal_results(tiny):
     model, _, x = tiny
     split = layersens.split(model, "act")
     full = layersens.jacobian(split, x, mode="fwd")
-    tiny_budget = layersens.jacobian(split, x, mode="fwd", max_memory=1)
-    np.testing.assert_array_equal(full.matrix, tiny_budget.matrix)
+    narrow = layersens.jacobian(split, x, mode=layersens.Forward(chunk_size=1))
+    np.testing.assert_array_equal(full.matrix, narrow.matrix)
     calls = []
-    layersens.jacobian(split, x[:1], mode="rev", max_memory="1", progress=lambda d, t: calls.append((d, t)))
+    layersens.jacobian(split, x[:1], mode=layersens.Reverse(chunk_size=1), progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (108, 108)  # one output row per chunk
+
+
+def test_a_budget_the_narrowest_chunk_exceeds_is_an_error_naming_both_sizes(tiny):
+    model, _, x = tiny
+    split = layersens.split(model, "act")
+    with pytest.raises(layersens.MemoryBudgetError, match=r"max_memory is 1 B, but the narrowest chunk of "
+                       r"fwd\[conv/kernel\+conv/bias\+bn/scale\+bn/bias\] at 1 basis vector\(s\) per chunk needs "
+                       r"[0-9.]+ KiB of working memory .* Raise --max-memory \(max_memory=\) to at least"):
+        layersens.jacobian(split, x, mode="fwd", max_memory=1)
 
 
 def test_result_metadata_views_and_round_trip(tmp_path, tiny):
@@ -149,7 +158,7 @@ def test_result_metadata_views_and_round_trip(tmp_path, tiny):
 
 
 def test_jacobian_too_large_names_size_and_fix(lenet_linen, monkeypatch):
-    monkeypatch.setattr(layersens._jacobian, "available_memory", lambda: 100 * 2**20)
+    monkeypatch.setattr(layersens.compute._jacobian, "available_memory", lambda: 100 * 2**20)
     with pytest.raises(layersens.JacobianTooLargeError) as info:
         layersens.jacobian(layersens.split(lenet_linen, "relu2"), lenet_linen.example_inputs[:4])
     message = str(info.value)
@@ -164,7 +173,7 @@ def test_flat_params_order_is_forward_order(lenet_linen):
 
 
 def test_balanced_chunks_need_no_more_calls_than_the_widest():
-    from layersens._memory import balanced_width, chunk_size
+    from layersens.planning import balanced_width, chunk_size
 
     assert balanced_width(128, 109) == 64  # two chunks of 64, not 109 + an overlapping 109
     assert balanced_width(128, 128) == 128 and balanced_width(128, 1) == 1 and balanced_width(7, 3) == 3
@@ -177,17 +186,17 @@ def test_balanced_chunks_need_no_more_calls_than_the_widest():
 
 
 def test_compiled_programs_fit_the_memory_budget_by_xla_count(lenet_linen):
-    from layersens._jacobian import _working_bytes
+    from layersens.compute._prepare import _working_bytes
 
     split = layersens.split(lenet_linen, "fc1")
     x = lenet_linen.example_inputs[:1]
     budget = 4 * 2**20
-    result = layersens.jacobian(split, x, max_memory=budget)
-    prepared = [v for k, v in split.cache.items() if k[0] == "prepared"][0]
+    prepared = layersens.prepare(split, x, max_memory=budget)
+    result = prepared(x)
     for step in prepared.steps:
         sizes = [_working_bytes(step.compute, with_arguments=step.linearize is not None)]
         sizes += [_working_bytes(step.linearize)] if step.linearize is not None else []
-        assert max(sizes) <= budget, [b.width for b in prepared.blocks]
-    assert prepared.blocks[0].width < layersens.plan(split, x[0], max_memory=budget)[0][0].width  # narrowed
+        assert max(sizes) <= budget, [b.width for b in prepared.plan.blocks]
+    assert prepared.plan.blocks[0].width < layersens.plan(split, x[0], max_memory=budget).blocks[0].width  # narrowed
     reference = layersens.jacobian(split, x, mode="rev")
     np.testing.assert_allclose(result.matrix, reference.matrix, **TOL[np.float32])

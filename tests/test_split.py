@@ -7,7 +7,8 @@ import pytest
 from jax._src.interpreters import partial_eval as pe
 
 import layersens
-from layersens._dependence import input_dependence
+from layersens.analysis import input_dependence
+from layersens.models import flatten_params, unflatten_params
 from tests.tiny_models import TinyCNN, TinyCNNNNX, random_linen_variables
 
 
@@ -48,12 +49,12 @@ def test_side_branch_run_first_is_not_upstream(tiny_linen, tiny_nnx):
 
 def test_dependence_matches_jax_dead_code_elimination(tiny_linen):
     """The private DCE of JAX is an independent oracle for which inputs each output needs."""
-    flat = layersens._split.flatten_params(tiny_linen.params)
+    flat = flatten_params(tiny_linen.params)
     names = list(flat)
     x = jnp.zeros((1, 6, 6, 1))
 
     def f(leaves):
-        captured = tiny_linen.capture(layersens._split.unflatten_params(dict(zip(names, leaves))), x)
+        captured = tiny_linen.capture(unflatten_params(dict(zip(names, leaves))), x)
         return [captured[k] for k in sorted(captured)]
 
     leaves = [flat[n] for n in names]

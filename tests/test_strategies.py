@@ -112,8 +112,7 @@ def test_auto_plans_by_shape_on_the_shipped_example(lenet_linen):
     x = lenet_linen.example_inputs[0]
     methods = {}
     for layer in ("relu1", "relu2", "fc1"):
-        blocks, _ = layersens.plan(layersens.split(lenet_linen, layer), x)
-        methods[layer] = {name: b.method for b in blocks for name in b.names}
+        methods[layer] = layersens.plan(layersens.split(lenet_linen, layer), x).methods
     assert set(methods["relu1"].values()) == {"fwd-colour"}
     assert methods["relu2"]["conv1/kernel"] == "fwd" and methods["relu2"]["conv2/kernel"] == "fwd-colour"
     # fc1's own leaves: one row-coloured pullback instead of 128 dense rows of 200,832 mostly-zero entries
@@ -139,7 +138,7 @@ def test_unknown_mode_lists_the_names(lenet_linen):
 def test_compressed_form_converts_losslessly_to_dense(model, layer):
     split = layersens.split(model, layer)
     x = np.random.default_rng(3).normal(size=(2, 6, 6, 1)).astype(np.float32)
-    compressed = layersens.compressed_jacobian(split, x, max_memory=1)  # one basis vector per chunk
+    compressed = layersens.compressed_jacobian(split, x, mode=layersens.Structured(chunk_size=1))
     assert set(compressed.channel_blocks) == set(layersens.channel_structure(split, jnp.asarray(x[0])))
     dense = layersens.jacobian(split, x, mode="fwd")
     np.testing.assert_allclose(compressed.to_dense().matrix, dense.matrix, **TOL[np.float32])
@@ -150,7 +149,7 @@ def test_compressed_relu1_is_twenty_times_smaller(lenet_linen):
     split = layersens.split(lenet_linen, "relu1")
     x = lenet_linen.example_inputs[:1]
     compressed = layersens.compressed_jacobian(split, x)
-    assert compressed.dense_part is None
+    assert compressed.dense_part.num_params == 0
     assert compressed.channel_blocks["conv1/kernel"].shape == (1, 28, 28, 20, 9)
     dense = layersens.jacobian(split, x)
     assert dense.nbytes == 20 * compressed.nbytes
@@ -163,7 +162,7 @@ class _ForcedBlocks(layersens.Structured):
     def __init__(self, blocks):
         object.__setattr__(self, "chosen", tuple(blocks))
 
-    def blocks(self, split, structure=None):
+    def blocks(self, split):
         return self.chosen
 
     def __hash__(self):
@@ -178,14 +177,14 @@ def _jacfwd_reference(split, xs):
 
 
 def test_row_colouring_in_chunks_over_leaves_that_are_not_adjacent(model):
-    from layersens._strategies import Block
+    from layersens.planning import Block, ColumnColouring, DenseReverse, RowColouring
 
     split = layersens.split(model, "act")  # 6×6×3: 36 positions × 3 channels, every leaf channel-diagonal
     names = split.param_names
     assert len(names) == 4
     rows, rest = (names[0], names[2]), (names[1], names[3])
-    strategy = _ForcedBlocks([Block(rows, "rev-colour", 5), Block((rest[0],), "fwd-colour", 1),
-                              Block((rest[1],), "rev", 7)])
+    strategy = _ForcedBlocks([Block(rows, RowColouring(), 5), Block((rest[0],), ColumnColouring(), 1),
+                              Block((rest[1],), DenseReverse(), 7)])
     xs = np.random.default_rng(4).normal(size=(2, 6, 6, 1)).astype(np.float32)
     result = layersens.jacobian(split, xs, mode=strategy)
     assert result.mode == f"rev-colour[{'+'.join(rows)}], fwd-colour[{rest[0]}], rev[{rest[1]}]"
@@ -217,9 +216,7 @@ def test_column_colouring_where_the_channel_axis_is_first():
 
 
 def test_pass_cost_counts_only_what_depends_on_the_leaves(lenet_linen):
-    from layersens._cost import pass_flops
-
-    flops = pass_flops(layersens.split(lenet_linen, "fc1"))
+    flops = layersens.split(lenet_linen, "fc1").analysis.cost.flops
     fc1_matmul = 2 * 1568 * 128  # fc1's kernel reaches the layer through one (1568,) × (1568, 128) product
     assert fc1_matmul <= flops(["fc1/kernel"]) < 1.1 * fc1_matmul
     conv2 = 2 * 14 * 14 * 32 * 3 * 3 * 20
@@ -231,7 +228,7 @@ def test_pass_cost_counts_only_what_depends_on_the_leaves(lenet_linen):
 
 @pytest.mark.parametrize("layer", ["act", "output"])
 def test_one_example_built_on_the_device_equals_host_placement(model, layer, monkeypatch):
-    import layersens._jacobian as driver
+    import layersens.compute._prepare as driver
 
     x = np.random.default_rng(6).normal(size=(1, 6, 6, 1)).astype(np.float32)
     for name in ("fwd", "rev", "structured", "auto"):

@@ -1,5 +1,5 @@
 """The benchmark plot: log-scale bars of steady-state time per method, annotated with the speedup over the
-jitted scalar loop (matplotlib, Agg backend: no display needed)."""
+jitted scalar loop (matplotlib's object API with its Agg canvas: no display, and the global backend left as the user set it)."""
 
 from __future__ import annotations
 
@@ -10,19 +10,19 @@ from ._report import _x
 
 def report_plot(report) -> bytes:
     """Log-scale bars of steady-state time per method, one group per layer, one panel per example count."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from matplotlib.transforms import blended_transform_factory
 
     counts = sorted({c.num_examples for c in report.cases})
     layers = list(dict.fromkeys(c.layer for c in report.cases))
     methods = report.settings.methods
-    colors = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    colors = colormaps["tab10" if len(methods) <= 10 else "tab20"]
     width = 0.8 / len(methods)
-    fig, axes = plt.subplots(1, len(counts), squeeze=False,
-                             figsize=(max(6.0, 0.32 * len(methods) * len(layers) + 1.5) * len(counts), 5.5))
+    fig = Figure(figsize=(max(6.0, 0.32 * len(methods) * len(layers) + 1.5) * len(counts), 5.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(counts), squeeze=False)
     for ax, count in zip(axes[0], counts):
         below = blended_transform_factory(ax.transData, ax.transAxes)
         for i, layer in enumerate(layers):
@@ -51,5 +51,4 @@ def report_plot(report) -> bytes:
     fig.tight_layout(rect=(0, 0.1, 1, 0.95))
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=130)
-    plt.close(fig)
     return buffer.getvalue()

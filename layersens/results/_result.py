@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._errors import CheckpointError
+from .._errors import CheckpointError
 
 NPZ_FORMAT = "layersens-jacobian/1"
 

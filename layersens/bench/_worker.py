@@ -3,7 +3,7 @@
 ``ru_maxrss`` is a process-wide high-water mark: measured in the benchmark's own process it would only ever
 report the hungriest method so far. So each method runs once in a fresh worker::
 
-    python -m layersens._bench_worker --model DIR --layer L --num-examples N --method NAME \
+    python -m layersens.bench._worker --model DIR --layer L --num-examples N --method NAME \
         [--time-limit SECONDS] [--allow-import]
 
 which loads the model, splits it and prepares its inputs, reads the resident-set high-water mark (the
@@ -79,7 +79,7 @@ def _work(args) -> dict:
 
     import layersens
 
-    from ._bench_methods import LOOP_METHODS, make_method, sample_pairs
+    from ._methods import LOOP_METHODS, make_method, sample_pairs
 
     model = layersens.load_model(args.model, allow_import=args.allow_import)
     split = layersens.split(model, args.layer)
@@ -139,7 +139,7 @@ def _status_bytes(field: str) -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m layersens._bench_worker", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m layersens.bench._worker", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True)
     parser.add_argument("--layer", required=True)
     parser.add_argument("--num-examples", type=int, required=True)
@@ -161,7 +161,7 @@ def measure_peak_memory(model_dir, layer: str, num_examples: int, method: str, *
                         loop_sample: int, seed: int, time_limit_s: float | None = None) -> PeakMemory:
     """Runs the worker for one method and reads its JSON. Cost: a fresh Python with JAX (seconds), plus one
     compilation and one computation of the method, stopped after ``time_limit_s`` (``timed_out``) if given."""
-    command = [sys.executable, "-m", "layersens._bench_worker", "--model", str(model_dir), "--layer", layer,
+    command = [sys.executable, "-m", "layersens.bench._worker", "--model", str(model_dir), "--layer", layer,
                "--num-examples", str(num_examples), "--method", method, "--loop-sample", str(loop_sample),
                "--seed", str(seed)]
     if time_limit_s is not None:

@@ -79,7 +79,7 @@ def environment() -> Environment:
     """Reads devices, versions and settings; initializes JAX's backend if it was not yet."""
     import jax
 
-    from ._memory import available_memory
+    from layersens import available_memory
 
     try:
         usable = len(os.sched_getaffinity(0))

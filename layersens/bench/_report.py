@@ -14,8 +14,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from ._bench_methods import method_budget
-from ._errors import LayersensError, format_bytes
+from ._methods import method_budget
+from layersens import LayersensError, format_bytes
 
 FORMAT = "layersens-benchmark/1"
 FILES = ("report.md", "report.json", "plot.png")
@@ -286,7 +286,11 @@ def write_report(report, out_dir) -> tuple[Path, Path, Path]:
     atomically, and returns their paths."""
     out_dir = Path(out_dir)
     paths = tuple(out_dir / name for name in FILES)
-    from ._report_plot import report_plot  # matplotlib is imported only when a report is written
+    try:
+        import matplotlib  # noqa: F401  (imported only when a report is written)
+    except ImportError:
+        raise LayersensError("the benchmark report's plot needs matplotlib: pip install 'layersens[bench]'.") from None
+    from ._plot import report_plot
 
     contents = (report_markdown(report).encode(), (json.dumps(report_json(report), indent=2) + "\n").encode(),
                 report_plot(report))

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ._errors import SpecError, UntrustedModuleError
+from .._errors import SpecError, UntrustedModuleError
 
 SPEC_FILE = "layersens.json"
 SPEC_FORMAT = "layersens-model/1"

@@ -1,14 +1,14 @@
 """What a benchmark produces: frozen records of its settings, each method's outcome on each case, and the run.
 
-They hold numbers only; :mod:`layersens._report` turns them into words, tables and a plot.
+They hold numbers only; :mod:`layersens.bench._report` turns them into words, tables and a plot.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from ._bench_env import Bandwidth, Environment
-from ._bench_worker import PeakMemory
+from ._env import Bandwidth, Environment
+from ._worker import PeakMemory
 
 # A dense JAX method whose compiled program needs more than this fraction of available memory is skipped
 # rather than run into the out-of-memory killer (jax.jacfwd materializes the whole identity basis).

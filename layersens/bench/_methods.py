@@ -27,9 +27,9 @@ import numpy as np
 
 import layersens
 
-from ._errors import SpecError
-from ._memory import parse_bytes
-from ._split import LayerSplit
+from layersens import SpecError
+from layersens import parse_bytes
+from layersens import LayerSplit
 
 LOOP_METHODS = ("loop-jit", "loop-nojit")
 DENSE_METHODS = ("vmap-vjp", "jacrev", "jacfwd")
@@ -38,7 +38,7 @@ LAYERSENS_PREFIX = "layersens-"
 
 def layersens_modes() -> tuple[str, ...]:
     """Strategy names to benchmark, read when called: strategies are registered in ``STRATEGIES`` over time."""
-    from ._strategies import STRATEGIES
+    from layersens import STRATEGIES
 
     return ("auto",) + tuple(name for name in STRATEGIES if name != "auto")
 

@@ -24,13 +24,13 @@ import numpy as np
 
 import layersens
 
-from ._bench_env import DEFAULT_BANDWIDTH_BYTES, Bandwidth, environment, measure_bandwidth
-from ._bench_methods import (DENSE_METHODS, LOOP_METHODS, DenseMethod, available_methods, compare, is_method,
+from ._env import DEFAULT_BANDWIDTH_BYTES, Bandwidth, environment, measure_bandwidth
+from ._methods import (DENSE_METHODS, LOOP_METHODS, DenseMethod, available_methods, compare, is_method,
                              make_method, sample_pairs)
-from ._bench_results import BenchmarkReport, CaseResult, MethodResult, Settings
-from ._bench_worker import measure_peak_memory
-from ._errors import InputShapeError, JacobianTooLargeError, SpecError, format_bytes
-from ._memory import available_memory
+from ._results import BenchmarkReport, CaseResult, MethodResult, Settings
+from ._worker import measure_peak_memory
+from layersens import InputShapeError, JacobianTooLargeError, SpecError, format_bytes
+from layersens import available_memory
 from ._report import describe_case, describe_overview, write_report
 
 __all__ = ["BenchmarkReport", "CaseResult", "MethodResult", "Settings", "run_benchmark", "write_report"]

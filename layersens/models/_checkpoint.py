@@ -23,8 +23,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ._adapters import Model, from_linen, from_nnx
-from ._errors import CheckpointError, SpecError
+from ._model import Model
+from ._linen import from_linen
+from ._nnx import from_nnx
+from .._errors import CheckpointError, SpecError
 from ._spec import SPEC_FILE, ModelSpec, read_spec_file
 
 STATE_DIR = "state"
@@ -105,7 +107,7 @@ def save_model(
     except TypeError as e:
         raise SpecError(f"the model's constructor arguments {kwargs} are not JSON values ({e}); pass kwargs=.") from None
 
-    from ._split import flatten_params
+    from ._model import flatten_params
 
     state = jax.tree.map(np.asarray, state)
     for name, leaf in flatten_params(state).items():
@@ -213,7 +215,7 @@ def _check_linen_state(module, spec: ModelSpec, state: dict, state_dir: Path):
 
 
 def _check_shapes(expected, restored, state_dir: Path, spec: ModelSpec):
-    from ._split import flatten_params
+    from ._model import flatten_params
 
     want = {k: tuple(np.shape(v)) for k, v in flatten_params(dict(expected)).items()}
     got = {k: tuple(np.shape(v)) for k, v in flatten_params(dict(restored)).items()}

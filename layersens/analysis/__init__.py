@@ -1,0 +1,14 @@
+"""Analyses of a split's one jaxpr: one interpreter, one table of rules per analysis, keyed by primitive."""
+
+from ._interpreter import CALL_BODIES, CONTROL_RULES, MAX_ITERATIONS, Analysis, interpret
+from ._dependence import DEPENDENCE, DEPENDENCE_RULES, first_use, input_dependence, jaxpr_dependence, propagate, prune
+from ._structure import MIXED, STRUCTURE, STRUCTURE_RULES, ChannelStructure, structure_of
+from ._cost import COST_RULES, PassCost, equation_flops, pass_cost
+from ._linearized import AutodiffLimits, autodiff_limits, channel_structure_of, jvp_jaxpr
+from ._split_analysis import SplitAnalysis, analyze
+
+
+def channel_structure(split, x=None) -> dict:
+    """The upstream leaves of ``split`` that act on its layer one channel at a time (see ``_structure``).
+    ``x`` is accepted for compatibility and not needed: the structure is a property of the traced program."""
+    return split.analysis.structure

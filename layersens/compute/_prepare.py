@@ -1,0 +1,263 @@
+"""A compiled plan: ``prepare(split, example, mode, max_memory)`` once, then run it on any number of inputs.
+
+The device computes one chunk at a time (one example; one program for all blocks when each fits in one chunk)
+and returns what is nonzero; the host places it into the result (``_sinks``). Why: on CPU the cost of a layer
+Jacobian is memory traffic, not arithmetic. Fresh zeroed host memory is paid for only by its page faults, so a
+mostly-zero block costs one touch of its pages plus its nonzeros, where a dense device output would be written
+in full and then copied. Vectorizing over examples as well was slower (XLA's large fresh outputs fault page by
+page), and looping keeps working memory at one example's chunk. On CPU, one example's small matrix is instead
+built whole by one program (``DEVICE_DENSE_MAX_BYTES``).
+
+Widths come from the plan's estimates; once compiled, XLA's own count of each program's memory is checked
+against the budget and chunks are narrowed (and recompiled) while it is over. A budget the narrowest chunk still
+exceeds is an error when the user gave it (``MemoryBudgetError``), and a note on the plan when it was the
+platform's default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import jax
+import numpy as np
+
+from .._errors import MemoryBudgetError, SpecError, format_bytes
+from ..planning import Plan, balanced_width, dense_program, example_spec, fused_kernel, plan as make_plan
+from ..planning._strategies import Auto
+from ..results import LayerJacobian
+from ._sinks import CompressedSink, DenseSink
+
+# On CPU, one example's matrix up to this size is built as one program output (one pass, in memory XLA's
+# allocator reuses across calls) instead of zeroed host memory plus placed nonzeros (two passes). Above it,
+# the allocator maps fresh pages for every output (glibc's largest mmap threshold is 32 MiB), whose faults
+# cost more than the host path's. Measured on the shipped LeNet, relu1 (14.4 MiB): the whole-matrix program
+# 1.8 ms, against 0.7 ms for the compressed program plus 1.6 ms zeroing and placing on the host.
+DEVICE_DENSE_MAX_BYTES = 32 * 2**20
+_NARROWING_STEPS = 6
+
+
+def resolve_device(device=None) -> jax.Device:
+    if device is None:
+        return jax.devices()[0]
+    if isinstance(device, jax.Device):
+        return device
+    try:
+        return jax.devices(str(device))[0]
+    except RuntimeError as e:
+        raise SpecError(
+            f"device {device!r} is not available ({e}); available: "
+            f"{sorted({d.platform for d in jax.devices()})}."
+        ) from None
+
+
+def _working_bytes(compiled, with_arguments=False) -> int | None:
+    """XLA's own count of a compiled program's temporaries and outputs (and arguments, for a chunk program whose
+    argument is the example's linear map); ``None`` where the backend does not say."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if stats is None:
+        return None
+    total = stats.temp_size_in_bytes + stats.output_size_in_bytes
+    return int(total + (stats.argument_size_in_bytes if with_arguments else 0))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Step:
+    """One block's compiled programs: ``linearize`` (None for a block computed in one chunk, by ``compute`` from
+    the parameters and the example) and ``compute`` (from the linear map and the chunk's offset otherwise)."""
+
+    linearize: object | None
+    compute: object
+    place: Callable
+    basis: int
+    width: int
+
+    def offsets(self):
+        # The last chunk overlaps the one before rather than being narrower: one compiled width.
+        return [max(0, min(offset, self.basis - self.width)) for offset in range(0, max(self.basis, 1), self.width)]
+
+
+def _compile_block(split, block, params, x0, budget: int):
+    """One block's step at the widest width XLA's count allows, and that count."""
+    width = block.width
+    for _ in range(_NARROWING_STEPS):
+        kernel = block.method.kernel(split, block.names, width)
+        if width >= block.basis:
+            compute = jax.jit(kernel.compute).lower(params, x0, np.int32(0)).compile()
+            step, working = _Step(None, compute, kernel.place, block.basis, width), _working_bytes(compute)
+        else:
+            linear = jax.eval_shape(kernel.linearize, params, x0)
+            linearize = jax.jit(kernel.linearize).lower(params, x0).compile()
+            chunk = jax.jit(kernel.chunk).lower(linear, np.int32(0)).compile()
+            step = _Step(linearize, chunk, kernel.place, block.basis, width)
+            sizes = (_working_bytes(linearize), _working_bytes(chunk, with_arguments=True))
+            working = None if None in sizes else max(sizes)
+        narrowable = not block.fixed_width and not (block.method.colouring and len(block.names) > 1)
+        if not narrowable or working is None or working <= budget or width == 1:
+            return step, dataclasses.replace(block, width=width), working
+        width = balanced_width(block.basis, max(1, min(width - 1, int(width * budget / working))))
+    return step, dataclasses.replace(block, width=width), working
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PreparedJacobian:
+    """A plan compiled for one split, input shape, device and budget: call it on inputs.
+
+    ``prepared(inputs)`` returns the dense :class:`LayerJacobian`; ``prepared.compressed(inputs)`` the
+    :class:`CompressedJacobian` (leaves computed by a colouring method kept as per-channel blocks). Build one
+    with :func:`prepare`; :func:`layersens.jacobian` keeps a few per split.
+
+    Attributes:
+      split: what it differentiates.
+      plan: the plan, with the chunk widths the compiled programs use.
+      device: where it runs.
+      compile_seconds: time spent planning and compiling.
+    """
+
+    split: object
+    plan: Plan
+    device: jax.Device
+    compile_seconds: float
+    params: dict = dataclasses.field(repr=False)
+    steps: tuple = dataclasses.field(repr=False)
+    activation: object = dataclasses.field(repr=False)
+    dense: object = dataclasses.field(repr=False)  # jitted whole-matrix program for one small example, or None
+    _compiled: dict = dataclasses.field(default_factory=dict, repr=False)  # the dense program once compiled
+
+    def __call__(self, inputs, *, progress=None) -> LayerJacobian:
+        return self.run(inputs, progress=progress)
+
+    def run(self, inputs, *, progress=None, sink: str = "dense"):
+        split = self.split
+        x = split.model.check_inputs(inputs, dtype=split.input_dtype)
+        compile_seconds = 0.0
+        if sink == "dense" and len(x) == 1 and self.dense is not None:
+            if "dense" not in self._compiled:
+                start = time.perf_counter()
+                spec = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+                self._compiled["dense"] = self.dense.lower(self.params, spec).compile()
+                compile_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            x0 = jax.device_put(x[0], self.device)
+            matrix = np.asarray(self._compiled["dense"](self.params, x0))[None]  # zero-copy, read-only
+            activation = np.asarray(self.activation(self.params, x0))[None]
+            if progress is not None:
+                progress(1, 1)
+            return self._result(x, matrix, activation, compile_seconds, time.perf_counter() - start)
+
+        start = time.perf_counter()
+        coloured = [n for b in self.plan.blocks if b.method.colouring for n in b.names]
+        target = DenseSink(split, len(x)) if sink == "dense" else CompressedSink(split, len(x), coloured)
+        activation = np.empty((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
+        examples = jax.device_put(list(x), self.device)  # one transfer, instead of a slicing dispatch per chunk
+        total = len(x) * sum(len(step.offsets()) for step in self.steps)
+        done = 0
+        # One chunk in flight at a time: dispatching the next before placing this one was measured slower (two
+        # chunks' device buffers alive made the allocator map fresh pages; XLA already uses every core).
+        for n in range(len(x)):
+            activation[n] = np.asarray(self.activation(self.params, examples[n]))
+            for step in self.steps:
+                linear = step.linearize(self.params, examples[n]) if step.linearize is not None else None
+                for offset in step.offsets():
+                    if linear is None:
+                        outputs = step.compute(self.params, examples[n], np.int32(offset))
+                    else:
+                        outputs = step.compute(linear, np.int32(offset))
+                    step.place(target, n, offset, [np.asarray(o) for o in outputs])
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
+                del linear
+        seconds = time.perf_counter() - start
+        if sink == "dense":
+            target.matrix.flags.writeable = False
+            return self._result(x, target.matrix, activation, compile_seconds, seconds)
+        from ._compressed import CompressedJacobian
+
+        dense = self._result(x, target.dense.matrix, activation, compile_seconds, seconds,
+                             names=target.dense.names)
+        return CompressedJacobian(
+            layer=split.layer, param_names=split.param_names, param_shapes=split.param_shapes,
+            channel_blocks=target.blocks, structure=target.structure, dense_part=dense,
+        )
+
+    def compressed(self, inputs, *, progress=None):
+        """The :class:`CompressedJacobian`: per-channel blocks for the leaves this plan colours."""
+        return self.run(inputs, progress=progress, sink="compressed")
+
+    def _result(self, x, matrix, activation, compile_seconds, seconds, names=None) -> LayerJacobian:
+        split = self.split
+        names = split.param_names if names is None else tuple(names)
+        return LayerJacobian(
+            layer=split.layer,
+            model=split.model.name,
+            framework=split.model.framework,
+            matrix=matrix,
+            activation=activation,
+            inputs=x,
+            param_names=names,
+            param_shapes=tuple(tuple(np.shape(split.params[n])) for n in names),
+            excluded_params=split.excluded,
+            mode=self.plan.describe(),
+            dtype=str(np.dtype(split.activation_dtype)),
+            device=f"{self.device.platform}:{self.device.id}",
+            eval_mode=split.model.eval_mode,
+            compile_seconds=compile_seconds,
+            seconds=seconds,
+        )
+
+
+def prepare(split, example=None, mode=Auto(), max_memory=None, device=None) -> PreparedJacobian:
+    """Plans ``mode`` for ``split`` and compiles its programs for inputs shaped like ``example`` (one example, a
+    batch, a ``ShapeDtypeStruct`` or ``None``).
+
+    Cost: one compilation per block (a few when XLA's count narrows a chunk). Raises
+    :class:`~layersens.MemoryBudgetError` when ``max_memory`` is given and the narrowest chunk exceeds it.
+    """
+    start = time.perf_counter()
+    dev = resolve_device(device)
+    spec = example_spec(split, example)
+    planned = make_plan(split, spec, mode, max_memory, dev)
+    params = jax.device_put(split.params, dev)
+    x0 = jax.device_put(np.zeros(spec.shape, spec.dtype), dev)
+    budget = planned.budget
+    notes = list(planned.notes)
+    steps, dense, blocks = None, None, planned.blocks
+    if all(b.width >= b.basis for b in blocks):
+        fused = fused_kernel([b.method.kernel(split, b.names, b.width) for b in blocks])
+        compute = jax.jit(fused.compute).lower(params, x0, np.int32(0)).compile()
+        working = _working_bytes(compute)
+        if working is None or working <= budget:
+            steps = (_Step(None, compute, fused.place, 1, 1),)
+            example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
+            if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
+                dense = jax.jit(dense_program(split, fused))
+    if steps is None:
+        compiled = [_compile_block(split, b, params, x0, budget) for b in blocks]
+        steps = tuple(c[0] for c in compiled)
+        blocks = tuple(c[1] for c in compiled)
+        over = [(b, w) for _, b, w in compiled if w is not None and w > budget]
+        if over:
+            block, working = max(over, key=lambda o: o[1])
+            what = f"{block.describe} at {block.width} basis vector(s) per chunk"
+            if block.fixed_width:
+                notes.append(f"the chunk size asked for ({what}) needs {format_bytes(working)}, over the budget")
+            elif planned.budget_given:
+                raise MemoryBudgetError(
+                    f"max_memory is {format_bytes(budget)}, but the narrowest chunk of {what} needs "
+                    f"{format_bytes(working)} of working memory (XLA's count of the compiled program). Raise "
+                    f"--max-memory (max_memory=) to at least {format_bytes(working)}."
+                )
+            else:
+                notes.append(f"the default working memory ({format_bytes(budget)}) was raised to "
+                             f"{format_bytes(working)}: the narrowest chunk of {what} needs it")
+    # The activation is a program of its own: returned from the kernels' programs as well, it changed XLA's
+    # fusion of the dense forward kernel (a transposed copy, measured 5× slower on relu1).
+    activation = jax.jit(split.apply).lower(params, x0).compile()
+    final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
+    return PreparedJacobian(split=split, plan=final, device=dev, compile_seconds=time.perf_counter() - start,
+                            params=params, steps=steps, activation=activation, dense=dense)

@@ -1,0 +1,112 @@
+"""The model every later stage sees: trainable parameters and constants as pure data, plus one pure function.
+
+Whatever the framework, a :class:`Model` holds the trainable parameters as a nested dict of arrays, every other
+variable (BatchNorm statistics, ...) as constants, and ``capture(params, x)``, a pure function returning every
+addressable value of one forward pass by name: each submodule's call output (``conv1``, ``block2/conv``), each
+value sown as an intermediate (``relu1``) and the model's own output (``output``). The rest of layersens never
+sees Flax again. Adapters: :func:`layersens.from_linen`, :func:`layersens.from_nnx`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from .._errors import InputShapeError
+
+OUTPUT = "output"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Model:
+    """A trained model as pure data plus a pure capture function.
+
+    Build one with :func:`from_linen`, :func:`from_nnx` or :func:`layersens.load_model`.
+
+    Attributes:
+      name: a label for reports (the module class).
+      framework: ``"linen"`` or ``"nnx"``.
+      params: nested dict of the trainable parameters.
+      constants: nested dict of the other variables, held fixed (e.g. BatchNorm running averages).
+      input_shape: shape of one input example, without the batch axis.
+      input_dtype: dtype of the inputs.
+      capture_fn: ``capture_fn(params, constants, x_batch) -> {layer name: value}``, pure and jit-compatible.
+      example_inputs: inputs shipped with the model, used when the user gives none.
+      eval_mode: a sentence saying how evaluation mode was selected, printed with every result.
+    """
+
+    name: str
+    framework: str
+    params: dict
+    constants: dict
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    capture_fn: Callable[[dict, dict, Any], dict[str, jax.Array]]
+    example_inputs: np.ndarray | None = None
+    eval_mode: str = ""
+
+    def capture(self, params: dict, x, constants: dict | None = None) -> dict[str, jax.Array]:
+        """Every addressable value of one forward pass over the batch ``x``."""
+        return self.capture_fn(params, self.constants if constants is None else constants, x)
+
+    def check_inputs(self, x, name: str = "inputs", dtype=None) -> np.ndarray:
+        """Returns ``x`` as a batch of examples in ``dtype`` (default: the model's), or says which shape was
+        expected."""
+        x = np.asarray(x)
+        want = tuple(self.input_shape)
+        if x.shape == want:
+            x = x[None]
+        if x.shape[1:] != want:
+            raise InputShapeError(
+                f"{name} have shape {x.shape}; the model expects (examples,) + {want}, "
+                f"e.g. {(len(x) if x.ndim else 1,) + want}."
+            )
+        return x.astype(dtype or self.input_dtype, copy=False)
+
+
+def flatten_captured(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{'conv1': {'__call__': (y,)}, 'relu1': (h,)}`` -> ``{'conv1': y, 'relu1': h}``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if key == "__call__":
+            path = prefix or OUTPUT
+        else:
+            path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, dict):
+            out.update(flatten_captured(value, path))
+            continue
+        values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        values = [v for v in values if hasattr(v, "shape")]
+        if len(values) == 1:
+            out[path] = values[0]
+        else:  # a module called several times, or a name sown several times
+            for i, v in enumerate(values):
+                out[f"{path}#{i}"] = v
+    return out
+
+
+def flatten_params(tree: dict, prefix: str = "") -> dict[str, jax.Array]:
+    """``{"conv1": {"kernel": k}}`` -> ``{"conv1/kernel": k}``."""
+    flat: dict[str, jax.Array] = {}
+    for key in tree:
+        path = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(tree[key], dict):
+            flat.update(flatten_params(tree[key], path))
+        else:
+            flat[path] = tree[key]
+    return flat
+
+
+def unflatten_params(flat: dict[str, jax.Array]) -> dict:
+    """The inverse of :func:`flatten_params`."""
+    tree: dict = {}
+    for path, leaf in flat.items():
+        node = tree
+        *parents, last = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = leaf
+    return tree

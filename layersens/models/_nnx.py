@@ -1,0 +1,43 @@
+"""The NNX adapter: an ``nnx.Module`` as a :class:`Model`."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from ._model import Model, flatten_captured
+
+
+def from_nnx(module, input_shape, input_dtype: str = "float32", example_inputs=None) -> Model:
+    """Wraps an ``nnx.Module``. It is switched to evaluation mode (``module.eval()``) on a copy.
+
+    Only ``nnx.Param`` variables are differentiated; all other state (BatchNorm statistics, RNG counters) is
+    constant.
+    """
+    from flax import nnx
+
+    module = nnx.clone(module)
+    module.eval()
+    graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
+    params = nnx.to_pure_dict(param_state)
+
+    def capture_fn(params, constants, x):
+        state = jax.tree.map(lambda v: v, param_state)  # fresh containers per trace
+        rest = jax.tree.map(lambda v: v, rest_state)
+        nnx.replace_by_pure_dict(state, params)
+        nnx.replace_by_pure_dict(rest, constants)
+        model = nnx.merge(graphdef, state, rest, copy=True)
+        _, captured = nnx.capture(model, nnx.Intermediate, method_outputs=nnx.Intermediate)(x)
+        return flatten_captured(nnx.to_pure_dict(captured))
+
+    return Model(
+        name=type(module).__name__,
+        framework="nnx",
+        params=params,
+        constants=nnx.to_pure_dict(rest_state),
+        input_shape=tuple(input_shape),
+        input_dtype=str(np.dtype(input_dtype)),
+        capture_fn=capture_fn,
+        example_inputs=None if example_inputs is None else np.asarray(example_inputs),
+        eval_mode="evaluation mode via module.eval() (BatchNorm uses running averages, Dropout off)",
+    )

@@ -1,0 +1,154 @@
+"""A plan: which method computes which leaves, in chunks of what width, under which memory budget.
+
+``plan(split, example, mode, max_memory)`` is pure: it reads the split's analyses and returns a :class:`Plan`
+value, computing nothing. ``layersens.prepare`` compiles a plan; once compiled, XLA's own count of each
+program's memory may narrow the chunks further (the compiled object's ``plan`` shows the final widths).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from .._errors import InputShapeError, format_bytes
+from ._memory import chunk_size, working_memory
+from ._methods import Method
+from ._strategies import Auto, as_strategy
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedBlock:
+    """One block of a plan.
+
+    Attributes:
+      names: its upstream leaves (adjacent columns for the colouring methods).
+      method: the :class:`~layersens.planning.Method` computing them.
+      basis: basis vectors (passes) per example.
+      width: basis vectors per chunk (one compiled program per width).
+      bytes_per_vector: estimated device memory of one basis vector.
+      cost: the method's estimated device time per example (flop-equivalents).
+      fixed_width: the strategy asked for this chunk width; it is never narrowed.
+    """
+
+    names: tuple[str, ...]
+    method: Method
+    basis: int
+    width: int
+    bytes_per_vector: int
+    cost: float
+    fixed_width: bool = False
+
+    @property
+    def chunks(self) -> int:
+        return -(-self.basis // max(1, self.width))
+
+    @property
+    def describe(self) -> str:
+        return f"{self.method.name}[{'+'.join(self.names)}]"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What a strategy computes for a split, and how.
+
+    Attributes:
+      layer: the split's layer.
+      strategy: the strategy's name (``"auto"``, ...).
+      blocks: the :class:`PlannedBlock` s, together covering every upstream leaf once.
+      budget: working-memory budget in bytes.
+      budget_given: whether the user gave the budget (else it is the platform default).
+      platform: the device platform the budget is for.
+      notes: what the plan changed from what the strategy asked for, and why.
+    """
+
+    layer: str
+    strategy: str
+    blocks: tuple[PlannedBlock, ...]
+    budget: int
+    budget_given: bool
+    platform: str
+    notes: tuple[str, ...] = ()
+
+    @property
+    def methods(self) -> dict[str, str]:
+        """``leaf -> method name``."""
+        return {name: b.method.name for b in self.blocks for name in b.names}
+
+    @property
+    def cost(self) -> float:
+        return sum(b.cost for b in self.blocks)
+
+    def describe(self) -> str:
+        """``"fwd-colour"`` when one method computes everything, else each method with its leaves."""
+        methods = {b.method.name for b in self.blocks}
+        if len(methods) == 1:
+            return methods.pop()
+        return ", ".join(b.describe for b in self.blocks)
+
+    def table(self) -> str:
+        """One line per block: method, leaves, passes, chunk width, estimated memory per chunk."""
+        lines = [f"plan for {self.layer!r} ({self.strategy}, budget {format_bytes(self.budget)} on {self.platform})"]
+        for b in self.blocks:
+            lines.append(f"  {b.method.name:<10} {'+'.join(b.names)}: {b.basis} passes in {b.chunks} chunk(s) of "
+                         f"{b.width}, ~{format_bytes(b.width * b.bytes_per_vector)} per chunk")
+        lines += [f"  note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
+
+def example_spec(split, example) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of one example, from an example, a batch, a ShapeDtypeStruct or ``None`` (the
+    model's input shape); says which shape was expected when it does not fit."""
+    want = tuple(split.input_shape)
+    if example is None:
+        return jax.ShapeDtypeStruct(want, np.dtype(split.input_dtype))
+    shape = tuple(getattr(example, "shape", np.shape(example)))
+    if shape[1:] == want:
+        shape = shape[1:]
+    if shape != want:
+        raise InputShapeError(
+            f"example has shape {shape}; the model expects one example of shape {want} or a batch "
+            f"(examples,) + {want}."
+        )
+    return jax.ShapeDtypeStruct(want, np.dtype(split.input_dtype))
+
+
+def _platform(device) -> str:
+    if device is None:
+        return jax.devices()[0].platform
+    return getattr(device, "platform", None) or str(device)
+
+
+def plan(split, example=None, mode=Auto(), max_memory=None, device=None) -> Plan:
+    """The blocks ``mode`` computes for ``split``, each with its basis size and chunk width (no computation).
+
+    ``example`` is one example, a batch, a ``jax.ShapeDtypeStruct`` or ``None``; only its shape matters.
+    """
+    example_spec(split, example)
+    strategy = as_strategy(mode)
+    platform = _platform(device)
+    budget = working_memory(max_memory, platform)
+    planned, notes = [], []
+    for block in strategy.blocks(split):
+        planned += _size(split, block, budget)
+    asked = getattr(strategy, "name", type(strategy).__name__)
+    limits = split.analysis.limits
+    for name, reason in limits.forward_blocked.items():
+        notes.append(f"{name}: {reason} has no forward mode; its columns are computed in reverse mode")
+    for name, reason in limits.reverse_blocked.items():
+        notes.append(f"{name}: {reason} has no reverse mode; its columns are computed in forward mode")
+    return Plan(layer=split.layer, strategy=asked, blocks=tuple(planned), budget=budget,
+                budget_given=max_memory is not None, platform=platform, notes=tuple(notes))
+
+
+def _size(split, block, budget: int) -> list[PlannedBlock]:
+    method, names = block.method, block.names
+    basis = method.basis_size(split, names)
+    per_vector = method.bytes_per_vector(split, names)
+    width = chunk_size(basis, per_vector, budget, block.chunk_size)
+    if method.colouring and method.forward and len(names) > 1 and width < basis:
+        # Several coloured leaves share a program only when they fit in one chunk; otherwise one each.
+        return [p for name in names for p in _size(split, dataclasses.replace(block, names=(name,)), budget)]
+    return [PlannedBlock(names, method, basis, width, per_vector, method.cost(split, names),
+                         block.chunk_size is not None)]

@@ -1,0 +1,220 @@
+"""How a Jacobian is computed: small strategy objects passed as ``mode=`` with a safe default, ``Auto()``.
+
+A strategy turns a split into *blocks*: sets of upstream leaves and the method (``_methods``) that computes their
+columns. Every block then works through its basis in chunks sized from the memory budget (``_plan``). Costs are
+estimated per example by the methods (passes × the arithmetic of one pass over what depends on the leaves, plus
+the entries returned from the device). A reverse pass computes the rows of every leaf of its block at once, so
+leaves share reverse blocks.
+
+Where a mode cannot differentiate a leaf (a ``custom_vjp`` has no forward mode; a ``while_loop`` no reverse
+mode; see ``analysis.AutodiffLimits``) every strategy computes that leaf in the other mode, and the plan says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+from .._errors import SpecError
+from ._layout import contiguous_runs, leaf_size
+from ._methods import WRITE_COST, ColumnColouring, DenseForward, DenseReverse, Method, RowColouring
+
+FORWARD, REVERSE = DenseForward(), DenseReverse()
+COLUMNS, ROWS = ColumnColouring(), RowColouring()
+
+
+@dataclasses.dataclass(frozen=True)
+class Block:
+    """Upstream leaves and the method that computes their columns; ``chunk_size`` fixes the chunk width."""
+
+    names: tuple[str, ...]
+    method: Method
+    chunk_size: int | None = None
+
+
+def _dense(split, method: Method, chunk_size) -> tuple[Block, ...]:
+    """Every leaf by ``method``, except leaves that mode cannot differentiate, by the other."""
+    limits = split.analysis.limits
+    limits.check(split.param_names)
+    blocked = limits.forward_blocked if method.forward else limits.reverse_blocked
+    other = REVERSE if method.forward else FORWARD
+    own = tuple(n for n in split.param_names if n not in blocked)
+    rest = tuple(n for n in split.param_names if n in blocked)
+    if method.forward:
+        return tuple(Block(run, method, chunk_size) for run in contiguous_runs(split, own)) + (
+            (Block(rest, other, chunk_size),) if rest else ())
+    return ((Block(own, method, chunk_size),) if own else ()) + tuple(
+        Block(run, other, chunk_size) for run in contiguous_runs(split, rest))
+
+
+@dataclasses.dataclass(frozen=True)
+class Forward:
+    """Forward mode (``jax.jacfwd``): one JVP per upstream parameter, vmapped over chunks of the parameter basis.
+
+    Cost: P passes per example, the primal shared within a chunk. Memory: chunk × tangents of the intermediates.
+    Use when P < M: few parameters feeding a wide layer.
+    """
+
+    chunk_size: int | None = None
+    name = "fwd"
+
+    def blocks(self, split) -> tuple[Block, ...]:
+        return _dense(split, FORWARD, self.chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reverse:
+    """Reverse mode (``jax.jacrev``): vmap over the pullback of one ``jax.vjp``, chunks of the output basis.
+
+    Cost: M pullbacks per example after one forward pass. Memory: residuals + chunk × (cotangents + P).
+    Use when M < P: narrow layers fed by many parameters.
+    """
+
+    chunk_size: int | None = None
+    name = "rev"
+
+    def blocks(self, split) -> tuple[Block, ...]:
+        return _dense(split, REVERSE, self.chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerLeaf:
+    """Forward or reverse chosen per leaf by cost, without exploiting structure.
+
+    Cost: Σ over forward leaves of their sizes in JVPs + M pullbacks if any leaf goes reverse, each over only
+    what depends on its leaves. Use to compare against :class:`Auto`, or where structure detection is unwanted.
+    """
+
+    chunk_size: int | None = None
+    name = "per-leaf"
+
+    def blocks(self, split) -> tuple[Block, ...]:
+        return plan_blocks(split, {}, self.chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Structured:
+    """Column or row colouring for every channel-diagonal leaf, dense forward/reverse for the rest.
+
+    Cost: P_leaf / C JVPs (column colouring) or M / C shared pullbacks (row colouring) per structured leaf; only
+    the block's nonzeros (1 / C of it) leave the device and are written into the zeroed result. Use to force
+    colouring; :class:`Auto` uses it only where it is cheaper.
+    """
+
+    chunk_size: int | None = None
+    name = "structured"
+
+    def blocks(self, split) -> tuple[Block, ...]:
+        return plan_blocks(split, split.analysis.structure, self.chunk_size, force_structure=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Auto:
+    """The default: per leaf, the cheapest of forward, reverse, and (where the leaf acts one channel at a time)
+    column or row colouring, counting reverse passes as shared between leaves.
+
+    Cost: the minimum over those plans of the estimated device time (see :func:`plan_blocks`), plus placing the
+    result on the host. ``layersens.plan(...)`` shows what it picked.
+    """
+
+    chunk_size: int | None = None
+    name = "auto"
+
+    def blocks(self, split) -> tuple[Block, ...]:
+        return plan_blocks(split, split.analysis.structure, self.chunk_size)
+
+
+def plan_blocks(split, structure: dict, chunk_size=None, force_structure=False) -> tuple[Block, ...]:
+    """Chooses a method per leaf minimizing the estimated device time per example.
+
+    Reverse groups (dense rows; row colouring per channel count) share their passes between leaves, so we
+    enumerate which groups exist (at most a few) and give every leaf the cheapest option among forward (dense or
+    coloured) and the existing groups; each candidate plan is then costed with its groups' actual members
+    (``Method.cost``). Leaves a mode cannot differentiate never get that mode.
+    """
+    limits = split.analysis.limits
+    limits.check(split.param_names)
+    last_axis = len(split.activation_shape) - 1
+
+    def forward_method(name):
+        return COLUMNS if name in structure else FORWARD
+
+    groups = {("rev", None): REVERSE}
+    for st in structure.values():
+        if st.output_axis == last_axis:
+            groups[("rev-colour", st.channels)] = ROWS
+
+    def eligible(name, group):
+        if name in limits.reverse_blocked:
+            return False
+        kind, channels = group
+        if kind == "rev":
+            return not (force_structure and name in structure) or name in limits.forward_blocked
+        st = structure.get(name)
+        return st is not None and st.channels == channels and st.output_axis == last_axis
+
+    def options(name, active):
+        found = [] if name in limits.forward_blocked else [(forward_method(name).cost(split, (name,)), "fwd")]
+        # a member's share of a group: its writes (the passes are shared and costed with the group)
+        found += [(groups[g].basis_size(split, (name,)) * WRITE_COST * leaf_size(split, name), g)
+                  for g in active if eligible(name, g)]
+        return found
+
+    best = None
+    for r in range(len(groups) + 1):
+        for active in itertools.combinations(groups, r):
+            choice = {}
+            for name in split.param_names:
+                found = options(name, active)
+                if not found:
+                    break
+                choice[name] = min(found, key=lambda o: o[0])[1]
+            else:
+                total = sum(forward_method(n).cost(split, (n,)) for n, c in choice.items() if c == "fwd")
+                for g in active:
+                    members = tuple(n for n, c in choice.items() if c == g)
+                    total += groups[g].cost(split, members) if members else 0.0
+                if best is None or total < best[0]:
+                    best = (total, choice)
+    if best is None:  # only when every active group was needed and none fitted: cannot happen after check()
+        raise AssertionError("no method can compute some leaf")
+    choice = best[1]
+
+    blocks: list[Block] = []
+    plain_forward = {n for n, c in choice.items() if c == "fwd" and n not in structure}
+    blocks += [Block(run, FORWARD, chunk_size) for run in contiguous_runs(split, plain_forward)]
+    # Adjacent coloured leaves of one channel axis share a block: one JVP batch, and one mask writes all their
+    # columns at once.
+    coloured = [n for n in split.param_names if choice[n] == "fwd" and n in structure]
+    for run in contiguous_runs(split, coloured):
+        group: list[str] = []
+        for name in run:
+            key = (structure[name].channels, structure[name].output_axis)
+            if group and key != (structure[group[-1]].channels, structure[group[-1]].output_axis):
+                blocks.append(Block(tuple(group), COLUMNS, chunk_size))
+                group = []
+            group.append(name)
+        blocks.append(Block(tuple(group), COLUMNS, chunk_size))
+    for g, method in groups.items():
+        names = tuple(n for n in split.param_names if choice[n] == g)
+        if names:
+            blocks.append(Block(names, method, chunk_size))
+    return tuple(blocks)
+
+
+STRATEGIES = {"auto": Auto, "fwd": Forward, "rev": Reverse, "per-leaf": PerLeaf, "structured": Structured}
+
+
+def as_strategy(mode):
+    """Accepts a strategy object or its name (see ``STRATEGIES``)."""
+    if isinstance(mode, str):
+        try:
+            return STRATEGIES[mode]()
+        except KeyError:
+            raise SpecError(f"mode {mode!r} is not known; choose one of {sorted(STRATEGIES)}.") from None
+    if not hasattr(mode, "blocks"):
+        raise SpecError(
+            f"mode {mode!r} is not a strategy; pass one of Auto(), Forward(), Reverse(), PerLeaf(), Structured() "
+            "or a name."
+        )
+    return mode

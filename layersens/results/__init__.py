@@ -1,0 +1,4 @@
+"""Results: the dense and compressed Jacobians, their storage and their summaries."""
+
+from ._result import LayerJacobian, load_jacobian
+from ._summary import JacobianSummary, LeafSummary, summarize

@@ -1,0 +1,109 @@
+"""The one trace of a model: every addressable value of one forward pass as a function of the parameter leaves.
+
+``trace_model`` traces ``model.capture`` once (shapes only) into a ``ClosedJaxpr`` whose inputs are the
+parameter leaves, in ``leaf_names`` order, then a batch of one example, and whose outputs are the captured
+values, in ``layer_names`` order. Everything downstream (which leaves reach a layer, the layer's own function,
+channel structure, cost, memory) is read from this trace or from jaxprs derived from it, never from another
+trace of the model. Traces are kept per model and dtype while the model is alive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core as jcore
+
+from .._errors import SpecError
+from ..models import Model, flatten_params, unflatten_params
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelTrace:
+    """One trace of ``model.capture``.
+
+    Attributes:
+      jaxpr: ``(*leaves, x) -> captured values``; ``x`` is a batch of one example.
+      leaf_names: every parameter leaf, ``"module/param"``, in the jaxpr's input order.
+      leaves: their values (cast to ``dtype`` where floating).
+      constants: the model's other variables, held fixed (cast likewise).
+      layer_names: the captured values, in the jaxpr's output order.
+      shapes: ``layer name -> ShapeDtypeStruct`` of the captured value (with the batch axis of one).
+      input_dtype: dtype the inputs are cast to.
+    """
+
+    model: Model
+    jaxpr: jcore.ClosedJaxpr
+    leaf_names: tuple[str, ...]
+    leaves: dict
+    constants: dict
+    layer_names: tuple[str, ...]
+    shapes: dict
+    input_dtype: str
+
+
+def cast_floating(leaf, dtype):
+    if dtype is not None and hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+        return jnp.asarray(leaf).astype(dtype)
+    return leaf
+
+
+def check_dtype(dtype):
+    if dtype is None:
+        return None
+    dtype = np.dtype(dtype)
+    if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
+        raise SpecError(
+            "dtype float64 was asked for but JAX runs in 32-bit mode; enable it first with "
+            "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1; the CLI's --x64)."
+        )
+    return dtype
+
+
+_TRACES: "weakref.WeakKeyDictionary[Model, dict]" = weakref.WeakKeyDictionary()
+
+
+def trace_model(model: Model, dtype=None) -> ModelTrace:
+    """The trace of ``model`` at ``dtype`` (``None``: as stored); see :class:`ModelTrace`."""
+    dtype = check_dtype(dtype)
+    per_model = _TRACES.setdefault(model, {})
+    key = None if dtype is None else str(dtype)
+    if key not in per_model:
+        per_model[key] = _trace(model, dtype)
+    return per_model[key]
+
+
+def _trace(model: Model, dtype) -> ModelTrace:
+    flat = {k: cast_floating(v, dtype) for k, v in flatten_params(model.params).items()}
+    constants = jax.tree.map(lambda v: cast_floating(v, dtype), model.constants)
+    names = tuple(flat)
+    input_dtype = str(np.dtype(dtype or model.input_dtype))
+    x1 = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), input_dtype)
+
+    def captured(*args):
+        *leaves, x = args
+        values = model.capture(unflatten_params(dict(zip(names, leaves))), x, constants)
+        layer_names = tuple(values)
+        return [values[k] for k in layer_names], layer_names
+
+    holder = {}
+
+    def outputs(*args):
+        values, holder["names"] = captured(*args)
+        return values
+
+    closed, shapes = jax.make_jaxpr(outputs, return_shape=True)(*[flat[n] for n in names], x1)
+    layer_names = holder["names"]
+    return ModelTrace(
+        model=model,
+        jaxpr=closed,
+        leaf_names=names,
+        leaves=flat,
+        constants=constants,
+        layer_names=layer_names,
+        shapes=dict(zip(layer_names, shapes)),
+        input_dtype=input_dtype,
+    )
