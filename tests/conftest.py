@@ -1,11 +1,20 @@
+import os
+
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
+
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_enable_x64", True)  # float64 checks; models still default to float32
 
 from layersens.examples import LENET_DIGITS, LENET_DIGITS_NNX  # noqa: E402
+
+# Property tests: a fast profile by default (CI), a thorough one by `LAYERSENS_HYPOTHESIS=thorough python -m pytest`.
+settings.register_profile("fast", max_examples=5)
+settings.register_profile("thorough", max_examples=200)
+settings.load_profile(os.environ.get("LAYERSENS_HYPOTHESIS", "fast"))
 
 # Tolerances per dtype for comparisons against an independent computation of the same Jacobian.
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
