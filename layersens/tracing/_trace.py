@@ -80,7 +80,8 @@ def _trace(model: Model, dtype) -> ModelTrace:
     flat = {k: cast_floating(v, dtype) for k, v in flatten_params(model.params).items()}
     constants = jax.tree.map(lambda v: cast_floating(v, dtype), model.constants)
     names = tuple(flat)
-    input_dtype = str(np.dtype(dtype or model.input_dtype))
+    floating_inputs = np.issubdtype(np.dtype(model.input_dtype), np.floating)
+    input_dtype = str(np.dtype(dtype if dtype is not None and floating_inputs else model.input_dtype))  # ids stay ints
     x1 = jax.ShapeDtypeStruct((1,) + tuple(model.input_shape), input_dtype)
 
     def captured(*args):
