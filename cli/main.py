@@ -7,20 +7,26 @@ line on stderr and exit code 1, with nothing written.
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import layersens
-from layersens import LayersensError
-from layersens._errors import format_bytes
+from layersens import LayersensError, SpecError, format_bytes
 
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def say(text: str):
+    out.print(text, markup=False)
 
 
 def clean_errors(command):
@@ -29,7 +35,7 @@ def clean_errors(command):
         try:
             return command(*args, **kwargs)
         except LayersensError as e:
-            err.print(f"error: {e}", markup=False, soft_wrap=True)
+            err.print(f"error: {e}", markup=False)
             sys.exit(1)
 
     return wrapper
@@ -47,7 +53,7 @@ class LazyProgress:
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                                 TimeElapsedColumn(), console=err, transient=True)
             self.bar.start()
-            self.task = self.bar.add_task(self.description, total=total)
+            self.task = self.bar.add_task(escape(self.description), total=total)
         self.bar.update(self.task, completed=done, total=total)
 
     def __enter__(self):
@@ -58,100 +64,192 @@ class LazyProgress:
             self.bar.stop()
 
 
-model_option = click.option(
-    "--model", "model_dir", required=True, type=click.Path(path_type=Path),
-    help="Model directory: an Orbax checkpoint with its layersens.json spec.",
-)
-allow_import_option = click.option(
-    "--allow-import", is_flag=True,
-    help="Allow importing the module class named by the spec (runs its code). Not needed for shipped examples.",
-)
+def _json_option(text, option: str):
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise SpecError(f"{option} is {text!r}, which is not JSON ({e}); write e.g. '{{\"train\": false}}'.") from None
+    if not isinstance(value, dict):
+        raise SpecError(f"{option} is {text!r}; it must be a JSON object such as '{{\"features\": 64}}'.")
+    return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _shape_option(text):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.replace("x", ",").split(",") if d.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise SpecError(f"--input-shape is {text!r}; write the shape of one example as positive integers, "
+                        "e.g. 28,28,1.")
+    return shape
+
+
+def model_options(command):
+    """The options that say which model to load, shared by every command that loads one."""
+    options = [
+        click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),
+                     help="Model directory: a layersens model (layersens.json + Orbax checkpoint), or a plain Orbax "
+                          "checkpoint with --module."),
+        click.option("--allow-import", is_flag=True,
+                     help="Allow importing the model's own code named by the spec or --module (this runs that "
+                          "code; each import is announced). Not needed for Flax/JAX or the shipped examples."),
+        click.option("--module", "module_path", metavar="PKG.MOD:CLASS",
+                     help="Flax module class that rebuilds a plain Orbax checkpoint (or replaces the spec's); "
+                          "found in the model directory, beside it or in the working directory."),
+        click.option("--factory", "factory_path", metavar="PKG.MOD:FUNCTION",
+                     help="A function of your code returning the module, instead of --module."),
+        click.option("--kwargs", "kwargs_json", metavar="JSON", help="Constructor (or factory) arguments as JSON."),
+        click.option("--call-kwargs", "call_kwargs_json", metavar="JSON",
+                     help="Call arguments selecting evaluation mode, e.g. '{\"train\": false}'."),
+        click.option("--input-shape", "input_shape", metavar="SHAPE",
+                     help="Shape of one input example for a plain checkpoint, e.g. 28,28,1."),
+        click.option("--input-dtype", help="Input dtype for a plain checkpoint (default float32)."),
+        click.option("--x64", is_flag=True, help="Compute in float64 end to end (enables JAX's 64-bit mode)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def load(model_dir, allow_import, module_path, factory_path, kwargs_json, call_kwargs_json, input_shape,
+         input_dtype, x64):
+    if x64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    return layersens.load_model(
+        model_dir, allow_import, module=module_path, factory=factory_path,
+        kwargs=_json_option(kwargs_json, "--kwargs"), call_kwargs=_json_option(call_kwargs_json, "--call-kwargs"),
+        input_shape=_shape_option(input_shape), input_dtype=input_dtype,
+        announce=lambda message: err.print(message, markup=False),
+    )
+
+
+@click.group(context_settings=CONTEXT)
 @click.version_option(layersens.__version__, prog_name="layersens")
 def main():
-    """Jacobians of a trained network's layer with respect to the parameters that feed it."""
+    """Jacobians of a trained network's layer with respect to the parameters that feed it.
+
+    \b
+    layersens layers  --model DIR                 every layer, its shape and upstream parameters
+    layersens extract --model DIR --layer relu1   the Jacobian of relu1, saved to relu1.npz
+    layersens summarize relu1.npz                 norms, sparsity, rank and condition
+    layersens bench   --model DIR --layer relu1   layersens against the scalar-gradient loop
+    """
 
 
-@main.command()
-@model_option
-@allow_import_option
+@main.command(epilog="""\b
+Examples:
+  layersens layers --model layersens/examples/lenet_digits
+  layersens layers --model ckpt/ --module mymodels:CNN --input-shape 28,28,1 --allow-import""")
+@model_options
 @clean_errors
-def layers(model_dir, allow_import):
-    """List every addressable layer, its per-example shape and upstream parameters."""
-    model = layersens.load_model(model_dir, allow_import=allow_import)
-    infos = layersens.list_layers(model)
-    table = Table(title=f"{model.name} ({model.framework}) — {model_dir}")
-    for column in ("layer", "shape", "outputs", "upstream params", "upstream leaves", "Jacobian / example"):
-        table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
+def layers(model_dir, **options):
+    """List every addressable layer in execution order: its per-example shape, its upstream parameters and the
+    size of its Jacobian per example. Module outputs, sown values and activations between modules (relu_0,
+    softmax_0, ...) are listed."""
+    x64 = options["x64"]
+    model = load(model_dir, **options)
+    infos = layersens.list_layers(model, dtype="float64" if x64 else None)
+    table = Table(title=f"{model.name} ({model.framework}) — {model_dir}", title_justify="left")
+    widest = max([len(info.name) for info in infos] + [5])
+    table.add_column("layer", no_wrap=True, min_width=widest)  # names are copied from here: never cut or folded
+    for column in ("shape", "outputs", "upstream params", "upstream leaves", "Jacobian / example"):
+        table.add_column(column, justify="left" if column == "shape" else "right", overflow="fold")
     for info in infos:
         table.add_row(
-            info.name, str(info.shape), f"{info.num_outputs:,}", f"{info.num_upstream_params:,}",
+            escape(info.name), str(info.shape), f"{info.num_outputs:,}", f"{info.num_upstream_params:,}",
             str(len(info.upstream)), format_bytes(info.jacobian_bytes_per_example),
         )
     out.print(table)
-    out.print(f"Mode: {model.eval_mode}.")
+    say(f"Mode: {model.eval_mode}.")
 
 
-@main.command()
+def _leaves(names, shapes=None, verbose=False, limit=8) -> str:
+    items = [f"{n} {tuple(s)}" for n, s in zip(names, shapes)] if shapes is not None else list(names)
+    if verbose or len(items) <= limit:
+        return ", ".join(items)
+    return ", ".join(items[:limit]) + f", … and {len(items) - limit} more (--verbose lists them all)"
+
+
+@main.command(epilog="""\b
+Examples:
+  layersens extract --layer relu1 --model layersens/examples/lenet_digits
+  layersens extract --layer relu2 --model DIR --inputs x.npy --mode structured --max-memory 256MB --out r2.npz
+  layersens extract --layer conv1 --model DIR --x64 --verbose""")
 @click.option("--layer", required=True, help="Layer name, as listed by `layersens layers`.")
-@model_option
+@model_options
 @click.option("--inputs", type=click.Path(path_type=Path), help="A .npy file of inputs, (examples,) + input shape.")
-@click.option("--num-examples", type=int, help="How many examples to use (default: 4 of the model's own inputs).")
+@click.option("--num-examples", type=int,
+              help="How many examples to use (default: 4 of the model's own inputs; with --inputs, all of them).")
 @click.option("--mode", type=click.Choice(["auto", "fwd", "rev", "per-leaf", "structured"]), default="auto",
               show_default=True,
               help="fwd: one JVP per parameter; rev: one pullback per output; per-leaf: the cheaper of the two per "
-                   "leaf; structured: channel colouring where leaves act per channel; auto: cheapest plan.")
-@click.option("--max-memory", help="Working-memory budget, e.g. 2GB; chunk sizes follow from it.")
-@click.option("--device", help="cpu or gpu (default: JAX's default device).")
+                   "leaf; structured: channel colouring where leaves act per channel; auto: the cheapest plan.")
+@click.option("--max-memory", metavar="SIZE",
+              help="Working-memory budget per chunk, e.g. 512MB or 2GiB; chunk sizes follow from it. "
+                   "[default: 32 MiB on CPU, 1 GiB on accelerators]")
+@click.option("--device", help="cpu or gpu [default: JAX's default device]")
 @click.option("--out", "out_path", type=click.Path(path_type=Path),
-              help="Output .npz file (default: <layer>.npz in the current directory).")
-@allow_import_option
+              help="Output .npz file [default: <layer>.npz in the working directory]")
+@click.option("--verbose", is_flag=True, help="List every leaf held constant, not only the first few.")
 @clean_errors
-def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, out_path, allow_import):
-    """Compute the per-example Jacobian of LAYER with respect to its upstream parameters and save it."""
+def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, out_path, verbose, **options):
+    """Compute the per-example Jacobian of LAYER with respect to every parameter upstream of it, and save it
+    (atomically) as .npz with its metadata."""
+    model = load(model_dir, **options)
     with LazyProgress(f"d{layer}/dθ") as progress:
         jac = layersens.extract(
-            model_dir, layer, inputs, num_examples=num_examples, mode=mode, max_memory=max_memory,
-            device=device, allow_import=allow_import, progress=progress,
+            model, layer, inputs, num_examples=num_examples, mode=mode, max_memory=max_memory, device=device,
+            progress=progress, dtype="float64" if options["x64"] else None,
         )
     path = jac.save(out_path or Path(layer.replace("/", "_") + ".npz"))
-    leaves = ", ".join(f"{n} {tuple(s)}" for n, s in zip(jac.param_names, jac.param_shapes))
-    out.print(f"model       {model_dir} ({jac.model}, {jac.framework}; {jac.eval_mode})")
-    out.print(f"layer       {jac.layer}: {jac.activation_shape} per example = {jac.num_outputs:,} outputs")
-    out.print(f"inputs      {jac.num_examples} example(s) of shape {tuple(jac.inputs.shape[1:])}")
-    out.print(f"upstream    {jac.num_params:,} parameters in {len(jac.param_names)} leaves: {leaves}")
+    say(f"model       {model_dir} ({jac.model}, {jac.framework}; {jac.eval_mode})")
+    say(f"layer       {jac.layer}: {jac.activation_shape} per example = {jac.num_outputs:,} outputs")
+    say(f"inputs      {jac.num_examples} example(s) of shape {tuple(jac.inputs.shape[1:])}")
+    say(f"upstream    {jac.num_params:,} parameters in {len(jac.param_names)} leaves: "
+        f"{_leaves(jac.param_names, jac.param_shapes, verbose)}")
     if jac.excluded_params:
-        out.print(f"constant    {len(jac.excluded_params)} leaves not upstream: {', '.join(jac.excluded_params)}")
-    out.print(f"jacobian    {tuple(jac.matrix.shape)} {jac.dtype} = {format_bytes(jac.nbytes)}")
-    out.print(f"mode        {jac.mode} (asked: {mode}) on {jac.device}")
-    out.print(f"time        {jac.seconds:.3f} s compute + {jac.compile_seconds:.3f} s compile")
-    out.print(f"wrote       {path}  (read it back with layersens.load_jacobian)")
+        say(f"constant    {len(jac.excluded_params)} leaves not upstream: {_leaves(jac.excluded_params, None, verbose)}")
+    say(f"jacobian    {tuple(jac.matrix.shape)} {jac.dtype} = {format_bytes(jac.nbytes)}")
+    say(f"mode        {jac.mode} (asked: {mode}) on {jac.device}")
+    for note in jac.notes:
+        say(f"note        {note}")
+    say(f"time        {jac.seconds:.3f} s compute + {jac.compile_seconds:.3f} s compile")
+    say(f"wrote       {path}  (read it back with layersens.load_jacobian)")
 
 
-@main.command()
+@main.command(epilog="""\b
+Examples:
+  layersens summarize relu1.npz
+  layersens summarize relu2.npz --spectrum""")
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option("--spectrum/--no-spectrum", default=None, help="Compute rank and condition (default: when cheap).")
+@click.option("--spectrum/--no-spectrum", default=None,
+              help="Compute rank and condition [default: when the smaller side is at most 2,048]")
 @clean_errors
 def summarize(path, spectrum):
     """Summarize a Jacobian file written by `extract`: norms, sparsity, rank and conditioning."""
     jac = layersens.load_jacobian(path)
     summary = layersens.summarize(jac, spectrum=spectrum)
-    out.print(f"{jac.model} / {jac.layer}: {summary.shape} ({jac.mode}, {jac.dtype}, {jac.device})")
-    out.print(f"Frobenius norm {summary.frobenius:.6g}; exact zeros {summary.zero_fraction:.1%}")
+    say(f"{jac.model} / {jac.layer}: {summary.shape} ({jac.mode}, {jac.dtype}, {jac.device})")
+    say(f"Frobenius norm {summary.frobenius:.6g}; exact zeros {summary.zero_fraction:.1%}")
     table = Table()
     for column in ("leaf", "shape", "Frobenius", "max |J|", "zeros"):
-        table.add_column(column, justify="left" if column in ("leaf", "shape") else "right")
+        table.add_column(column, justify="left" if column in ("leaf", "shape") else "right", overflow="fold")
     for leaf in summary.leaves:
-        table.add_row(leaf.name, str(leaf.shape), f"{leaf.frobenius:.4g}", f"{leaf.max_abs:.4g}",
+        table.add_row(escape(leaf.name), str(leaf.shape), f"{leaf.frobenius:.4g}", f"{leaf.max_abs:.4g}",
                       f"{leaf.zero_fraction:.1%}")
     out.print(table)
     if summary.rank is not None:
         for n, (rank, cond) in enumerate(zip(summary.rank, summary.condition)):
-            out.print(f"example {n}: rank {rank} of {min(summary.shape[1:])}, condition {cond:.4g}")
+            say(f"example {n}: rank {rank} of {min(summary.shape[1:])}, condition {cond:.4g}")
     else:
-        out.print("rank and condition skipped (large); pass --spectrum to compute them.")
+        say("rank and condition skipped (large); pass --spectrum to compute them.")
 
 
 def _register_bench():

@@ -18,8 +18,9 @@ from ._errors import (
     UntrustedModuleError,
     format_bytes,
 )
-from .models import Model, ModelSpec, from_linen, from_nnx, load_model, read_model_spec, save_model
-from .tracing import LayerInfo, LayerSplit, list_layers, split
+from .models import (Model, ModelSpec, capture, from_function, from_linen, from_nnx, load_model, read_model_spec,
+                     save_model, unbox)
+from .tracing import LayerInfo, LayerSplit, PrecisionWarning, list_layers, split
 from .analysis import ChannelStructure, channel_structure
 from .planning import (STRATEGIES, Auto, Forward, PerLeaf, Plan, PlannedBlock, Reverse, Structured,
                        available_memory, parse_bytes, plan)

@@ -62,13 +62,16 @@ def extract(
     device=None,
     allow_import: bool = False,
     progress=None,
+    dtype=None,
 ) -> LayerJacobian:
     """Loads (if given a directory), splits at ``layer`` and computes the per-example Jacobian.
 
     ``inputs`` is an array, a ``.npy`` path, or ``None`` for the model's own example inputs (the first
-    ``num_examples``, default 4). See :func:`layersens.jacobian` for the other arguments.
+    ``num_examples``, default 4). ``dtype`` (e.g. ``"float64"``) casts parameters and inputs, as
+    :func:`layersens.split` does. See :func:`layersens.jacobian` for the other arguments.
     """
     if not isinstance(model, Model):
         model = load_model(model, allow_import=allow_import)
     x = select_inputs(model, inputs, num_examples)
-    return jacobian(split(model, layer), x, mode=mode, max_memory=max_memory, device=device, progress=progress)
+    return jacobian(split(model, layer, dtype=dtype), x, mode=mode, max_memory=max_memory, device=device,
+                    progress=progress)

@@ -27,7 +27,11 @@ def tiny_linen_dir(tmp_path_factory):
 def test_linen_round_trip_gives_the_same_jacobian(tiny_linen_dir):
     path, module, variables, x = tiny_linen_dir
     spec = json.loads((path / "layersens.json").read_text())
-    assert spec["module"] == "tests.tiny_models:TinyCNN" and spec["kwargs"] == {"features": 3}
+    assert spec["module"] == "tests.tiny_models:TinyCNN" and spec["kwargs"] == {}  # features=3 is the default
+    assert set(spec["leaf_hashes"]) == {f"{c}/{k}" for c, k in [("params", "conv/kernel"), ("params", "conv/bias"),
+        ("params", "bn/scale"), ("params", "bn/bias"), ("params", "res/kernel"), ("params", "res/bias"),
+        ("params", "side/kernel"), ("params", "side/bias"), ("params", "head/kernel"), ("params", "head/bias"),
+        ("batch_stats", "bn/mean"), ("batch_stats", "bn/var")]}
     assert spec["call_kwargs"] == {"train": False} and spec["framework"] == "linen"
     loaded = layersens.load_model(path, allow_import=True)
     direct = layersens.from_linen(module, variables, (6, 6, 1), call_kwargs={"train": False})

@@ -27,7 +27,7 @@ def _bytes(var) -> int:
     aval = var.aval
     if not hasattr(aval, "dtype") or not hasattr(aval, "shape"):
         return 0
-    return _elements(var) * np.dtype(aval.dtype).itemsize
+    return _elements(var) * getattr(aval.dtype, "itemsize", 0)  # typed PRNG keys are extended dtypes
 
 
 def _default_flops(eqn) -> float:

@@ -208,6 +208,7 @@ class PreparedJacobian:
             eval_mode=split.model.eval_mode,
             compile_seconds=compile_seconds,
             seconds=seconds,
+            notes=tuple(split.notes) + tuple(self.plan.notes),
         )
 
 

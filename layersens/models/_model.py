@@ -28,7 +28,7 @@ class Model:
 
     Attributes:
       name: a label for reports (the module class).
-      framework: ``"linen"`` or ``"nnx"``.
+      framework: ``"linen"``, ``"nnx"`` or ``"function"``.
       params: nested dict of the trainable parameters.
       constants: nested dict of the other variables, held fixed (e.g. BatchNorm running averages).
       input_shape: shape of one input example, without the batch axis.
@@ -80,6 +80,8 @@ def flatten_captured(tree: dict, prefix: str = "") -> dict[str, Any]:
             continue
         values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         values = [v for v in values if hasattr(v, "shape")]
+        if all(v is values[0] for v in values[1:]):
+            values = values[:1]  # one value recorded twice (a __call__ that calls super().__call__)
         if len(values) == 1:
             out[path] = values[0]
         else:  # a module called several times, or a name sown several times

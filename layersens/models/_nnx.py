@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ._model import Model, flatten_captured
 
 
 def from_nnx(module, input_shape, input_dtype: str = "float32", example_inputs=None) -> Model:
-    """Wraps an ``nnx.Module``. It is switched to evaluation mode (``module.eval()``) on a copy.
+    """Wraps an ``nnx.Module``. It is switched to evaluation mode (``module.eval()``) on a copy, and values sown
+    by earlier calls (``nnx.Intermediate``) are dropped from the copy.
 
-    Only ``nnx.Param`` variables are differentiated; all other state (BatchNorm statistics, RNG counters) is
-    constant.
+    Only ``nnx.Param`` variables are differentiated; all other state (BatchNorm statistics, custom variables,
+    ``nnx.Rngs`` keys and counters, typed PRNG keys) is constant. A model that still draws random numbers in
+    evaluation mode (a VAE's noise) draws the same numbers on every call, from this fixed state: results are
+    reproducible, and the split says so (``LayerSplit.notes``).
     """
     from flax import nnx
 
     module = nnx.clone(module)
     module.eval()
+    nnx.pop(module, nnx.Intermediate)
     graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
     params = nnx.to_pure_dict(param_state)
 
@@ -34,7 +39,8 @@ def from_nnx(module, input_shape, input_dtype: str = "float32", example_inputs=N
         name=type(module).__name__,
         framework="nnx",
         params=params,
-        constants=nnx.to_pure_dict(rest_state),
+        # immutable: an nnx.Rngs counter held as a NumPy array would be advanced in place by every eager call
+        constants=jax.tree.map(jnp.asarray, nnx.to_pure_dict(rest_state)),
         input_shape=tuple(input_shape),
         input_dtype=str(np.dtype(input_dtype)),
         capture_fn=capture_fn,

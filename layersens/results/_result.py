@@ -31,6 +31,7 @@ class LayerJacobian:
       dtype, device: of the computation.
       eval_mode: how evaluation mode was selected.
       compile_seconds, seconds: time spent compiling, and computing after compilation.
+      notes: what the user must know about these numbers (plan fallbacks, random draws, lower precision).
     """
 
     layer: str
@@ -48,6 +49,7 @@ class LayerJacobian:
     eval_mode: str
     compile_seconds: float = 0.0
     seconds: float = 0.0
+    notes: tuple[str, ...] = ()
 
     @property
     def num_examples(self) -> int:
@@ -111,7 +113,7 @@ class LayerJacobian:
 
     def metadata(self) -> dict:
         fields = ("layer", "model", "framework", "param_names", "excluded_params", "mode", "dtype", "device",
-                  "eval_mode", "compile_seconds", "seconds")
+                  "eval_mode", "compile_seconds", "seconds", "notes")
         meta = {name: getattr(self, name) for name in fields}
         meta["param_shapes"] = [list(s) for s in self.param_shapes]
         meta["format"] = NPZ_FORMAT
@@ -154,5 +156,6 @@ def load_jacobian(path) -> LayerJacobian:
         raise CheckpointError(f"{path} is not a {NPZ_FORMAT} file.")
     meta["param_names"] = tuple(meta["param_names"])
     meta["excluded_params"] = tuple(meta["excluded_params"])
+    meta["notes"] = tuple(meta.get("notes", ()))
     meta["param_shapes"] = tuple(tuple(s) for s in meta["param_shapes"])
     return LayerJacobian(**arrays, **meta)

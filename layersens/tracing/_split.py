@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
+from jax.extend.core import primitives as P
 
 from .._errors import InputShapeError, UnknownLayerError
 from ..analysis import first_use, jaxpr_dependence, prune
@@ -57,6 +59,7 @@ class LayerSplit:
       activation_shape, activation_dtype: the layer's per-example output.
       excluded: parameter leaves that do not reach the layer, held constant.
       input_dtype: dtype the inputs are cast to.
+      notes: what a user must know about this split's numbers (random draws, lower precision than asked).
     """
 
     layer: str
@@ -69,6 +72,7 @@ class LayerSplit:
     activation_dtype: str
     excluded: tuple[str, ...]
     input_dtype: str
+    notes: tuple[str, ...] = ()
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -181,6 +185,13 @@ def split(model: Model, layer: str, dtype=None) -> LayerSplit:
             "it has no per-example Jacobian. Capture a value that keeps the batch axis first."
         )
     jaxpr = _layer_jaxpr(trace, layer)
+    notes = []
+    if draws_random(jaxpr.jaxpr):
+        notes.append(f"{model.name} draws random numbers on the way to {layer!r} in evaluation mode (noise, such as "
+                     "a VAE's); every call draws the same numbers from the model's fixed random-number state, so "
+                     "results are reproducible, and the Jacobian is that of this one draw.")
+    if dtype is not None:
+        notes += _precision_notes(trace, layer, np.dtype(dtype))
     (reached,) = jaxpr_dependence(jaxpr)
     upstream_names = {trace.leaf_names[i] for i in reached if i < len(trace.leaf_names)}
     order = _leaf_order(trace)
@@ -196,4 +207,42 @@ def split(model: Model, layer: str, dtype=None) -> LayerSplit:
         activation_dtype=str(shape.dtype),
         excluded=tuple(n for n in order if n not in upstream),
         input_dtype=trace.input_dtype,
+        notes=tuple(notes),
     )
+
+
+RANDOM_PRIMITIVES = (P.random_bits_p, P.threefry2x32_p, P.rng_bit_generator_p, P.rng_uniform_p)
+
+
+def draws_random(jaxpr) -> bool:
+    """Whether ``jaxpr`` (or any jaxpr inside it) draws random numbers."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive in RANDOM_PRIMITIVES:
+            return True
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, (tuple, list)) else (value,):
+                if isinstance(sub, jcore.ClosedJaxpr):
+                    sub = sub.jaxpr
+                if isinstance(sub, jcore.Jaxpr) and draws_random(sub):
+                    return True
+    return False
+
+
+class PrecisionWarning(UserWarning):
+    """A model computes in a lower precision than the dtype asked for."""
+
+
+def _precision_notes(trace: ModelTrace, layer: str, dtype: np.dtype) -> list[str]:
+    if not np.issubdtype(dtype, np.floating):
+        return []
+    order = _layer_order(trace)
+    lower = [n for n in order[:order.index(layer) + 1]
+             if jnp.issubdtype(trace.shapes[n].dtype, jnp.floating) and np.dtype(trace.shapes[n].dtype) < dtype]
+    if np.dtype(trace.shapes[layer].dtype) >= dtype or not lower:
+        return []
+    first = lower[0]
+    note = (f"{dtype.name} was asked for, but {first!r} computes in {np.dtype(trace.shapes[first].dtype).name} (a "
+            f"module built with a lower dtype, e.g. dtype=jnp.float32): {layer!r} and its Jacobian have that "
+            f"accuracy. Build the model with dtype=jnp.{dtype.name} for {dtype.name} results.")
+    warnings.warn(note, PrecisionWarning, stacklevel=3)
+    return [note]

@@ -19,6 +19,7 @@ from jax.extend import core as jcore
 
 from .._errors import SpecError
 from ..models import Model, flatten_params, unflatten_params
+from ._names import derived_values
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -30,7 +31,8 @@ class ModelTrace:
       leaf_names: every parameter leaf, ``"module/param"``, in the jaxpr's input order.
       leaves: their values (cast to ``dtype`` where floating).
       constants: the model's other variables, held fixed (cast likewise).
-      layer_names: the captured values, in the jaxpr's output order.
+      layer_names: the captured values, then the values named between modules (``_names``), in the jaxpr's
+        output order.
       shapes: ``layer name -> ShapeDtypeStruct`` of the captured value (with the batch axis of one).
       input_dtype: dtype the inputs are cast to.
     """
@@ -97,14 +99,23 @@ def _trace(model: Model, dtype) -> ModelTrace:
         return values
 
     closed, shapes = jax.make_jaxpr(outputs, return_shape=True)(*[flat[n] for n in names], x1)
-    layer_names = holder["names"]
+    layer_names = list(holder["names"])
+    shapes = list(shapes)
+    jaxpr = closed.jaxpr
+    derived = [(n, v) for n, v in derived_values(jaxpr, set(jaxpr.outvars), model.framework == "linen")
+               if n not in layer_names]
+    if derived:
+        closed = jcore.ClosedJaxpr(jaxpr.replace(outvars=list(jaxpr.outvars) + [v for _, v in derived]),
+                                   closed.consts)
+        layer_names += [n for n, _ in derived]
+        shapes += [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for _, v in derived]
     return ModelTrace(
         model=model,
         jaxpr=closed,
         leaf_names=names,
         leaves=flat,
         constants=constants,
-        layer_names=layer_names,
+        layer_names=tuple(layer_names),
         shapes=dict(zip(layer_names, shapes)),
         input_dtype=input_dtype,
     )
