@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -87,6 +88,26 @@ def _shape_option(text):
         raise SpecError(f"--input-shape is {text!r}; write the shape of one example as positive integers, "
                         "e.g. 28,28,1.")
     return shape
+
+
+def _wrt(patterns):
+    if not patterns:
+        return None
+    if patterns == ("input",):
+        return "input"
+    return list(patterns)
+
+
+def wrt_options(command):
+    command = click.option(
+        "--wrt-layer", metavar="LAYER",
+        help="Differentiate with respect to an earlier layer's activation instead (the model cut at both points).",
+    )(command)
+    return click.option(
+        "--wrt", multiple=True, metavar="PATTERN",
+        help="Differentiate only the upstream leaves matching this glob ('generator/*'; '*' crosses '/'); repeat "
+             "for several, prefix '!' to exclude. 'input': with respect to each example's input (saliency).",
+    )(command)
 
 
 def model_options(command):
@@ -198,22 +219,28 @@ Examples:
 @click.option("--out", "out_path", type=click.Path(path_type=Path),
               help="Output .npz file [default: <layer>.npz in the working directory]")
 @click.option("--verbose", is_flag=True, help="List every leaf held constant, not only the first few.")
+@wrt_options
 @clean_errors
-def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, out_path, verbose, **options):
-    """Compute the per-example Jacobian of LAYER with respect to every parameter upstream of it, and save it
-    (atomically) as .npz with its metadata."""
+def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, out_path, verbose, wrt, wrt_layer,
+            **options):
+    """Compute the per-example Jacobian of LAYER with respect to the parameters upstream of it (or those --wrt
+    selects, the input, or an earlier layer), and save it (atomically) as .npz with its metadata."""
     model = load(model_dir, **options)
     with LazyProgress(f"d{layer}/dθ") as progress:
         jac = layersens.extract(
             model, layer, inputs, num_examples=num_examples, mode=mode, max_memory=max_memory, device=device,
-            progress=progress, dtype="float64" if options["x64"] else None,
+            progress=progress, dtype="float64" if options["x64"] else None, wrt=_wrt(wrt), wrt_layer=wrt_layer,
         )
-    path = jac.save(out_path or Path(layer.replace("/", "_") + ".npz"))
+    path = jac.save(out_path or Path(layer.replace("/", "_").replace("#", "_") + ".npz"))
     say(f"model       {model_dir} ({jac.model}, {jac.framework}; {jac.eval_mode})")
     say(f"layer       {jac.layer}: {jac.activation_shape} per example = {jac.num_outputs:,} outputs")
     say(f"inputs      {jac.num_examples} example(s) of shape {tuple(jac.inputs.shape[1:])}")
-    say(f"upstream    {jac.num_params:,} parameters in {len(jac.param_names)} leaves: "
-        f"{_leaves(jac.param_names, jac.param_shapes, verbose)}")
+    what = {"parameters": "upstream   ", "input": "wrt input  "}.get(jac.wrt, "wrt layer  ")
+    say(f"{what} {jac.num_params:,} {'parameters' if jac.wrt == 'parameters' else 'values'} in "
+        f"{len(jac.param_names)} leaves (differentiated): {_leaves(jac.param_names, jac.param_shapes, verbose)}")
+    if jac.frozen_params:
+        say(f"frozen      {len(jac.frozen_params)} upstream leaves held constant: "
+            f"{_leaves(jac.frozen_params, None, verbose)}")
     if jac.excluded_params:
         say(f"constant    {len(jac.excluded_params)} leaves not upstream: {_leaves(jac.excluded_params, None, verbose)}")
     say(f"jacobian    {tuple(jac.matrix.shape)} {jac.dtype} = {format_bytes(jac.nbytes)}")
@@ -250,6 +277,55 @@ def summarize(path, spectrum):
             say(f"example {n}: rank {rank} of {min(summary.shape[1:])}, condition {cond:.4g}")
     else:
         say("rank and condition skipped (large); pass --spectrum to compute them.")
+
+
+def _readout_command(hessian: bool):
+    name = "hessian" if hessian else "gradient"
+    what = "Hessian (and gradient)" if hessian else "gradient"
+
+    @main.command(name=name, help=(
+        f"The {what} of a scalar readout of LAYER (its sum, or one unit) with respect to the upstream "
+        "parameters (or those --wrt selects, the input, or an earlier layer), per example; saved as .npz."),
+        epilog=f"""\b
+Examples:
+  layersens {name} --layer output --model layersens/examples/gan_digits --readout unit:0 --wrt 'generator/*'
+  layersens {name} --layer relu1 --model layersens/examples/lenet_digits --readout sum --wrt 'bn1/*'""")
+    @click.option("--layer", required=True, help="Layer name, as listed by `layersens layers`.")
+    @model_options
+    @click.option("--inputs", type=click.Path(path_type=Path), help="A .npy file of inputs, (examples,) + input shape.")
+    @click.option("--num-examples", type=int, help="How many examples to use (default: 4 of the model's own).")
+    @click.option("--readout", default="sum", show_default=True,
+                  help="The scalar read from the layer: sum, or one unit (unit:3,5,0 or a flat unit:17).")
+    @click.option("--out", "out_path", type=click.Path(path_type=Path),
+                  help=f"Output .npz file [default: <layer>_{name}.npz]")
+    @click.option("--verbose", is_flag=True, help="List every leaf held constant, not only the first few.")
+    @wrt_options
+    @clean_errors
+    def command(layer, model_dir, inputs, num_examples, readout, out_path, verbose, wrt, wrt_layer, **options):
+        model = load(model_dir, **options)
+        result = layersens.extract_readout(
+            model, layer, inputs, readout=readout, hessian=hessian, num_examples=num_examples,
+            dtype="float64" if options["x64"] else None, wrt=_wrt(wrt), wrt_layer=wrt_layer)
+        path = result.save(out_path or Path(layer.replace("/", "_").replace("#", "_") + f"_{name}.npz"))
+        say(f"model       {model_dir} ({model.name}, {model.framework}; {model.eval_mode})")
+        say(f"readout     {result.readout} of {layer}: " + ", ".join(f"{v:.6g}" for v in result.values))
+        say(f"wrt         {len(result.param_names)} leaves (differentiated): "
+            f"{_leaves(result.param_names, result.param_shapes, verbose)}")
+        if result.frozen_params:
+            say(f"frozen      {len(result.frozen_params)} upstream leaves held constant: "
+                f"{_leaves(result.frozen_params, None, verbose)}")
+        for leaf in result.param_names:
+            say(f"|grad|      {leaf}: " + ", ".join(f"{np.linalg.norm(g):.4g}" for g in result[leaf]))
+        if result.hessian is not None:
+            say(f"hessian     {tuple(result.hessian.shape)}; largest |eigenvalue| per example: " + ", ".join(
+                f"{np.abs(np.linalg.eigvalsh(h)).max():.4g}" for h in result.hessian))
+        say(f"wrote       {path}")
+
+    return command
+
+
+gradient = _readout_command(hessian=False)
+hessian = _readout_command(hessian=True)
 
 
 def _register_bench():

@@ -2,8 +2,8 @@
 
 The stages, in the order data flows: ``models`` (checkpoints and adapters → Model), ``tracing`` (one trace, cut
 at a layer → LayerSplit), ``analysis`` (dependence, channel structure, cost, autodiff limits of that trace),
-``planning`` (methods, strategies, chunks → Plan), ``compute`` (compiled plans → results), ``results``
-(LayerJacobian, storage, summaries). ``layersens.bench`` (the benchmark harness) is imported on its own.
+``planning`` (methods, strategies, chunks → Plan), ``compute`` (compiled plans → results), ``derivatives``
+(the Jacobian as an operator, readout gradients and Hessians), ``results`` (LayerJacobian, storage, summaries). ``layersens.bench`` (the benchmark harness) is imported on its own.
 """
 
 from ._errors import (
@@ -20,12 +20,13 @@ from ._errors import (
 )
 from .models import (Model, ModelSpec, capture, from_function, from_linen, from_nnx, load_model, read_model_spec,
                      save_model, unbox)
-from .tracing import LayerInfo, LayerSplit, PrecisionWarning, list_layers, split
+from .tracing import INPUT, LayerInfo, LayerSplit, PrecisionWarning, list_layers, split
 from .analysis import ChannelStructure, channel_structure
 from .planning import (STRATEGIES, Auto, Forward, PerLeaf, Plan, PlannedBlock, Reverse, Structured,
                        available_memory, parse_bytes, plan)
 from .compute import CompressedJacobian, PreparedJacobian, compressed_jacobian, jacobian, prepare
+from .derivatives import LinearizedLayer, ReadoutDerivative, hessian, hvp, linearize, readout_gradient
 from .results import JacobianSummary, LayerJacobian, LeafSummary, load_jacobian, summarize
-from ._extract import extract, read_inputs
+from ._extract import extract, extract_readout, read_inputs
 
 __version__ = "0.1.0"

@@ -14,13 +14,13 @@ class LayersensError(Exception):
 
 
 class UnknownLayerError(LayersensError, KeyError):
-    def __init__(self, layer: str, available: list[str]):
+    def __init__(self, layer: str, available: list[str], what: str = "layer"):
         self.layer = layer
         self.available = list(available)
         close = difflib.get_close_matches(layer, self.available, n=1, cutoff=0.0)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         super().__init__(
-            f"unknown layer {layer!r}.{hint} Available layers: {', '.join(self.available)}. "
+            f"unknown {what} {layer!r}.{hint} Available layers: {', '.join(self.available)}. "
             "Run `layersens layers --model DIR` to see each with its shape."
         )
 

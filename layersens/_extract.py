@@ -10,6 +10,8 @@ from .models import Model
 from .models import load_model
 from ._errors import CheckpointError, InputShapeError
 from .compute import jacobian
+from .derivatives import ReadoutDerivative, readout_gradient
+from .derivatives import hessian as hessian_of
 from .results import LayerJacobian
 from .tracing import split
 from .planning import Auto
@@ -63,15 +65,39 @@ def extract(
     allow_import: bool = False,
     progress=None,
     dtype=None,
+    wrt=None,
+    wrt_layer: str | None = None,
 ) -> LayerJacobian:
     """Loads (if given a directory), splits at ``layer`` and computes the per-example Jacobian.
 
     ``inputs`` is an array, a ``.npy`` path, or ``None`` for the model's own example inputs (the first
-    ``num_examples``, default 4). ``dtype`` (e.g. ``"float64"``) casts parameters and inputs, as
-    :func:`layersens.split` does. See :func:`layersens.jacobian` for the other arguments.
+    ``num_examples``, default 4). ``dtype`` (e.g. ``"float64"``), ``wrt`` and ``wrt_layer`` are
+    :func:`layersens.split`'s. See :func:`layersens.jacobian` for the other arguments.
     """
     if not isinstance(model, Model):
         model = load_model(model, allow_import=allow_import)
     x = select_inputs(model, inputs, num_examples)
-    return jacobian(split(model, layer, dtype=dtype), x, mode=mode, max_memory=max_memory, device=device,
-                    progress=progress)
+    return jacobian(split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer), x, mode=mode,
+                    max_memory=max_memory, device=device, progress=progress)
+
+
+def extract_readout(
+    model,
+    layer: str,
+    inputs=None,
+    *,
+    readout="sum",
+    hessian: bool = False,
+    num_examples: int | None = None,
+    dtype=None,
+    wrt=None,
+    wrt_layer: str | None = None,
+    allow_import: bool = False,
+) -> ReadoutDerivative:
+    """Like :func:`extract`, for a scalar readout of the layer: its gradient per example, and with
+    ``hessian=True`` its Hessian (see :func:`layersens.hessian`)."""
+    if not isinstance(model, Model):
+        model = load_model(model, allow_import=allow_import)
+    x = select_inputs(model, inputs, num_examples)
+    cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
+    return (hessian_of if hessian else readout_gradient)(cut, x, readout)

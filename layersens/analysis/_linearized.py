@@ -42,14 +42,14 @@ class AutodiffLimits:
 
 
 def jvp_jaxpr(split) -> jcore.ClosedJaxpr:
-    """``(*leaves, x, *tangents of split.params) -> (activation, tangent)`` for one example."""
+    """``(*split.inputs, *tangents of split.params) -> (activation, tangent)`` for one example."""
     function = jcore.jaxpr_as_fun(split.jaxpr)
-    names = split.leaf_names
+    names = split.inputs
     positions = [names.index(n) for n in split.param_names]
 
     def linearized(*args):
-        primals = list(args[:len(names) + 1])
-        tangents = args[len(names) + 1:]
+        primals = list(args[:len(names)])
+        tangents = args[len(names):]
 
         def of_upstream(*upstream):
             full = list(primals)

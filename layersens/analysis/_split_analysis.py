@@ -20,7 +20,7 @@ class SplitAnalysis:
 
 def analyze(split) -> SplitAnalysis:
     bits = {name: 1 << i for i, name in enumerate(split.param_names)}
-    masks = [bits.get(n, 0) for n in split.leaf_names] + [0]  # the input is not differentiated
+    masks = [bits.get(n, 0) for n in split.inputs]
     cost = pass_cost(split.jaxpr.jaxpr, masks, bits)
     linearized = jvp_jaxpr(split)
     return SplitAnalysis(

@@ -202,6 +202,8 @@ class PreparedJacobian:
             param_names=names,
             param_shapes=tuple(tuple(np.shape(split.params[n])) for n in names),
             excluded_params=split.excluded,
+            frozen_params=split.frozen,
+            wrt=split.wrt,
             mode=self.plan.describe(),
             dtype=str(np.dtype(split.activation_dtype)),
             device=f"{self.device.platform}:{self.device.id}",
@@ -258,7 +260,7 @@ def prepare(split, example=None, mode=Auto(), max_memory=None, device=None) -> P
                              f"{format_bytes(working)}: the narrowest chunk of {what} needs it")
     # The activation is a program of its own: returned from the kernels' programs as well, it changed XLA's
     # fusion of the dense forward kernel (a transposed copy, measured 5× slower on relu1).
-    activation = jax.jit(split.apply).lower(params, x0).compile()
+    activation = jax.jit(split.evaluate).lower(params, x0).compile()
     final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
     return PreparedJacobian(split=split, plan=final, device=dev, compile_seconds=time.perf_counter() - start,
                             params=params, steps=steps, activation=activation, dense=dense)

@@ -5,3 +5,4 @@ from pathlib import Path
 EXAMPLES_DIR = Path(__file__).parent
 LENET_DIGITS = EXAMPLES_DIR / "lenet_digits"
 LENET_DIGITS_NNX = EXAMPLES_DIR / "lenet_digits_nnx"
+GAN_DIGITS = EXAMPLES_DIR / "gan_digits"

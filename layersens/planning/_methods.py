@@ -149,6 +149,7 @@ class DenseForward(Method):
         dtype = np.dtype(split.params[names[0]].dtype)
 
         def setup(params, x):
+            params = split.point(params, x)  # the parameters, or this example's input or activation
             theta, unravel = ravel_leaves(params, names)
             return (lambda t: jnp.ravel(split.apply({**params, **unravel(t)}, x))), theta
 
@@ -189,6 +190,7 @@ class DenseReverse(Method):
         dtype = np.dtype(split.activation_dtype)
 
         def setup(params, x):
+            params = split.point(params, x)  # the parameters, or this example's input or activation
             return (lambda block: jnp.ravel(split.apply({**params, **block}, x))), {k: params[k] for k in names}
 
         def chunk(pull, offset):
@@ -260,6 +262,7 @@ class ColumnColouring(Method):
         start = column_starts(split)[names[0]]
 
         def setup(params, x):
+            params = split.point(params, x)  # the parameters, or this example's input or activation
             def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
                 moved = {k: params[k] + s[a:b].reshape(shapes[k][:-1] + (1,))
                          for k, a, b in zip(names, bounds[:-1], bounds[1:])}
@@ -313,6 +316,7 @@ class RowColouring(Method):
         dtype = np.dtype(split.activation_dtype)
 
         def setup(params, x):
+            params = split.point(params, x)  # the parameters, or this example's input or activation
             return (lambda block: split.apply({**params, **block}, x).reshape(S, C)), {k: params[k] for k in names}
 
         def chunk(pull, offset):

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .._errors import CheckpointError
+from ._storage import read_npz, write_npz
 
 NPZ_FORMAT = "layersens-jacobian/1"
 
@@ -27,6 +25,8 @@ class LayerJacobian:
       inputs: the examples, ``(examples,) + input_shape``.
       param_names, param_shapes: the upstream leaves, in column order.
       excluded_params: leaves that do not reach the layer (held constant, not differentiated).
+      frozen_params: leaves that reach the layer but were held constant (not selected by ``wrt``).
+      wrt: what the columns are: ``"parameters"``, ``"input"`` or ``"layer:<name>"``.
       mode: the method that computed each block, e.g. ``"fwd"`` or ``"rev"``.
       dtype, device: of the computation.
       eval_mode: how evaluation mode was selected.
@@ -50,6 +50,8 @@ class LayerJacobian:
     compile_seconds: float = 0.0
     seconds: float = 0.0
     notes: tuple[str, ...] = ()
+    frozen_params: tuple[str, ...] = ()
+    wrt: str = "parameters"
 
     @property
     def num_examples(self) -> int:
@@ -113,7 +115,7 @@ class LayerJacobian:
 
     def metadata(self) -> dict:
         fields = ("layer", "model", "framework", "param_names", "excluded_params", "mode", "dtype", "device",
-                  "eval_mode", "compile_seconds", "seconds", "notes")
+                  "eval_mode", "compile_seconds", "seconds", "notes", "frozen_params", "wrt")
         meta = {name: getattr(self, name) for name in fields}
         meta["param_shapes"] = [list(s) for s in self.param_shapes]
         meta["format"] = NPZ_FORMAT
@@ -121,41 +123,28 @@ class LayerJacobian:
 
     def save(self, path) -> Path:
         """Writes the Jacobian, activation, inputs and metadata to ``path`` (``.npz``), atomically."""
-        path = Path(path)
-        if path.suffix != ".npz":
-            path = path.with_name(path.name + ".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(
-                    f,
-                    matrix=self.matrix,
-                    activation=self.activation,
-                    inputs=self.inputs,
-                    metadata=np.frombuffer(json.dumps(self.metadata()).encode(), dtype=np.uint8),
-                )
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return write_npz(path, {"matrix": self.matrix, "activation": self.activation, "inputs": self.inputs},
+                         self.metadata())
 
 
 def load_jacobian(path) -> LayerJacobian:
-    """Reads a file written by :meth:`LayerJacobian.save` (``layersens extract --out``)."""
-    path = Path(path)
+    """Reads a file written by :meth:`LayerJacobian.save` (``layersens extract --out``), checking that its
+    metadata and arrays agree."""
+    arrays, meta = read_npz(path, NPZ_FORMAT, ("matrix", "activation", "inputs"))
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["metadata"]).decode())
-            arrays = {k: data[k] for k in ("matrix", "activation", "inputs")}
-    except (OSError, KeyError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a layersens Jacobian file ({type(e).__name__}: {e}).") from None
-    if meta.pop("format", None) != NPZ_FORMAT:
-        raise CheckpointError(f"{path} is not a {NPZ_FORMAT} file.")
-    meta["param_names"] = tuple(meta["param_names"])
-    meta["excluded_params"] = tuple(meta["excluded_params"])
-    meta["notes"] = tuple(meta.get("notes", ()))
-    meta["param_shapes"] = tuple(tuple(s) for s in meta["param_shapes"])
-    return LayerJacobian(**arrays, **meta)
+        meta["param_names"] = tuple(meta["param_names"])
+        meta["excluded_params"] = tuple(meta["excluded_params"])
+        meta["notes"] = tuple(meta.get("notes", ()))
+        meta["frozen_params"] = tuple(meta.get("frozen_params", ()))
+        meta["param_shapes"] = tuple(tuple(int(d) for d in s) for s in meta["param_shapes"])
+        jac = LayerJacobian(**arrays, **meta)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has inconsistent metadata ({type(e).__name__}: {e}).") from None
+    size = sum(int(np.prod(s, dtype=np.int64)) for s in jac.param_shapes)
+    if (jac.matrix.ndim != 3 or jac.matrix.shape[2] != size or len(jac.param_names) != len(jac.param_shapes)
+            or jac.activation.shape[0] != jac.matrix.shape[0]
+            or int(np.prod(jac.activation.shape[1:], dtype=np.int64)) != jac.matrix.shape[1]):
+        raise CheckpointError(f"{path} has inconsistent metadata: a matrix of shape {jac.matrix.shape} for leaves "
+                              f"{dict(zip(jac.param_names, jac.param_shapes))} and activations "
+                              f"{jac.activation.shape}.")
+    return jac

@@ -1,4 +1,4 @@
 """Cutting a model at a layer: one trace of the model, the layer's jaxpr, its upstream parameters."""
 
-from ._split import LayerInfo, LayerSplit, PrecisionWarning, draws_random, list_layers, split
+from ._split import INPUT, LayerInfo, LayerSplit, PrecisionWarning, draws_random, list_layers, split
 from ._trace import ModelTrace, cast_floating, check_dtype, trace_model

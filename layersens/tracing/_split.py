@@ -19,9 +19,10 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
-from .._errors import InputShapeError, UnknownLayerError
+from .._errors import InputShapeError, SpecError, UnknownLayerError
 from ..analysis import first_use, jaxpr_dependence, prune
 from ..models import OUTPUT, Model
+from ._select import select
 from ._trace import ModelTrace, trace_model
 
 
@@ -44,20 +45,28 @@ class LayerInfo:
         return self.num_outputs * self.num_upstream_params * np.dtype(self.dtype).itemsize
 
 
+INPUT = "input"
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class LayerSplit:
-    """A model cut at one layer.
+    """A model cut at one layer, and what is differentiated.
 
     Attributes:
       layer: the layer's name.
       model: the :class:`Model` it was cut from.
-      params: the upstream parameter leaves, ``{"conv1/kernel": array, ...}``, in order of first use: the
-        columns of the Jacobian.
-      jaxpr: the layer for ONE example, ``(*leaves in leaf_names order, x) -> (activation,)``, traced once.
-      leaf_names: every parameter leaf of the model, in the jaxpr's input order.
-      constants: the leaves that are not differentiated, by name.
+      params: the differentiated leaves, in order of first use: the columns of the Jacobian. For
+        ``wrt="input"`` one leaf ``"input"``, for ``wrt_layer=A`` one leaf ``A``; their values here are the shapes
+        only (the point of each example is computed from it: :meth:`point`).
+      jaxpr: the layer for ONE example, ``(*inputs) -> (activation,)``, derived from the model's one trace.
+      inputs: the names of the jaxpr's inputs: every parameter leaf, then ``"input"`` (the example), then the
+        cut layer for ``wrt_layer``.
+      constants: the values of the inputs that are not differentiated, by name.
       activation_shape, activation_dtype: the layer's per-example output.
-      excluded: parameter leaves that do not reach the layer, held constant.
+      excluded: parameter leaves that do not reach the layer (held constant).
+      frozen: parameter leaves that reach the layer but are held constant (not selected by ``wrt``, or every
+        parameter for input and layer-to-layer Jacobians).
+      wrt: what the columns are: ``"parameters"``, ``"input"`` or ``"layer:<name>"``.
       input_dtype: dtype the inputs are cast to.
       notes: what a user must know about this split's numbers (random draws, lower precision than asked).
     """
@@ -66,13 +75,16 @@ class LayerSplit:
     model: Model
     params: dict[str, jax.Array]
     jaxpr: jcore.ClosedJaxpr
-    leaf_names: tuple[str, ...]
+    inputs: tuple[str, ...]
     constants: dict[str, jax.Array]
     activation_shape: tuple[int, ...]
     activation_dtype: str
     excluded: tuple[str, ...]
     input_dtype: str
+    frozen: tuple[str, ...] = ()
+    wrt: str = "parameters"
     notes: tuple[str, ...] = ()
+    point_jaxpr: jcore.ClosedJaxpr | None = dataclasses.field(default=None, repr=False)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -102,10 +114,31 @@ class LayerSplit:
     def _function(self):
         return jcore.jaxpr_as_fun(self.jaxpr)
 
+    @functools.cached_property
+    def _point_function(self):
+        return jcore.jaxpr_as_fun(self.point_jaxpr)
+
+    def point(self, params: dict, x) -> dict:
+        """The differentiated values at example ``x``: the parameters themselves, the example (``wrt="input"``)
+        or the earlier layer's activation for ``x`` (``wrt_layer``)."""
+        if self.wrt == "parameters":
+            return params
+        x = jnp.asarray(x, self.input_dtype)
+        if self.wrt == INPUT:
+            return {INPUT: x}
+        (name,) = self.params
+        leaves = [self.constants[n] for n in self.inputs[:-2]]
+        return {name: self._point_function(*leaves, x)[0]}
+
     def apply(self, params: dict, x) -> jax.Array:
-        """The layer's activation for one example ``x``; ``params`` holds (at least) the upstream leaves."""
-        args = [params[n] if n in params else self.constants[n] for n in self.leaf_names]
-        return self._function(*args, jnp.asarray(x, self.input_dtype))[0]
+        """The layer's activation for one example ``x``, with the differentiated values taken from ``params``
+        (for parameters: at least the upstream leaves; otherwise the values at the point, see :meth:`point`)."""
+        values = {**self.constants, INPUT: jnp.asarray(x, self.input_dtype), **params}
+        return self._function(*[values[n] for n in self.inputs])[0]
+
+    def evaluate(self, params: dict, x) -> jax.Array:
+        """The layer's activation for example ``x`` at its own point: ``apply(point(params, x), x)``."""
+        return self.apply(self.point(params, x), x)
 
     def __call__(self, params: dict, x) -> jax.Array:
         return self.apply(params, x)
@@ -157,35 +190,84 @@ def list_layers(model: Model, dtype=None) -> tuple[LayerInfo, ...]:
     return tuple(infos)
 
 
-def _layer_jaxpr(trace: ModelTrace, layer: str) -> jcore.ClosedJaxpr:
-    """The layer for one example, derived from the model's trace (the jaxpr is re-traced, not the model)."""
+def _layer_jaxpr(trace: ModelTrace, layer: str, cut: str | None = None) -> jcore.ClosedJaxpr:
+    """The layer for one example, derived from the model's trace (the jaxpr is re-traced, not the model):
+    ``(*leaves, x) -> activation``, or with ``cut``, ``(*leaves, x, a) -> activation`` where ``a`` replaces that
+    earlier layer's value everywhere it is used."""
+    closed = trace.jaxpr
     index = trace.layer_names.index(layer)
-    everything = jcore.jaxpr_as_fun(trace.jaxpr)
+    extra = []
+    if cut is not None:
+        old = closed.jaxpr.outvars[trace.layer_names.index(cut)]
+        new = jcore.gensym()(old.aval)
+        swap = lambda v: new if v is old else v  # noqa: E731
+        jaxpr = closed.jaxpr.replace(
+            invars=list(closed.jaxpr.invars) + [new],
+            eqns=[e.replace(invars=[swap(v) for v in e.invars]) for e in closed.jaxpr.eqns],
+            outvars=[swap(v) for v in closed.jaxpr.outvars])
+        closed = jcore.ClosedJaxpr(jaxpr, closed.consts)
+        shape = trace.shapes[cut]
+        extra = [jax.ShapeDtypeStruct(tuple(shape.shape[1:]), shape.dtype)]
+    everything = jcore.jaxpr_as_fun(closed)
 
     def one_example(*args):
-        *leaves, x = args
-        return everything(*leaves, x[None])[index][0]
+        return everything(*[a[None] if i >= len(trace.leaf_names) else a for i, a in enumerate(args)])[index][0]
 
     x = jax.ShapeDtypeStruct(tuple(trace.model.input_shape), trace.input_dtype)
-    return prune(jax.make_jaxpr(one_example)(*[trace.leaves[n] for n in trace.leaf_names], x))
+    return prune(jax.make_jaxpr(one_example)(*[trace.leaves[n] for n in trace.leaf_names], x, *extra))
 
 
-def split(model: Model, layer: str, dtype=None) -> LayerSplit:
-    """Cuts ``model`` at ``layer``; see :class:`LayerSplit`.
-
-    ``dtype`` casts the floating parameters and inputs (e.g. ``float64`` for finite-difference checks).
-    """
-    trace = trace_model(model, dtype)
+def _checked_layer(trace: ModelTrace, model: Model, layer: str, dtype, what: str = "layer"):
     if layer not in trace.shapes:
-        raise UnknownLayerError(layer, [info.name for info in list_layers(model, dtype)])
+        raise UnknownLayerError(layer, [info.name for info in list_layers(model, dtype)], what=what)
     shape = trace.shapes[layer]
     if not _batched(shape):
         raise InputShapeError(
-            f"layer {layer!r} has shape {shape.shape} for one example; its first axis is not the batch axis, so "
+            f"{what} {layer!r} has shape {shape.shape} for one example; its first axis is not the batch axis, so "
             "it has no per-example Jacobian. Capture a value that keeps the batch axis first."
         )
-    jaxpr = _layer_jaxpr(trace, layer)
+    return shape
+
+
+def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | None = None) -> LayerSplit:
+    """Cuts ``model`` at ``layer``; see :class:`LayerSplit`.
+
+    Args:
+      model: from :func:`layersens.load_model`, :func:`from_linen`, :func:`from_nnx` or :func:`from_function`.
+      layer: a name listed by :func:`list_layers`.
+      dtype: casts the floating parameters and inputs (e.g. ``float64`` for finite-difference checks).
+      wrt: which upstream parameters to differentiate: glob patterns over leaf paths (``"generator/*"``, a list,
+        ``"!"`` to exclude), a predicate ``(path_tuple, value) -> bool`` or an NNX path filter; the others are
+        held constant (``frozen``). ``"input"``: the Jacobian with respect to the example's own input (saliency).
+        Default: every upstream leaf.
+      wrt_layer: an earlier layer: the Jacobian of ``layer`` with respect to that layer's activation, the model
+        cut at both points (everything else held fixed: the partial derivative through that activation).
+    """
+    trace = trace_model(model, dtype)
+    shape = _checked_layer(trace, model, layer, dtype)
+    if wrt_layer is not None and wrt is not None:
+        raise SpecError("give either wrt (parameters or 'input') or wrt_layer, not both.")
     notes = []
+    if wrt_layer is not None:
+        cut_shape = _checked_layer(trace, model, wrt_layer, dtype, what="wrt_layer")
+        jaxpr = _layer_jaxpr(trace, layer, cut=wrt_layer)
+        reached = jaxpr_dependence(jaxpr)[0]
+        if len(jaxpr.jaxpr.invars) - 1 not in reached:
+            order = _layer_order(trace)
+            earlier = [n for n in order[:order.index(layer)] if n != wrt_layer]
+            raise SpecError(
+                f"{layer!r} does not depend on {wrt_layer!r}; choose a layer computed before it on its path, e.g. "
+                f"{', '.join(earlier[-5:]) or 'none'}."
+            )
+        inputs = tuple(trace.leaf_names) + (INPUT, wrt_layer)
+        differentiated = {wrt_layer: jnp.zeros(cut_shape.shape[1:], cut_shape.dtype)}
+        point_jaxpr = _layer_jaxpr(trace, wrt_layer)
+        kind = f"layer:{wrt_layer}"
+    else:
+        jaxpr = _layer_jaxpr(trace, layer)
+        inputs = tuple(trace.leaf_names) + (INPUT,)
+        point_jaxpr = None
+        kind = "input" if isinstance(wrt, str) and wrt == INPUT else "parameters"
     if draws_random(jaxpr.jaxpr):
         notes.append(f"{model.name} draws random numbers on the way to {layer!r} in evaluation mode (noise, such as "
                      "a VAE's); every call draws the same numbers from the model's fixed random-number state, so "
@@ -193,22 +275,57 @@ def split(model: Model, layer: str, dtype=None) -> LayerSplit:
     if dtype is not None:
         notes += _precision_notes(trace, layer, np.dtype(dtype))
     (reached,) = jaxpr_dependence(jaxpr)
-    upstream_names = {trace.leaf_names[i] for i in reached if i < len(trace.leaf_names)}
     order = _leaf_order(trace)
-    upstream = {n: trace.leaves[n] for n in order if n in upstream_names}
+    upstream = [n for n in order if trace.leaf_names.index(n) in reached]
+    if kind == "parameters":
+        if not upstream:
+            raise SpecError(
+                f"no parameter reaches {layer!r}: it is computed from the input alone, so its Jacobian with respect "
+                f"to parameters is empty. Choose a later layer, or differentiate with respect to the input "
+                f"(wrt='input', --wrt input)."
+            )
+        chosen = upstream if wrt is None else select(upstream, trace.leaves, wrt, upstream)
+        differentiated = {n: trace.leaves[n] for n in chosen}
+    elif kind == "input":
+        if trace.input_dtype and not jnp.issubdtype(np.dtype(trace.input_dtype), jnp.floating):
+            raise SpecError(
+                f"the model's inputs are {trace.input_dtype} (e.g. token ids): there is no Jacobian with respect to "
+                "them. Differentiate with respect to an embedding instead (wrt_layer='embed', --wrt-layer embed)."
+            )
+        differentiated = {INPUT: jnp.zeros(tuple(model.input_shape), trace.input_dtype)}
+    _check_real(differentiated, shape, layer)
+    values = {**trace.leaves}
+    constants = {n: v for n, v in values.items() if n not in differentiated}
     return LayerSplit(
         layer=layer,
         model=model,
-        params=upstream,
+        params=differentiated,
         jaxpr=jaxpr,
-        leaf_names=trace.leaf_names,
-        constants={n: v for n, v in trace.leaves.items() if n not in upstream},
+        inputs=inputs,
+        constants=constants,
         activation_shape=tuple(shape.shape[1:]),
         activation_dtype=str(shape.dtype),
         excluded=tuple(n for n in order if n not in upstream),
         input_dtype=trace.input_dtype,
+        frozen=tuple(n for n in upstream if n not in differentiated),
+        wrt=kind,
         notes=tuple(notes),
+        point_jaxpr=point_jaxpr,
     )
+
+
+def _check_real(differentiated: dict, shape, layer: str):
+    """Complex numbers are refused: see the README (a real Jacobian of complex quantities needs a convention)."""
+    for name, value in differentiated.items():
+        if jnp.issubdtype(np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype,
+                          jnp.complexfloating):
+            raise SpecError(
+                f"leaf {name!r} is complex ({value.dtype}); layersens computes real Jacobians only. Keep the real "
+                "and imaginary parts as two real leaves (e.g. w = w_re + 1j * w_im inside the model)."
+            )
+    if jnp.issubdtype(shape.dtype, jnp.complexfloating):
+        raise SpecError(f"layer {layer!r} is complex ({shape.dtype}); layersens computes real Jacobians only. "
+                        "Capture its real and imaginary parts (jnp.real, jnp.imag) as two layers.")
 
 
 RANDOM_PRIMITIVES = (P.random_bits_p, P.threefry2x32_p, P.rng_bit_generator_p, P.rng_uniform_p)

@@ -1,0 +1,26 @@
+"""One example's layer as a function of one flat vector of the differentiated values: what the operator and
+the second-order functions differentiate."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+from ..planning._layout import ravel_leaves
+
+
+def flat_function(split, params, x):
+    """``(theta, f)``: the differentiated values at example ``x`` as one vector, and ``f(theta) -> activation``
+    (raveled), everything else held at its value."""
+    point = split.point(params, x)
+    names = split.param_names
+    theta, unravel = ravel_leaves(point, names)
+
+    def f(t):
+        return jnp.ravel(split.apply({**point, **unravel(t)}, x))
+
+    return theta, f
+
+
+def as_examples(split, inputs) -> np.ndarray:
+    return split.model.check_inputs(inputs, dtype=split.input_dtype)
