@@ -44,7 +44,10 @@ def _ratio(value) -> str:
     return f"{value:,.0f}×" if value >= 100 else f"{value:.3g}×"
 
 
-@click.command()
+@click.command(short_help="Benchmark against the scalar-gradient loop and JAX's jacrev/jacfwd.", epilog="""\b
+Examples:
+  layersens bench --layer relu1 --model layersens/examples/lenet_digits --num-examples 1
+  layersens bench --layer relu1 --layer fc1 --model DIR --num-examples 1 --num-examples 8 --out report/""")
 @click.option("--layer", "layers", multiple=True, required=True,
               help="Layer name, as listed by `layersens layers`; repeat for several layers.")
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -30,6 +31,35 @@ def say(text: str):
     out.print(text, markup=False)
 
 
+class CommandGroup(click.Group):
+    """Click, with every error answered in one line: usage errors (a missing option, a value of the wrong kind)
+    become ``error: ...`` with exit code 1 like the library's, an interrupt exits cleanly with nothing written,
+    and warnings print as one ``warning: ...`` line each."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        previous = warnings.showwarning
+        warnings.showwarning = lambda message, *rest, **kw: err.print(f"warning: {message}", markup=False)
+        try:
+            code = super().main(*args, **kwargs)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(0)
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx is not None else "layersens"
+            err.print(f"error: {e.format_message()} (see `{command} --help`)", markup=False)
+            sys.exit(1)
+        except click.Abort:
+            err.print("error: interrupted; nothing was written.", markup=False)
+            sys.exit(130)
+        except click.ClickException as e:
+            err.print(f"error: {e.format_message()}", markup=False)
+            sys.exit(1)
+        finally:
+            warnings.showwarning = previous
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 def clean_errors(command):
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -38,6 +68,9 @@ def clean_errors(command):
         except LayersensError as e:
             err.print(f"error: {e}", markup=False)
             sys.exit(1)
+        except KeyboardInterrupt:
+            err.print("error: interrupted; nothing was written.", markup=False)
+            sys.exit(130)
 
     return wrapper
 
@@ -88,6 +121,10 @@ def _shape_option(text):
         raise SpecError(f"--input-shape is {text!r}; write the shape of one example as positive integers, "
                         "e.g. 28,28,1.")
     return shape
+
+
+def _file_name(layer: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in layer)
 
 
 def _wrt(patterns):
@@ -151,7 +188,7 @@ def load(model_dir, allow_import, module_path, factory_path, kwargs_json, call_k
     )
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=CommandGroup, context_settings=CONTEXT)
 @click.version_option(layersens.__version__, prog_name="layersens")
 def main():
     """Jacobians of a trained network's layer with respect to the parameters that feed it.
@@ -164,7 +201,7 @@ def main():
     """
 
 
-@main.command(epilog="""\b
+@main.command(short_help="List the layers: shapes, upstream parameters, Jacobian sizes.", epilog="""\b
 Examples:
   layersens layers --model layersens/examples/lenet_digits
   layersens layers --model ckpt/ --module mymodels:CNN --input-shape 28,28,1 --allow-import""")
@@ -198,7 +235,7 @@ def _leaves(names, shapes=None, verbose=False, limit=8) -> str:
     return ", ".join(items[:limit]) + f", … and {len(items) - limit} more (--verbose lists them all)"
 
 
-@main.command(epilog="""\b
+@main.command(short_help="Compute a layer's Jacobian and save it as .npz.", epilog="""\b
 Examples:
   layersens extract --layer relu1 --model layersens/examples/lenet_digits
   layersens extract --layer relu2 --model DIR --inputs x.npy --mode structured --max-memory 256MB --out r2.npz
@@ -218,20 +255,27 @@ Examples:
 @click.option("--device", help="cpu or gpu [default: JAX's default device]")
 @click.option("--out", "out_path", type=click.Path(path_type=Path),
               help="Output .npz file [default: <layer>.npz in the working directory]")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists (otherwise an existing file is refused).")
+@click.option("--verify", is_flag=True,
+              help="Spot-check the result: sampled rows against scalar gradients, sampled entries against central "
+                   "finite differences; report the largest errors.")
 @click.option("--verbose", is_flag=True, help="List every leaf held constant, not only the first few.")
 @wrt_options
 @clean_errors
-def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, out_path, verbose, wrt, wrt_layer,
-            **options):
+def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, out_path, overwrite, verify, verbose,
+            wrt, wrt_layer, **options):
     """Compute the per-example Jacobian of LAYER with respect to the parameters upstream of it (or those --wrt
     selects, the input, or an earlier layer), and save it (atomically) as .npz with its metadata."""
+    budget = None if max_memory is None else layersens.parse_bytes(max_memory, "--max-memory")
+    path = out_path or Path(_file_name(layer) + ".npz")
     model = load(model_dir, **options)
     with LazyProgress(f"d{layer}/dθ") as progress:
         jac = layersens.extract(
-            model, layer, inputs, num_examples=num_examples, mode=mode, max_memory=max_memory, device=device,
+            model, layer, inputs, num_examples=num_examples, mode=mode, max_memory=budget, device=device,
             progress=progress, dtype="float64" if options["x64"] else None, wrt=_wrt(wrt), wrt_layer=wrt_layer,
+            out=path, overwrite=overwrite, verify=verify,
         )
-    path = jac.save(out_path or Path(layer.replace("/", "_").replace("#", "_") + ".npz"))
+    path = layersens.results.npz_path(path)
     say(f"model       {model_dir} ({jac.model}, {jac.framework}; {jac.eval_mode})")
     say(f"layer       {jac.layer}: {jac.activation_shape} per example = {jac.num_outputs:,} outputs")
     say(f"inputs      {jac.num_examples} example(s) of shape {tuple(jac.inputs.shape[1:])}")
@@ -247,11 +291,13 @@ def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, ou
     say(f"mode        {jac.mode} (asked: {mode}) on {jac.device}")
     for note in jac.notes:
         say(f"note        {note}")
+    if jac.verification is not None:
+        say(f"verify      {jac.verification.describe()}")
     say(f"time        {jac.seconds:.3f} s compute + {jac.compile_seconds:.3f} s compile")
     say(f"wrote       {path}  (read it back with layersens.load_jacobian)")
 
 
-@main.command(epilog="""\b
+@main.command(short_help="Norms, sparsity, rank and condition of a saved Jacobian.", epilog="""\b
 Examples:
   layersens summarize relu1.npz
   layersens summarize relu2.npz --spectrum""")
@@ -283,7 +329,7 @@ def _readout_command(hessian: bool):
     name = "hessian" if hessian else "gradient"
     what = "Hessian (and gradient)" if hessian else "gradient"
 
-    @main.command(name=name, help=(
+    @main.command(name=name, short_help=f"The {what} of a scalar readout of a layer.", help=(
         f"The {what} of a scalar readout of LAYER (its sum, or one unit) with respect to the upstream "
         "parameters (or those --wrt selects, the input, or an earlier layer), per example; saved as .npz."),
         epilog=f"""\b
@@ -298,15 +344,19 @@ Examples:
                   help="The scalar read from the layer: sum, or one unit (unit:3,5,0 or a flat unit:17).")
     @click.option("--out", "out_path", type=click.Path(path_type=Path),
                   help=f"Output .npz file [default: <layer>_{name}.npz]")
+    @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
     @click.option("--verbose", is_flag=True, help="List every leaf held constant, not only the first few.")
     @wrt_options
     @clean_errors
-    def command(layer, model_dir, inputs, num_examples, readout, out_path, verbose, wrt, wrt_layer, **options):
+    def command(layer, model_dir, inputs, num_examples, readout, out_path, overwrite, verbose, wrt, wrt_layer,
+                **options):
+        path = out_path or Path(_file_name(layer) + f"_{name}.npz")
         model = load(model_dir, **options)
         result = layersens.extract_readout(
             model, layer, inputs, readout=readout, hessian=hessian, num_examples=num_examples,
-            dtype="float64" if options["x64"] else None, wrt=_wrt(wrt), wrt_layer=wrt_layer)
-        path = result.save(out_path or Path(layer.replace("/", "_").replace("#", "_") + f"_{name}.npz"))
+            dtype="float64" if options["x64"] else None, wrt=_wrt(wrt), wrt_layer=wrt_layer, out=path,
+            overwrite=overwrite)
+        path = layersens.results.npz_path(path)
         say(f"model       {model_dir} ({model.name}, {model.framework}; {model.eval_mode})")
         say(f"readout     {result.readout} of {layer}: " + ", ".join(f"{v:.6g}" for v in result.values))
         say(f"wrt         {len(result.param_names)} leaves (differentiated): "

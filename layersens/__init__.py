@@ -9,9 +9,12 @@ at a layer → LayerSplit), ``analysis`` (dependence, channel structure, cost, a
 from ._errors import (
     CheckpointError,
     InputShapeError,
+    InputValueError,
+    InputWarning,
     JacobianTooLargeError,
     LayersensError,
     MemoryBudgetError,
+    OutputError,
     SpecError,
     TrainModeError,
     UnknownLayerError,
@@ -25,7 +28,8 @@ from .analysis import ChannelStructure, channel_structure
 from .planning import (STRATEGIES, Auto, Forward, PerLeaf, Plan, PlannedBlock, Reverse, Structured,
                        available_memory, parse_bytes, plan)
 from .compute import CompressedJacobian, PreparedJacobian, compressed_jacobian, jacobian, prepare
-from .derivatives import LinearizedLayer, ReadoutDerivative, hessian, hvp, linearize, readout_gradient
+from .derivatives import (LinearizedLayer, ReadoutDerivative, Verification, hessian, hvp, linearize,
+                          readout_gradient, verify)
 from .results import JacobianSummary, LayerJacobian, LeafSummary, load_jacobian, summarize
 from ._extract import extract, extract_readout, read_inputs
 

@@ -48,12 +48,24 @@ class JacobianTooLargeError(LayersensError, MemoryError):
     pass
 
 
+class OutputError(LayersensError):
+    """An output path that cannot or must not be written."""
+
+
+class InputValueError(LayersensError, ValueError):
+    """Inputs or parameters whose values cannot give a meaningful Jacobian (NaN, Inf, complex)."""
+
+
 class MemoryBudgetError(LayersensError, MemoryError):
     """The narrowest chunk needs more working memory than the budget the user gave."""
 
 
 class TrainModeError(LayersensError):
     pass
+
+
+class InputWarning(UserWarning):
+    """Inputs were converted in a way the user should know about (integers to floats, float64 to float32)."""
 
 
 def format_bytes(n: float) -> str:

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .models import Model
 from .models import load_model
-from ._errors import CheckpointError, InputShapeError
-from .compute import jacobian
-from .derivatives import ReadoutDerivative, readout_gradient
+from ._errors import InputShapeError, InputWarning
+from .compute import check_size, jacobian, resolve_device
+from .planning import plan
+from .results._storage import check_output
+from .derivatives import ReadoutDerivative, readout_function, readout_gradient
+from .derivatives import verify as verify_jacobian
 from .derivatives import hessian as hessian_of
 from .results import LayerJacobian
 from .tracing import split
@@ -20,37 +25,71 @@ DEFAULT_NUM_EXAMPLES = 4
 
 
 def read_inputs(path) -> np.ndarray:
-    """Loads a ``.npy`` file of inputs, naming the file if it cannot."""
+    """Loads a ``.npy`` file of inputs, naming the file and what is wrong if it cannot (never unpickles)."""
     path = Path(path)
     try:
-        return np.load(path, allow_pickle=False)
+        data = np.load(path, allow_pickle=False)
     except FileNotFoundError:
-        raise CheckpointError(f"inputs file {path} does not exist.") from None
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"inputs file {path} is not a readable .npy array ({e}).") from None
+        raise InputShapeError(f"inputs file {path} does not exist.") from None
+    except IsADirectoryError:
+        raise InputShapeError(f"inputs file {path} is a directory; give a .npy file (np.save).") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise InputShapeError(f"inputs file {path} is not a readable .npy array ({e}); write it with "
+                              "np.save(path, x).") from None
+    if isinstance(data, np.lib.npyio.NpzFile):
+        names = list(data.files)
+        data.close()
+        raise InputShapeError(f"inputs file {path} is an .npz archive (arrays {names}); give one .npy array: "
+                              f"np.save('inputs.npy', np.load('{path.name}')['{names[0] if names else 'x'}']).")
+    return data
 
 
-def select_inputs(model: Model, inputs=None, num_examples: int | None = None) -> np.ndarray:
-    """The user's inputs, or the first ``num_examples`` of the model's own example inputs."""
+def _count(num_examples, available: int, source: str) -> int:
+    if num_examples is None:
+        return available
+    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or not (
+            1 <= num_examples <= available):
+        raise InputShapeError(f"--num-examples is {num_examples!r}; {source} hold {available} example(s), so choose "
+                              f"1 to {available}.")
+    return int(num_examples)
+
+
+def _check_range(model: Model, x: np.ndarray, name: str):
+    """Warns when inputs lie far outside the range of the model's own example inputs (e.g. 0..255 pixels
+    against 0..1)."""
+    own = model.example_inputs
+    if own is None or not np.issubdtype(np.asarray(own).dtype, np.floating) or not np.issubdtype(x.dtype,
+                                                                                                np.floating):
+        return
+    lo, hi = float(np.min(own)), float(np.max(own))
+    span = max(hi - lo, 1e-12)
+    if float(np.min(x)) < lo - 2 * span or float(np.max(x)) > hi + 2 * span:
+        warnings.warn(f"{name} range over {float(np.min(x)):.4g}..{float(np.max(x)):.4g}, far outside the model's own "
+                      f"example inputs ({lo:.4g}..{hi:.4g}): scale them as its training data was.", InputWarning,
+                      stacklevel=3)
+
+
+def select_inputs(model: Model, inputs=None, num_examples: int | None = None, dtype=None) -> np.ndarray:
+    """The user's inputs (an array or a ``.npy`` path), or the first ``num_examples`` (default 4) of the model's
+    own example inputs, checked (see ``Model.check_inputs``)."""
+    target = dtype if dtype is not None and np.issubdtype(np.dtype(model.input_dtype), np.floating) else None
     if inputs is not None:
         is_path = isinstance(inputs, (str, Path))
-        x = read_inputs(inputs) if is_path else np.asarray(inputs)
+        x = read_inputs(inputs) if is_path else inputs
         name = f"inputs {inputs}" if is_path else "inputs"
-        x = model.check_inputs(x, name, dtype=x.dtype if np.issubdtype(x.dtype, np.floating) else None)
-        return x if num_examples is None else x[:num_examples]
+        x = model.check_inputs(x, name, dtype=target)
+        x = x[:_count(num_examples, len(x), name)]
+        _check_range(model, x, name)
+        return x
     if model.example_inputs is None:
         raise InputShapeError(
             f"model {model.name} ships no example inputs; pass inputs (--inputs FILE.npy) of shape "
             f"(examples,) + {tuple(model.input_shape)}."
         )
-    n = DEFAULT_NUM_EXAMPLES if num_examples is None else num_examples
     available = len(model.example_inputs)
-    if not 1 <= n <= available:
-        raise InputShapeError(
-            f"num_examples is {n}; the model ships {available} example inputs, so choose 1 to {available}, "
-            "or pass your own inputs (--inputs FILE.npy)."
-        )
-    return model.check_inputs(model.example_inputs[:n], "example inputs", dtype=model.example_inputs.dtype)
+    n = _count(min(DEFAULT_NUM_EXAMPLES, available) if num_examples is None else num_examples, available,
+               "the model's own example inputs (pass --inputs FILE.npy for others)")
+    return model.check_inputs(model.example_inputs[:n], "example inputs", dtype=target)
 
 
 def extract(
@@ -67,18 +106,31 @@ def extract(
     dtype=None,
     wrt=None,
     wrt_layer: str | None = None,
+    out=None,
+    overwrite: bool = False,
+    verify: bool = False,
 ) -> LayerJacobian:
     """Loads (if given a directory), splits at ``layer`` and computes the per-example Jacobian.
 
     ``inputs`` is an array, a ``.npy`` path, or ``None`` for the model's own example inputs (the first
     ``num_examples``, default 4). ``dtype`` (e.g. ``"float64"``), ``wrt`` and ``wrt_layer`` are
-    :func:`layersens.split`'s. See :func:`layersens.jacobian` for the other arguments.
+    :func:`layersens.split`'s. With ``out``, the result is also saved there (the path is checked before
+    anything is computed; an existing file is replaced only with ``overwrite``). ``verify`` spot-checks the result
+    (:func:`layersens.verify`). See :func:`layersens.jacobian` for the other arguments.
     """
+    out = None if out is None else check_output(out, overwrite)
     if not isinstance(model, Model):
         model = load_model(model, allow_import=allow_import)
-    x = select_inputs(model, inputs, num_examples)
-    return jacobian(split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer), x, mode=mode,
-                    max_memory=max_memory, device=device, progress=progress)
+    x = select_inputs(model, inputs, num_examples, dtype)
+    cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
+    plan(cut, x, mode, max_memory, resolve_device(device))  # mode, budget and device checked before compiling
+    check_size(cut, len(x))
+    result = jacobian(cut, x, mode=mode, max_memory=max_memory, device=device, progress=progress)
+    if verify:
+        result = dataclasses.replace(result, verification=verify_jacobian(result, cut))
+    if out is not None:
+        result.save(out)
+    return result
 
 
 def extract_readout(
@@ -93,11 +145,18 @@ def extract_readout(
     wrt=None,
     wrt_layer: str | None = None,
     allow_import: bool = False,
+    out=None,
+    overwrite: bool = False,
 ) -> ReadoutDerivative:
     """Like :func:`extract`, for a scalar readout of the layer: its gradient per example, and with
     ``hessian=True`` its Hessian (see :func:`layersens.hessian`)."""
+    out = None if out is None else check_output(out, overwrite)
     if not isinstance(model, Model):
         model = load_model(model, allow_import=allow_import)
-    x = select_inputs(model, inputs, num_examples)
+    x = select_inputs(model, inputs, num_examples, dtype)
     cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
-    return (hessian_of if hessian else readout_gradient)(cut, x, readout)
+    readout_function(readout, cut.activation_shape)  # checked before anything is computed
+    result = (hessian_of if hessian else readout_gradient)(cut, x, readout)
+    if out is not None:
+        result.save(out)
+    return result

@@ -79,8 +79,8 @@ def test_extract_default_output_name_and_user_inputs(tmp_path):
         (["--layer", "relu_1"], "error: unknown layer 'relu_1'. Did you mean 'relu1'? Available layers: conv1, bn1,"),
         (["--layer", "relu1", "--inputs", "x.npy"], "error: inputs x.npy have shape (2, 28, 28); the model expects (examples,) + (28, 28, 1)"),
         (["--layer", "relu1", "--inputs", "missing.npy"], "error: inputs file missing.npy does not exist."),
-        (["--layer", "relu1", "--num-examples", "99"], "num_examples is 99; the model ships 16 example inputs"),
-        (["--layer", "relu1", "--max-memory", "lots"], "max_memory is 'lots'; write a size such as '512MB'"),
+        (["--layer", "relu1", "--num-examples", "99"], "--num-examples is 99; the model's own example inputs (pass --inputs FILE.npy for others) hold 16"),
+        (["--layer", "relu1", "--max-memory", "lots"], "--max-memory is 'lots'; write a size such as '512MB'"),
     ],
 )
 def test_bad_input_gives_one_line_exit_1_and_writes_nothing(tmp_path, args, message):

@@ -200,3 +200,17 @@ def test_compiled_programs_fit_the_memory_budget_by_xla_count(lenet_linen):
     assert prepared.plan.blocks[0].width < layersens.plan(split, x[0], max_memory=budget).blocks[0].width  # narrowed
     reference = layersens.jacobian(split, x, mode="rev")
     np.testing.assert_allclose(result.matrix, reference.matrix, **TOL[np.float32])
+
+
+def test_verify_tells_a_right_jacobian_from_a_wrong_one(lenet_linen):
+    import dataclasses
+
+    split = layersens.split(lenet_linen, "relu2")
+    jac = layersens.jacobian(split, lenet_linen.example_inputs[:2])
+    right = layersens.verify(jac, split, rows=6, entries=4)
+    assert right.row_error < 1e-5 and right.difference_error < 2e-2
+    wrong_matrix = np.array(jac.matrix)
+    wrong_matrix[:, :, 100] *= 1.5  # one parameter's column scaled
+    wrong = layersens.verify(dataclasses.replace(jac, matrix=wrong_matrix), split, rows=64, entries=0)
+    assert wrong.row_error > 1e-2
+    assert "rows against scalar gradients" in right.describe()

@@ -2,3 +2,4 @@
 
 from ._operator import LinearizedLayer, linearize
 from ._second_order import MAX_HESSIAN_PARAMS, ReadoutDerivative, hessian, hvp, readout_gradient, readout_function
+from ._verify import Verification, verify

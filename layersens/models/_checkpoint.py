@@ -196,7 +196,9 @@ def save_model(
     spec_json = json.dumps(spec.to_json(), indent=2)
 
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    for stale in directory.parent.glob(f".{directory.name}.*.partial"):  # left by a killed earlier save
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
@@ -263,6 +265,8 @@ def _build(spec: ModelSpec, resolver: Resolver):
     import flax.linen as nn
 
     builder, kwargs = _call_builder(spec, resolver)
+    if spec.module is not None:
+        _check_framework(spec, "nnx" if issubclass(builder, nnx.Module) else "linen")
     wants_rngs = spec.framework == "nnx" and "rngs" not in kwargs and (
         spec.module is not None or "rngs" in inspect.signature(builder).parameters)
     try:
@@ -275,10 +279,14 @@ def _build(spec: ModelSpec, resolver: Resolver):
         kind = "linen"
     else:
         raise SpecError(f"{spec.builder} returned a {type(module).__name__}, not a Flax module.")
+    _check_framework(spec, kind)
+    return module
+
+
+def _check_framework(spec: ModelSpec, kind: str):
     if kind != spec.framework:
         raise SpecError(f"the spec says framework {spec.framework!r}, but {spec.builder} builds a {kind} module; "
                         f"set \"framework\": \"{kind}\".")
-    return module
 
 
 def _abstract_nnx(spec: ModelSpec, resolver: Resolver):
@@ -290,6 +298,9 @@ def _abstract_nnx(spec: ModelSpec, resolver: Resolver):
 def _read_spec(directory: Path, state_dir: Path) -> ModelSpec | None:
     if (directory / SPEC_FILE).exists():
         return read_spec_file(directory / SPEC_FILE)
+    if not any((state_dir / name).exists() for name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")):
+        raise CheckpointError(f"{directory} holds neither a layersens model ({SPEC_FILE}) nor an Orbax checkpoint; "
+                              "give the folder written by layersens.save_model or by Orbax.")
     try:
         with _quiet_orbax(), _checkpointer() as ck:
             custom = ck.metadata(state_dir).custom_metadata

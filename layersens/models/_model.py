@@ -10,12 +10,13 @@ sees Flax again. Adapters: :func:`layersens.from_linen`, :func:`layersens.from_n
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
-from .._errors import InputShapeError
+from .._errors import InputShapeError, InputValueError, InputWarning
 
 OUTPUT = "output"
 
@@ -53,18 +54,56 @@ class Model:
         return self.capture_fn(params, self.constants if constants is None else constants, x)
 
     def check_inputs(self, x, name: str = "inputs", dtype=None) -> np.ndarray:
-        """Returns ``x`` as a batch of examples in ``dtype`` (default: the model's), or says which shape was
-        expected."""
+        """``x`` as a batch of examples in ``dtype`` (default: the model's), checked: the shape, numbers that are
+        real and finite, ids that are integers. Casting integers to a floating model, or float64 to a float32
+        one, is done with an ``InputWarning`` that says so."""
+        return check_examples(x, self.input_shape, np.dtype(dtype or self.input_dtype), name)
+
+
+def _where(mask: np.ndarray) -> str:
+    examples = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+    shown = ", ".join(str(int(e)) for e in examples[:5]) + (", ..." if len(examples) > 5 else "")
+    return f"{int(mask.sum()):,} value(s) in example(s) {shown}"
+
+
+def check_examples(x, input_shape, target: np.dtype, name: str = "inputs") -> np.ndarray:
+    try:
         x = np.asarray(x)
-        want = tuple(self.input_shape)
-        if x.shape == want:
-            x = x[None]
-        if x.shape[1:] != want:
-            raise InputShapeError(
-                f"{name} have shape {x.shape}; the model expects (examples,) + {want}, "
-                f"e.g. {(len(x) if x.ndim else 1,) + want}."
-            )
-        return x.astype(dtype or self.input_dtype, copy=False)
+    except Exception as e:  # ragged lists and other non-arrays
+        raise InputShapeError(f"{name} are not an array ({e}).") from None
+    if x.dtype.kind not in "biuf" and x.dtype.kind != "c":
+        raise InputShapeError(f"{name} hold {x.dtype} values; give an array of numbers.")
+    want = tuple(input_shape)
+    if x.shape == want:
+        x = x[None]
+    if x.shape[1:] != want:
+        raise InputShapeError(
+            f"{name} have shape {x.shape}; the model expects (examples,) + {want}, "
+            f"e.g. {(len(x) if x.ndim else 1,) + want}."
+        )
+    if len(x) == 0:
+        raise InputShapeError(f"{name} hold no examples (shape {x.shape}).")
+    if x.dtype.kind == "c":
+        raise InputValueError(f"{name} are complex ({x.dtype}); the model takes real {target} inputs. Pass the "
+                              "real part, or real and imaginary parts as separate features.")
+    if target.kind == "f":
+        if x.dtype.kind in "biu":
+            warnings.warn(f"{name} are {x.dtype} (values {x.min()}..{x.max()}) and were cast to {target} as they "
+                          "are, without scaling: scale them as the model's training data was.", InputWarning,
+                          stacklevel=4)
+        elif x.dtype.itemsize > target.itemsize:
+            warnings.warn(f"{name} are {x.dtype}; the model computes in {target}, so they were cast (for {x.dtype} "
+                          "results: split(..., dtype='float64'), or --x64).", InputWarning, stacklevel=4)
+        if x.dtype.kind == "f":
+            bad = ~np.isfinite(x)
+            if bad.any():
+                raise InputValueError(f"{name} hold NaN or Inf: {_where(bad)}; replace or drop those examples.")
+    elif target.kind in "iub" and x.dtype.kind == "f":
+        bad = ~np.isfinite(x) | (x != np.round(x))
+        if bad.any():
+            raise InputValueError(f"{name} hold values that are not whole numbers ({_where(bad)}); the model takes "
+                                  f"{target} inputs (e.g. token ids).")
+    return x.astype(target, copy=False)
 
 
 def flatten_captured(tree: dict, prefix: str = "") -> dict[str, Any]:

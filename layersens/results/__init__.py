@@ -2,3 +2,4 @@
 
 from ._result import LayerJacobian, load_jacobian
 from ._summary import JacobianSummary, LeafSummary, summarize
+from ._storage import check_output, npz_path

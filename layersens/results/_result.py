@@ -27,6 +27,7 @@ class LayerJacobian:
       excluded_params: leaves that do not reach the layer (held constant, not differentiated).
       frozen_params: leaves that reach the layer but were held constant (not selected by ``wrt``).
       wrt: what the columns are: ``"parameters"``, ``"input"`` or ``"layer:<name>"``.
+      verification: the spot checks' result (``layersens.verify``), or ``None``.
       mode: the method that computed each block, e.g. ``"fwd"`` or ``"rev"``.
       dtype, device: of the computation.
       eval_mode: how evaluation mode was selected.
@@ -52,6 +53,7 @@ class LayerJacobian:
     notes: tuple[str, ...] = ()
     frozen_params: tuple[str, ...] = ()
     wrt: str = "parameters"
+    verification: object = None  # a layersens.Verification when spot-checked (extract(verify=True))
 
     @property
     def num_examples(self) -> int:
@@ -118,6 +120,8 @@ class LayerJacobian:
                   "eval_mode", "compile_seconds", "seconds", "notes", "frozen_params", "wrt")
         meta = {name: getattr(self, name) for name in fields}
         meta["param_shapes"] = [list(s) for s in self.param_shapes]
+        if self.verification is not None:
+            meta["verification"] = self.verification.describe()
         meta["format"] = NPZ_FORMAT
         return meta
 
@@ -136,6 +140,7 @@ def load_jacobian(path) -> LayerJacobian:
         meta["excluded_params"] = tuple(meta["excluded_params"])
         meta["notes"] = tuple(meta.get("notes", ()))
         meta["frozen_params"] = tuple(meta.get("frozen_params", ()))
+        meta.pop("verification", None)
         meta["param_shapes"] = tuple(tuple(int(d) for d in s) for s in meta["param_shapes"])
         jac = LayerJacobian(**arrays, **meta)
     except (KeyError, TypeError, ValueError) as e:

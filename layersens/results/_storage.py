@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import CheckpointError
+from .._errors import CheckpointError, OutputError
 
 PARTIAL = ".partial"
 
@@ -23,6 +23,34 @@ PARTIAL = ".partial"
 def npz_path(path) -> Path:
     path = Path(path)
     return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+
+def check_output(path, overwrite: bool = False, option: str = "--out") -> Path:
+    """The ``.npz`` path results will be written to, checked before any computation: refused if it exists
+    (unless ``overwrite``), is special or a directory, or its folder cannot be written."""
+    given = Path(path)
+    path = npz_path(given)
+    for candidate in {given, path}:
+        if candidate.exists() and not candidate.is_file():
+            kind = "a directory" if candidate.is_dir() else "a special file"
+            raise OutputError(f"{option} {given} is {kind}; give a file name such as relu1.npz.")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{option} {path} already exists; pass --overwrite (overwrite=True) to replace it, or "
+                          "choose another name.")
+    folder = path.parent
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{option} {given}: {existing} is a file, not a folder; choose another path.")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError(f"{option} {given} cannot be written ({e.strerror or e}); choose a writable folder.") from None
+    return path
 
 
 def remove_stale_partials(path: Path) -> None:
@@ -43,15 +71,23 @@ def _umask() -> int:
 def write_npz(path, arrays: dict, metadata: dict) -> Path:
     """Writes ``arrays`` and ``metadata`` to ``path`` (``.npz`` added if missing), atomically."""
     path = npz_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {path} ({e.strerror or e}); choose a writable folder.") from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays, metadata=np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8))
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OutputError(f"cannot write {path} ({e.strerror or e}); nothing was written. Free space or choose "
+                          "another folder.") from None
+    except BaseException:  # an interrupt: the partial file goes, the old file (if any) stays
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise

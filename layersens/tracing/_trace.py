@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from .._errors import SpecError
+from .._errors import InputValueError, SpecError
 from ..models import Model, flatten_params, unflatten_params
 from ._names import derived_values
 
@@ -78,7 +78,21 @@ def trace_model(model: Model, dtype=None) -> ModelTrace:
     return per_model[key]
 
 
+def check_finite(model: Model) -> None:
+    """NaN or Inf in a parameter or constant is an error naming the leaf: no Jacobian of it means anything."""
+    for kind, tree in (("parameter", model.params), ("constant", model.constants)):
+        for name, leaf in flatten_params(tree).items():
+            if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact):
+                bad = int(np.size(leaf) - np.count_nonzero(np.isfinite(np.asarray(leaf))))
+                if bad:
+                    raise InputValueError(
+                        f"{kind} leaf {name} of {model.name} holds {bad:,} NaN or Inf value(s) of {np.size(leaf):,}: "
+                        "the checkpoint is damaged or training diverged. Load a good checkpoint."
+                    )
+
+
 def _trace(model: Model, dtype) -> ModelTrace:
+    check_finite(model)
     flat = {k: cast_floating(v, dtype) for k, v in flatten_params(model.params).items()}
     constants = jax.tree.map(lambda v: cast_floating(v, dtype), model.constants)
     names = tuple(flat)
