@@ -66,7 +66,7 @@ def clean_errors(command):
         try:
             return command(*args, **kwargs)
         except LayersensError as e:
-            err.print(f"error: {e}", markup=False)
+            err.print("error: " + " ".join(str(e).splitlines()), markup=False)  # one line, whatever it quotes
             sys.exit(1)
         except KeyboardInterrupt:
             err.print("error: interrupted; nothing was written.", markup=False)
@@ -103,7 +103,7 @@ def _json_option(text, option: str):
         return None
     try:
         value = json.loads(text)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise SpecError(f"{option} is {text!r}, which is not JSON ({e}); write e.g. '{{\"train\": false}}'.") from None
     if not isinstance(value, dict):
         raise SpecError(f"{option} is {text!r}; it must be a JSON object such as '{{\"features\": 64}}'.")
@@ -321,6 +321,8 @@ def summarize(path, spectrum):
     if summary.rank is not None:
         for n, (rank, cond) in enumerate(zip(summary.rank, summary.condition)):
             say(f"example {n}: rank {rank} of {min(summary.shape[1:])}, condition {cond:.4g}")
+    elif not summary.finite:
+        say("rank and condition skipped: the matrix holds NaN or Inf.")
     else:
         say("rank and condition skipped (large); pass --spectrum to compute them.")
 

@@ -143,7 +143,7 @@ def test_a_changed_value_is_named_by_its_leaf(lenet_copy, tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("frame_work", "linen", r"unknown field\(s\) \['frame_work'\]"),
     ("input_shape", [28, "28", 1], r"'input_shape' is \[28, '28', 1\]; it must be a list of positive integers"),
-    ("input_dtype", "floaty", r"'input_dtype' is 'floaty', not a dtype"),
+    ("input_dtype", "floaty", r"'input_dtype' is 'floaty'; give a numeric dtype such as 'float32'"),
     ("call_kwargs", {"train": float("nan")}, r"not valid JSON|not JSON"),
     ("example_inputs", "../../etc/passwd", r"must name a file in the model directory"),
     ("module", "not a path", r"write it as 'package.module:Name'"),

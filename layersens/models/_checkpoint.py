@@ -47,7 +47,7 @@ def _quiet_orbax():
     """Orbax logs through absl (WARNING lines on stderr) what we report ourselves as one clean error."""
     logger = logging.getLogger("absl")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(logging.CRITICAL)
     try:
         yield
     finally:
@@ -272,7 +272,8 @@ def _build(spec: ModelSpec, resolver: Resolver):
     try:
         module = builder(**kwargs, **({"rngs": nnx.Rngs(0)} if wants_rngs else {}))
     except TypeError as e:
-        raise SpecError(f"cannot build {spec.builder} with the recorded arguments {sorted(kwargs)}: {e}") from None
+        raise SpecError(f"cannot build {spec.builder} with the arguments {sorted(map(repr, kwargs))}: "
+                        f"{' '.join(str(e).split())}") from None
     if isinstance(module, nnx.Module):
         kind = "nnx"
     elif isinstance(module, nn.Module):
@@ -301,6 +302,13 @@ def _read_spec(directory: Path, state_dir: Path) -> ModelSpec | None:
     if not any((state_dir / name).exists() for name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")):
         raise CheckpointError(f"{directory} holds neither a layersens model ({SPEC_FILE}) nor an Orbax checkpoint; "
                               "give the folder written by layersens.save_model or by Orbax.")
+    for name in ("_CHECKPOINT_METADATA", "_METADATA"):
+        if (state_dir / name).exists():
+            try:
+                json.loads((state_dir / name).read_text())
+            except (ValueError, UnicodeDecodeError, RecursionError, OSError):
+                raise CheckpointError(f"{state_dir / name} is damaged (not JSON): the checkpoint cannot be read. "
+                                      "Restore it from a good copy, or save the model again.") from None
     try:
         with _quiet_orbax(), _checkpointer() as ck:
             custom = ck.metadata(state_dir).custom_metadata

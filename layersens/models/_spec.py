@@ -77,13 +77,21 @@ class ModelSpec:
         object.__setattr__(self, "input_shape", tuple(shape))
         try:
             dtype = np.dtype(self.input_dtype)
-        except TypeError:
-            raise SpecError(f"spec field 'input_dtype' is {self.input_dtype!r}, not a dtype.") from None
+        except Exception:  # numpy raises TypeError, ValueError or even SyntaxError for some strings
+            dtype = None
+        if dtype is None or dtype.kind not in "biuf" or not isinstance(self.input_dtype, str):
+            raise SpecError(f"spec field 'input_dtype' is {self.input_dtype!r}; give a numeric dtype such as "
+                            "'float32' or 'int32'.")
         object.__setattr__(self, "input_dtype", dtype.name)
         for name in ("kwargs", "call_kwargs", "leaf_hashes", "rng_state"):
             if not isinstance(getattr(self, name), dict):
                 raise SpecError(f"spec field {name!r} must be a JSON object.")
         _check_json(self.call_kwargs, "call_kwargs")
+        from ._values import TAGS
+
+        for name in ("kwargs", "call_kwargs"):
+            if any(k in TAGS for k in getattr(self, name)):
+                raise SpecError(f"spec field {name!r} must map argument names to values, not be a tagged value.")
         if not all(isinstance(v, str) and v.startswith("sha256:") for v in self.leaf_hashes.values()):
             raise SpecError("spec field 'leaf_hashes' must map leaf paths to 'sha256:…' strings.")
         for name in ("example_inputs",):
@@ -153,6 +161,6 @@ def read_spec_file(path: Path) -> ModelSpec:
         raise SpecError(f"cannot read the model spec {path}: {getattr(e, 'strerror', None) or e}.") from None
     try:
         data = json.loads(text, parse_constant=_reject_constant)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise SpecError(f"the model spec {path} is not valid JSON ({e}).") from None
     return ModelSpec.from_json(data, source=str(path))

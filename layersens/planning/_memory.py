@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -38,6 +39,8 @@ def parse_bytes(text, name: str = "max_memory") -> int:
                 f"{name} is {text!r}; write a size such as '512MB', '2GiB' or a number of bytes."
             )
         value = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not math.isfinite(value) or value > 2**62:
+        raise SpecError(f"{name} is {text!r}; write a size such as '512MB' or '2GiB'.")
     if value <= 0:
         raise SpecError(f"{name} is {text!r}; it must be positive.")
     return int(value)

@@ -131,25 +131,60 @@ class LayerJacobian:
                          self.metadata())
 
 
+def _names(value, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{field} must be a list of strings")
+    return tuple(value)
+
+
+def _text(meta: dict, field: str) -> str:
+    value = meta[field]
+    if not isinstance(value, str):
+        raise ValueError(f"{field} must be a string")
+    value.encode("utf-8")  # a lone surrogate cannot be printed or written: refuse it here
+    return value
+
+
 def load_jacobian(path) -> LayerJacobian:
     """Reads a file written by :meth:`LayerJacobian.save` (``layersens extract --out``), checking that its
     metadata and arrays agree."""
     arrays, meta = read_npz(path, NPZ_FORMAT, ("matrix", "activation", "inputs"))
     try:
-        meta["param_names"] = tuple(meta["param_names"])
-        meta["excluded_params"] = tuple(meta["excluded_params"])
-        meta["notes"] = tuple(meta.get("notes", ()))
-        meta["frozen_params"] = tuple(meta.get("frozen_params", ()))
-        meta.pop("verification", None)
-        meta["param_shapes"] = tuple(tuple(int(d) for d in s) for s in meta["param_shapes"])
-        jac = LayerJacobian(**arrays, **meta)
-    except (KeyError, TypeError, ValueError) as e:
+        fields = {f: _text(meta, f) for f in ("layer", "model", "framework", "mode", "dtype", "device",
+                                               "eval_mode")}
+        fields["wrt"] = _text(meta, "wrt") if "wrt" in meta else "parameters"
+        names = _names(meta["param_names"], "param_names")
+        shapes = meta["param_shapes"]
+        if not isinstance(shapes, list) or not all(
+                isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
+                                            for d in s) for s in shapes):
+            raise ValueError("param_shapes must be lists of non-negative integers")
+        notes = meta.get("notes", [])
+        jac = LayerJacobian(
+            **arrays, **fields,
+            param_names=names,
+            param_shapes=tuple(tuple(s) for s in shapes),
+            excluded_params=_names(meta["excluded_params"], "excluded_params"),
+            frozen_params=_names(meta.get("frozen_params", []), "frozen_params"),
+            notes=tuple(_text({"n": n}, "n") for n in (notes if isinstance(notes, list) else [notes])),
+            compile_seconds=float(meta.get("compile_seconds", 0.0)),
+            seconds=float(meta.get("seconds", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError, UnicodeEncodeError, OverflowError) as e:
         raise CheckpointError(f"{path} has inconsistent metadata ({type(e).__name__}: {e}).") from None
     size = sum(int(np.prod(s, dtype=np.int64)) for s in jac.param_shapes)
-    if (jac.matrix.ndim != 3 or jac.matrix.shape[2] != size or len(jac.param_names) != len(jac.param_shapes)
-            or jac.activation.shape[0] != jac.matrix.shape[0]
-            or int(np.prod(jac.activation.shape[1:], dtype=np.int64)) != jac.matrix.shape[1]):
-        raise CheckpointError(f"{path} has inconsistent metadata: a matrix of shape {jac.matrix.shape} for leaves "
-                              f"{dict(zip(jac.param_names, jac.param_shapes))} and activations "
-                              f"{jac.activation.shape}.")
+    m, a, x = jac.matrix, jac.activation, jac.inputs
+    problems = []
+    if m.ndim != 3 or not np.issubdtype(m.dtype, np.floating):
+        problems.append(f"a matrix of shape {m.shape} and dtype {m.dtype} (expected 3 axes, floating)")
+    elif m.shape[2] != size or len(jac.param_names) != len(jac.param_shapes):
+        problems.append(f"a matrix of {m.shape[2]} columns for leaves {dict(zip(jac.param_names, jac.param_shapes))}")
+    if len(set(jac.param_names)) != len(jac.param_names):
+        problems.append(f"repeated leaf names {jac.param_names}")
+    if a.ndim < 1 or x.ndim < 1 or (m.ndim == 3 and (a.shape[0] != m.shape[0] or x.shape[0] != m.shape[0])):
+        problems.append(f"activations {a.shape} and inputs {x.shape} for a matrix {m.shape}")
+    elif m.ndim == 3 and int(np.prod(a.shape[1:], dtype=np.int64)) != m.shape[1]:
+        problems.append(f"activations of shape {a.shape} for {m.shape[1]} rows")
+    if problems:
+        raise CheckpointError(f"{path} has inconsistent metadata: {'; '.join(problems)}.")
     return jac

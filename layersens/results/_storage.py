@@ -29,6 +29,8 @@ def check_output(path, overwrite: bool = False, option: str = "--out") -> Path:
     """The ``.npz`` path results will be written to, checked before any computation: refused if it exists
     (unless ``overwrite``), is special or a directory, or its folder cannot be written."""
     given = Path(path)
+    if given.is_dir() or not given.name or given.name in (".", ".."):
+        raise OutputError(f"{option} {str(path)!r} is a directory; give a file name such as relu1.npz.")
     path = npz_path(given)
     for candidate in {given, path}:
         if candidate.exists() and not candidate.is_file():
@@ -43,8 +45,12 @@ def check_output(path, overwrite: bool = False, option: str = "--out") -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"{option} {given}: {existing} is a file, not a folder; choose another path.")
+    if existing != folder:  # created when the result is written, not before: nothing is made on an error
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"{option} {given} cannot be written ({existing} is not writable); choose a writable "
+                              "folder.")
+        return path
     try:
-        folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=folder)
         os.close(fd)
         os.unlink(probe)
@@ -101,6 +107,9 @@ def read_npz(path, expected_format: str, names) -> tuple[dict, dict]:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(bytes(data["metadata"]).decode())
             arrays = {k: data[k] for k in names}
+        bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+        if bad:
+            raise ValueError(f"members {bad} are not arrays")
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist.") from None
     except IsADirectoryError:

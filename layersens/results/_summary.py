@@ -39,6 +39,7 @@ class JacobianSummary:
     rank: tuple[int, ...] | None
     condition: tuple[float, ...] | None
     singular_values: tuple[np.ndarray, ...] | None = dataclasses.field(default=None, repr=False)
+    finite: bool = True  # False: the matrix holds NaN or Inf, and rank and condition were not computed
 
 
 def singular_values(matrix: np.ndarray) -> np.ndarray:
@@ -67,8 +68,10 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
             )
         )
     small_side = min(jac.num_outputs, jac.num_params)
+    finite = bool(np.isfinite(jac.matrix).all())
     if spectrum is None:
         spectrum = small_side <= RANK_AUTO_LIMIT
+    spectrum = spectrum and finite  # singular values of NaN or Inf mean nothing
     ranks = conditions = values = None
     if spectrum:
         values = tuple(singular_values(m) for m in jac.matrix)
@@ -89,4 +92,5 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
         rank=ranks,
         condition=conditions,
         singular_values=values,
+        finite=finite,
     )
