@@ -69,7 +69,7 @@ DERIVED = {
 
 LINEN = {
     # example -> (layers to extract, names that `layers` must list)
-    "mnist_cnn": (("Conv_0", "relu_0", "Dense_0"), ("Conv_0", "relu_0", "relu_1", "Conv_1", "Dense_1", "output")),
+    "mnist_cnn": (("Conv_0", "relu_0"), ("Conv_0", "relu_0", "relu_1", "Conv_1", "Dense_1", "output")),
     "resnet": (("bn_init", "ResNetBlock_1/norm_proj"), ("conv_init", "ResNetBlock_0", "Dense_0")),
     "decoder_lm": (("decoderblock_0/MultiHeadDotProductAttention_0/softmax_0", "decoderblock_0/MlpBlock_0"),
                    ("embed", "decoderblock_0/MultiHeadDotProductAttention_0", "logitdense")),
