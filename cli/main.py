@@ -351,11 +351,12 @@ Examples:
     @wrt_options
     @clean_errors
     def command(layer, model_dir, inputs, num_examples, readout, out_path, overwrite, verbose, wrt, wrt_layer,
-                **options):
+                vectors=None, **options):
         path = out_path or Path(_file_name(layer) + f"_{name}.npz")
         model = load(model_dir, **options)
         result = layersens.extract_readout(
-            model, layer, inputs, readout=readout, hessian=hessian, num_examples=num_examples,
+            model, layer, inputs, readout=readout, hessian=hessian and vectors is None, vectors=vectors,
+            num_examples=num_examples,
             dtype="float64" if options["x64"] else None, wrt=_wrt(wrt), wrt_layer=wrt_layer, out=path,
             overwrite=overwrite)
         path = layersens.results.npz_path(path)
@@ -368,12 +369,52 @@ Examples:
                 f"{_leaves(result.frozen_params, None, verbose)}")
         for leaf in result.param_names:
             say(f"|grad|      {leaf}: " + ", ".join(f"{np.linalg.norm(g):.4g}" for g in result[leaf]))
+        if result.hessian_vectors is not None:
+            say("hvp         |H v| per example: " + ", ".join(f"{np.linalg.norm(h):.4g}" for h in result.hessian_vectors))
         if result.hessian is not None:
             say(f"hessian     {tuple(result.hessian.shape)}; largest |eigenvalue| per example: " + ", ".join(
                 f"{np.abs(np.linalg.eigvalsh(h)).max():.4g}" for h in result.hessian))
         say(f"wrote       {path}")
 
+    if hessian:
+        command = click.option(
+            "--vectors", type=click.Path(path_type=Path),
+            help="A .npy of vectors over the differentiated leaves, (P,) or (examples, P): Hessian-vector products "
+                 "instead of the full Hessian (any number of parameters).")(command)
     return command
+
+
+@main.command(short_help="Products with a layer's Jacobian, from one linearization.", epilog="""\b
+Examples:
+  layersens products --layer relu1 --model layersens/examples/lenet_digits --tangents v.npy
+  layersens products --layer fc1 --model DIR --cotangents u.npy --wrt 'fc1/*' --out p.npz""")
+@click.option("--layer", required=True, help="Layer name, as listed by `layersens layers`.")
+@model_options
+@click.option("--inputs", type=click.Path(path_type=Path), help="A .npy file of inputs, (examples,) + input shape.")
+@click.option("--num-examples", type=int, help="How many examples to use (default: 4 of the model's own).")
+@click.option("--tangents", type=click.Path(path_type=Path),
+              help="A .npy of vectors over the differentiated leaves: (P,), (P, k) or (examples, P, k); gives J V.")
+@click.option("--cotangents", type=click.Path(path_type=Path),
+              help="A .npy of vectors over the layer: (examples, M) or (examples, M, k); gives Jᵀ U.")
+@click.option("--out", "out_path", type=click.Path(path_type=Path),
+              help="Output .npz file [default: <layer>_products.npz]")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+@wrt_options
+@clean_errors
+def products(layer, model_dir, inputs, num_examples, tangents, cotangents, out_path, overwrite, wrt, wrt_layer,
+             **options):
+    """Products of each example's Jacobian of LAYER with blocks of vectors (J V and Jᵀ U), from one linearization
+    per example: the matrix is never formed."""
+    path = out_path or Path(_file_name(layer) + "_products.npz")
+    model = load(model_dir, **options)
+    results = layersens.extract_products(
+        model, layer, inputs, tangents=tangents, cotangents=cotangents, num_examples=num_examples,
+        dtype="float64" if options["x64"] else None, wrt=_wrt(wrt), wrt_layer=wrt_layer, out=path,
+        overwrite=overwrite)
+    for name, value in results.items():
+        say(f"{name:<11} {tuple(value.shape)}: " + ", ".join(f"{np.linalg.norm(v):.4g}" for v in value)
+            + " (norm per example)")
+    say(f"wrote       {layersens.results.npz_path(path)}")
 
 
 gradient = _readout_command(hessian=False)

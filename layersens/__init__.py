@@ -31,6 +31,6 @@ from .compute import CompressedJacobian, PreparedJacobian, compressed_jacobian, 
 from .derivatives import (LinearizedLayer, ReadoutDerivative, Verification, hessian, hvp, linearize,
                           readout_gradient, verify)
 from .results import JacobianSummary, LayerJacobian, LeafSummary, load_jacobian, summarize
-from ._extract import extract, extract_readout, read_inputs
+from ._extract import extract, extract_products, extract_readout, read_inputs
 
 __version__ = "0.1.0"

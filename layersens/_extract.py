@@ -14,7 +14,7 @@ from ._errors import InputShapeError, InputWarning
 from .compute import check_size, jacobian, resolve_device
 from .planning import plan
 from .results._storage import check_output
-from .derivatives import ReadoutDerivative, readout_function, readout_gradient
+from .derivatives import ReadoutDerivative, hvp, readout_function, readout_gradient
 from .derivatives import verify as verify_jacobian
 from .derivatives import hessian as hessian_of
 from .results import LayerJacobian
@@ -140,6 +140,7 @@ def extract_readout(
     *,
     readout="sum",
     hessian: bool = False,
+    vectors=None,
     num_examples: int | None = None,
     dtype=None,
     wrt=None,
@@ -149,14 +150,66 @@ def extract_readout(
     overwrite: bool = False,
 ) -> ReadoutDerivative:
     """Like :func:`extract`, for a scalar readout of the layer: its gradient per example, and with
-    ``hessian=True`` its Hessian (see :func:`layersens.hessian`)."""
+    ``hessian=True`` its Hessian (see :func:`layersens.hessian`), or with ``vectors`` (an array or ``.npy``,
+    ``(P,)`` or ``(examples, P)``) Hessian-vector products instead (:func:`layersens.hvp`)."""
     out = None if out is None else check_output(out, overwrite)
     if not isinstance(model, Model):
         model = load_model(model, allow_import=allow_import)
     x = select_inputs(model, inputs, num_examples, dtype)
     cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
     readout_function(readout, cut.activation_shape)  # checked before anything is computed
-    result = (hessian_of if hessian else readout_gradient)(cut, x, readout)
+    if vectors is not None:
+        v = read_inputs(vectors) if isinstance(vectors, (str, Path)) else np.asarray(vectors)
+        result = dataclasses.replace(readout_gradient(cut, x, readout), hessian_vectors=hvp(cut, x, v, readout))
+    else:
+        result = (hessian_of if hessian else readout_gradient)(cut, x, readout)
     if out is not None:
         result.save(out)
     return result
+
+
+def extract_products(
+    model,
+    layer: str,
+    inputs=None,
+    *,
+    tangents=None,
+    cotangents=None,
+    num_examples: int | None = None,
+    dtype=None,
+    wrt=None,
+    wrt_layer: str | None = None,
+    allow_import: bool = False,
+    out=None,
+    overwrite: bool = False,
+) -> dict:
+    """Products with the Jacobian of each example from one linearization (:func:`layersens.linearize`):
+    ``tangents`` (an array or ``.npy``: ``(P,)``, ``(P, k)`` or ``(examples, P, k)``) give J V, ``cotangents``
+    (``(examples, M)`` or ``(examples, M, k)``) give Jᵀ U. Returns ``{"jvp": ..., "vjp": ...}`` for those given,
+    and saves them (with the leaf names) to ``out``."""
+    from .derivatives import linearize
+    from .results._storage import write_npz
+
+    if tangents is None and cotangents is None:
+        raise InputShapeError("give tangents (--tangents V.npy) or cotangents (--cotangents U.npy), or both.")
+    out = None if out is None else check_output(out, overwrite)
+    if not isinstance(model, Model):
+        model = load_model(model, allow_import=allow_import)
+    x = select_inputs(model, inputs, num_examples, dtype)
+    cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
+    vectors = {name: (read_inputs(v) if isinstance(v, (str, Path)) else np.asarray(v))
+               for name, v in (("tangents", tangents), ("cotangents", cotangents)) if v is not None}
+    op = linearize(cut, x)
+    results = {}
+    if "tangents" in vectors:
+        v = vectors["tangents"]
+        results["jvp"] = op.matmat(v if v.ndim in (2, 3) else v[:, None])
+    if "cotangents" in vectors:
+        u = vectors["cotangents"]
+        results["vjp"] = op.rmatmat(u if u.ndim == 3 else u[..., None])
+    if out is not None:
+        write_npz(out, results, {"format": "layersens-products/1", "layer": layer,
+                                 "param_names": list(cut.param_names),
+                                 "param_shapes": [list(s) for s in cut.param_shapes],
+                                 "frozen_params": list(cut.frozen)})
+    return results

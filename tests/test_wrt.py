@@ -200,3 +200,31 @@ def test_complex_parameters_and_layers_are_refused_with_the_way_out():
     model = layersens.from_function(complex_out, {"w": np.ones((3, 2), np.float32)}, (3,))
     with pytest.raises(layersens.SpecError, match=r"layer 'z' is complex"):
         layersens.split(model, "z")
+
+
+def test_products_and_hessian_vector_products_from_the_command_line(tmp_path):
+    from click.testing import CliRunner
+
+    from layersens.examples import LENET_DIGITS
+    from layersens_cli.main import main
+
+    model = layersens.load_model(LENET_DIGITS)
+    split = layersens.split(model, "relu1", wrt="bn1/*")
+    x = model.example_inputs[:2]
+    dense = layersens.jacobian(split, x).matrix
+    rng = np.random.default_rng(7)
+    np.save(tmp_path / "v.npy", rng.normal(size=(40, 3)).astype(np.float32))
+    np.save(tmp_path / "u.npy", rng.normal(size=(2, 15680)).astype(np.float32))
+    result = CliRunner().invoke(main, ["products", "--layer", "relu1", "--model", str(LENET_DIGITS), "--wrt",
+                                       "bn1/*", "--num-examples", "2", "--tangents", str(tmp_path / "v.npy"),
+                                       "--cotangents", str(tmp_path / "u.npy"), "--out", str(tmp_path / "p.npz")])
+    assert result.exit_code == 0, result.output
+    with np.load(tmp_path / "p.npz") as saved:
+        np.testing.assert_allclose(saved["jvp"], dense @ np.load(tmp_path / "v.npy"), rtol=1e-4, atol=1e-3)
+        np.testing.assert_allclose(saved["vjp"][..., 0], np.einsum("nmp,nm->np", dense, np.load(tmp_path / "u.npy")),
+                                   rtol=1e-4, atol=1e-2)
+    np.save(tmp_path / "h.npy", rng.normal(size=6).astype(np.float32))
+    result = CliRunner().invoke(main, ["hessian", "--layer", "fc2", "--model", str(LENET_DIGITS), "--wrt",
+                                       "fc2/bias", "--num-examples", "1", "--readout",
+                                       "unit:3", "--vectors", str(tmp_path / "h.npy"), "--out", str(tmp_path / "h")])
+    assert result.exit_code == 1 and "vectors have shape (6,); expected (10,)" in result.stderr

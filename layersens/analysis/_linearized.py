@@ -16,6 +16,7 @@ import jax
 from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
+from .._errors import LayersensError
 from ._dependence import propagate
 from ._structure import MIXED, ChannelStructure, structure_of
 
@@ -31,8 +32,6 @@ class AutodiffLimits:
     def check(self, names) -> None:
         both = [n for n in names if n in self.forward_blocked and n in self.reverse_blocked]
         if both:
-            from .._errors import LayersensError
-
             n = both[0]
             raise LayersensError(
                 f"leaf {n!r} cannot be differentiated in either mode: {self.forward_blocked[n]} (no forward mode) "

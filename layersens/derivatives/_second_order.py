@@ -74,6 +74,7 @@ class ReadoutDerivative:
       values: the readout per example, ``(examples,)``.
       gradient: ``(examples, P)``.
       hessian: ``(examples, P, P)`` or ``None``.
+      hessian_vectors: ``(examples, P)``, Hessian-vector products, or ``None``.
     """
 
     layer: str
@@ -84,6 +85,7 @@ class ReadoutDerivative:
     values: np.ndarray
     gradient: np.ndarray
     hessian: np.ndarray | None = None
+    hessian_vectors: np.ndarray | None = None  # ∇²r v per example, for the vectors asked for (``hvp``)
 
     def __getitem__(self, name: str) -> np.ndarray:
         """One leaf's gradient, ``(examples,) + leaf_shape``."""
@@ -103,6 +105,8 @@ class ReadoutDerivative:
         arrays = {"values": self.values, "gradient": self.gradient}
         if self.hessian is not None:
             arrays["hessian"] = self.hessian
+        if self.hessian_vectors is not None:
+            arrays["hessian_vectors"] = self.hessian_vectors
         meta = {"format": HESSIAN_FORMAT if self.hessian is not None else GRADIENT_FORMAT, "layer": self.layer,
                 "readout": self.readout, "param_names": list(self.param_names),
                 "param_shapes": [list(s) for s in self.param_shapes], "frozen_params": list(self.frozen_params)}
@@ -137,10 +141,11 @@ def hvp(split, inputs, vectors, readout="sum") -> np.ndarray:
     x = as_examples(split, inputs)
     value, _ = _scalar(split, readout)
     v = np.asarray(vectors, split.activation_dtype)
+    given = v.shape
     if v.ndim == 1:
         v = np.broadcast_to(v, (len(x),) + v.shape)
     if v.shape != (len(x), split.num_params):
-        raise SpecError(f"vectors have shape {v.shape}; expected ({split.num_params},) or "
+        raise SpecError(f"vectors have shape {given}; expected ({split.num_params},) or "
                         f"({len(x)}, {split.num_params}) over the leaves {list(split.param_names)}.")
 
     @jax.jit
