@@ -13,8 +13,8 @@ from .models import load_model
 from ._errors import InputShapeError, InputWarning
 from .compute import check_size, jacobian, resolve_device
 from .planning import plan
-from .results._storage import check_output
-from .derivatives import ReadoutDerivative, hvp, readout_function, readout_gradient
+from .results._storage import check_output, write_npz
+from .derivatives import ReadoutDerivative, hvp, linearize, readout_function, readout_gradient
 from .derivatives import verify as verify_jacobian
 from .derivatives import hessian as hessian_of
 from .results import LayerJacobian
@@ -92,6 +92,14 @@ def select_inputs(model: Model, inputs=None, num_examples: int | None = None, dt
     return model.check_inputs(model.example_inputs[:n], "example inputs", dtype=target)
 
 
+def _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import):
+    """The split and the checked inputs every one-call path starts from (the model loaded if given a path)."""
+    if not isinstance(model, Model):
+        model = load_model(model, allow_import=allow_import)
+    x = select_inputs(model, inputs, num_examples, dtype)
+    return split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer), x
+
+
 def extract(
     model,
     layer: str,
@@ -119,10 +127,7 @@ def extract(
     (:func:`layersens.verify`). See :func:`layersens.jacobian` for the other arguments.
     """
     out = None if out is None else check_output(out, overwrite)
-    if not isinstance(model, Model):
-        model = load_model(model, allow_import=allow_import)
-    x = select_inputs(model, inputs, num_examples, dtype)
-    cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
+    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
     plan(cut, x, mode, max_memory, resolve_device(device))  # mode, budget and device checked before compiling
     check_size(cut, len(x))
     result = jacobian(cut, x, mode=mode, max_memory=max_memory, device=device, progress=progress)
@@ -153,10 +158,7 @@ def extract_readout(
     ``hessian=True`` its Hessian (see :func:`layersens.hessian`), or with ``vectors`` (an array or ``.npy``,
     ``(P,)`` or ``(examples, P)``) Hessian-vector products instead (:func:`layersens.hvp`)."""
     out = None if out is None else check_output(out, overwrite)
-    if not isinstance(model, Model):
-        model = load_model(model, allow_import=allow_import)
-    x = select_inputs(model, inputs, num_examples, dtype)
-    cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
+    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
     readout_function(readout, cut.activation_shape)  # checked before anything is computed
     if vectors is not None:
         v = read_inputs(vectors) if isinstance(vectors, (str, Path)) else np.asarray(vectors)
@@ -187,16 +189,10 @@ def extract_products(
     ``tangents`` (an array or ``.npy``: ``(P,)``, ``(P, k)`` or ``(examples, P, k)``) give J V, ``cotangents``
     (``(examples, M)`` or ``(examples, M, k)``) give Jᵀ U. Returns ``{"jvp": ..., "vjp": ...}`` for those given,
     and saves them (with the leaf names) to ``out``."""
-    from .derivatives import linearize
-    from .results._storage import write_npz
-
     if tangents is None and cotangents is None:
         raise InputShapeError("give tangents (--tangents V.npy) or cotangents (--cotangents U.npy), or both.")
     out = None if out is None else check_output(out, overwrite)
-    if not isinstance(model, Model):
-        model = load_model(model, allow_import=allow_import)
-    x = select_inputs(model, inputs, num_examples, dtype)
-    cut = split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer)
+    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
     vectors = {name: (read_inputs(v) if isinstance(v, (str, Path)) else np.asarray(v))
                for name, v in (("tangents", tangents), ("cotangents", cotangents)) if v is not None}
     op = linearize(cut, x)
