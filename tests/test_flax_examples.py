@@ -2,13 +2,11 @@
 loaded through the command line, listed, and extracted, each Jacobian against jax.jacrev of the model's own
 apply (linen) or call (NNX)."""
 
-import os
 
 import jax
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from flax import nnx
 
 import layersens
 from layersens.models import flatten_params
