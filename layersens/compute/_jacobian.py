@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import collections
 import dataclasses
-import weakref
 from typing import Callable
 
 import numpy as np
@@ -20,7 +18,6 @@ _RESULT_FRACTION = 0.8
 # Compiled plans kept per split (input shape × device × mode × budget); the oldest is dropped beyond this.
 PREPARED_PER_SPLIT = 8
 
-_PREPARED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def check_size(split, num_examples: int) -> int:
@@ -46,7 +43,7 @@ def prepared_for(split, inputs, mode, max_memory, device) -> tuple[PreparedJacob
     strategy = as_strategy(mode)
     key = (x.shape[1:], str(x.dtype), str(dev), strategy, working_memory(max_memory, dev.platform),
            max_memory is not None)
-    kept = _PREPARED.setdefault(split, collections.OrderedDict())
+    kept = split.prepared_cache
     if key in kept:
         kept.move_to_end(key)
         return kept[key], False

@@ -9,6 +9,7 @@ variable a constant. Every analysis of the split (structure, cost, memory, autod
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import warnings
@@ -144,6 +145,12 @@ class LayerSplit:
         return self.apply(params, x)
 
     @functools.cached_property
+    def prepared_cache(self) -> "collections.OrderedDict":
+        """The last few compiled plans ``layersens.jacobian`` made for this split (at most
+        ``compute.PREPARED_PER_SPLIT``), freed with it."""
+        return collections.OrderedDict()
+
+    @functools.cached_property
     def analysis(self):
         """What the analyses know of this split (structure, cost, memory, autodiff limits); computed once."""
         from ..analysis import analyze
@@ -213,7 +220,7 @@ def _layer_jaxpr(trace: ModelTrace, layer: str, cut: str | None = None) -> jcore
     def one_example(*args):
         return everything(*[a[None] if i >= len(trace.leaf_names) else a for i, a in enumerate(args)])[index][0]
 
-    x = jax.ShapeDtypeStruct(tuple(trace.model.input_shape), trace.input_dtype)
+    x = jax.ShapeDtypeStruct(tuple(trace.input_shape), trace.input_dtype)
     return prune(jax.make_jaxpr(one_example)(*[trace.leaves[n] for n in trace.leaf_names], x, *extra))
 
 

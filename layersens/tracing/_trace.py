@@ -34,16 +34,19 @@ class ModelTrace:
       layer_names: the captured values, then the values named between modules (``_names``), in the jaxpr's
         output order.
       shapes: ``layer name -> ShapeDtypeStruct`` of the captured value (with the batch axis of one).
+      input_shape: the shape of one example.
       input_dtype: dtype the inputs are cast to.
+
+    It holds no reference to the model, so that a model nobody holds is freed with its traces.
     """
 
-    model: Model
     jaxpr: jcore.ClosedJaxpr
     leaf_names: tuple[str, ...]
     leaves: dict
     constants: dict
     layer_names: tuple[str, ...]
     shapes: dict
+    input_shape: tuple[int, ...]
     input_dtype: str
 
 
@@ -124,12 +127,12 @@ def _trace(model: Model, dtype) -> ModelTrace:
         layer_names += [n for n, _ in derived]
         shapes += [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for _, v in derived]
     return ModelTrace(
-        model=model,
         jaxpr=closed,
         leaf_names=names,
         leaves=flat,
         constants=constants,
         layer_names=tuple(layer_names),
         shapes=dict(zip(layer_names, shapes)),
+        input_shape=tuple(model.input_shape),
         input_dtype=input_dtype,
     )
