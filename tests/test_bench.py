@@ -73,6 +73,12 @@ def test_every_method_verified_and_timed(full_report):
         assert not loop.extrapolated and loop.checked_entries == case.num_examples * case.num_outputs * case.num_params
         assert case.method("loop-jit").compile_seconds > 0 and case.method("loop-nojit").compile_seconds is None
         assert case.method("layersens-auto").compute_seconds <= case.method("layersens-auto").steady_seconds
+        # the compressed result is verified through its dense form, ranked apart, and sized by what it returns
+        compressed = case.method("layersens-compressed")
+        assert 0 < compressed.result_bytes <= case.jacobian_bytes and compressed.bytes_per_second is None
+        assert "layersens-compressed (compressed_jacobian" in case.summary
+        assert not case.summary.startswith(f"For {case.layer}") or "layersens-compressed was fastest" not in case.summary
+    assert "layersens-compressed, which writes per-channel blocks" in report.overview
 
 
 def test_tiny_loop_budget_extrapolates_and_says_so(tiny_dir, tmp_path):

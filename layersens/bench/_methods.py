@@ -12,6 +12,12 @@ Jacobian is computed:
 * ``jacrev`` / ``jacfwd``: ``jax.jit(jax.jacrev(...))`` / ``jax.jit(jax.jacfwd(...))``.
 * ``layersens-<strategy>``: :func:`layersens.jacobian` with each strategy in ``_strategies.STRATEGIES``;
   ``layersens-<strategy>@<size>`` with ``max_memory=<size>`` (peak memory is then read against the budget).
+* ``layersens-compressed``: :func:`layersens.compressed_jacobian` (per-channel blocks, not the dense matrix).
+  It is verified through its lossless ``to_dense()``, but timed (and its memory measured) as a user calls it,
+  without that conversion; the report ranks it apart from the methods that return the dense matrix.
+
+Every method has ``full()`` (the dense ``(examples, M, P)`` result, for verification) and ``run()`` (what a
+user of that method gets, timed); they differ only for ``layersens-compressed``.
 
 The dense methods differentiate one flat function of the upstream parameters concatenated in
 ``split.param_names`` order, so columns line up with layersens' and every method yields the same matrix.
@@ -34,6 +40,7 @@ from layersens import LayerSplit
 LOOP_METHODS = ("loop-jit", "loop-nojit")
 DENSE_METHODS = ("vmap-vjp", "jacrev", "jacfwd")
 LAYERSENS_PREFIX = "layersens-"
+COMPRESSED_METHOD = "layersens-compressed"
 
 
 def layersens_modes() -> tuple[str, ...]:
@@ -52,11 +59,11 @@ def available_methods() -> tuple[str, ...]:
     """The default method list. Any ``layersens-<mode>@<size>`` (e.g. ``layersens-auto@16MiB``) is accepted too:
     that strategy with ``max_memory=<size>``."""
     return (LOOP_METHODS + DENSE_METHODS + tuple(LAYERSENS_PREFIX + m for m in layersens_modes())
-            + tuple(f"{LAYERSENS_PREFIX}auto@{b}" for b in BUDGETS))
+            + tuple(f"{LAYERSENS_PREFIX}auto@{b}" for b in BUDGETS) + (COMPRESSED_METHOD,))
 
 
 def is_method(name: str) -> bool:
-    if name in LOOP_METHODS or name in DENSE_METHODS:
+    if name in LOOP_METHODS or name in DENSE_METHODS or name == COMPRESSED_METHOD:
         return True
     if not name.startswith(LAYERSENS_PREFIX):
         return False
@@ -149,6 +156,9 @@ class DenseMethod:
             out[n] = np.asarray(self._compiled(self.theta, self.xs[n]))
         return out
 
+    def run(self) -> np.ndarray:
+        return self.full()
+
 
 class LoopMethod:
     """One scalar gradient per output element: ``grad(lambda p: ravel(apply(p, x))[i])``.
@@ -195,6 +205,9 @@ class LoopMethod:
                 out[n, i] = np.asarray(self._call(self.params, x, np.int32(i)))
         return out
 
+    def run(self) -> np.ndarray:
+        return self.full()
+
 
 class LayersensMethod:
     """:func:`layersens.jacobian` with one strategy. Its first call compiles (kept on the split for later calls);
@@ -218,12 +231,45 @@ class LayersensMethod:
             self.first_compile_seconds = self.last.compile_seconds
         return self.last.matrix
 
+    def run(self) -> np.ndarray:
+        return self.full()
+
+    @property
+    def last_seconds(self) -> float | None:
+        """What the latest call reported as its compute time (``LayerJacobian.seconds``)."""
+        return None if self.last is None else self.last.seconds
+
+
+class CompressedMethod(LayersensMethod):
+    """:func:`layersens.compressed_jacobian` with its default strategy (Structured). ``run()`` returns what the
+    call returns, per-channel blocks; ``full()`` converts them to the dense matrix, for verification only."""
+
+    def __init__(self, name: str, split: LayerSplit, xs: np.ndarray):
+        super().__init__(name, split, xs)
+        self.mode, self.max_memory = "structured", None
+
+    def run(self):
+        self.last = None
+        self.last = layersens.compressed_jacobian(self.split, self.xs)
+        if self.first_compile_seconds is None:
+            self.first_compile_seconds = self.last.dense_part.compile_seconds
+        return self.last
+
+    def full(self) -> np.ndarray:
+        return self.run().to_dense().matrix
+
+    @property
+    def last_seconds(self) -> float | None:
+        return None if self.last is None else self.last.dense_part.seconds
+
 
 def make_method(name: str, split: LayerSplit, xs: np.ndarray):
     if name in LOOP_METHODS:
         return LoopMethod(name, split, xs)
     if name in DENSE_METHODS:
         return DenseMethod(name, split, xs)
+    if name == COMPRESSED_METHOD:
+        return CompressedMethod(name, split, xs)
     if is_method(name):
         return LayersensMethod(name, split, xs)
     raise KeyError(name)

@@ -14,7 +14,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from ._methods import method_budget
+from ._methods import COMPRESSED_METHOD, method_budget
 from layersens import LayersensError, format_bytes
 
 FORMAT = "layersens-benchmark/1"
@@ -57,7 +57,30 @@ def _span(values) -> str:
 
 
 def _ok(case):
-    return sorted((m for m in case.methods if m.ok), key=lambda m: m.steady_seconds)
+    """The verified methods that return the dense matrix, fastest first (the compressed result is ranked apart:
+    it writes fewer bytes, so it answers a different question)."""
+    return sorted((m for m in case.methods if m.ok and m.name != COMPRESSED_METHOD), key=lambda m: m.steady_seconds)
+
+
+def _compressed_ratio(case):
+    """``(compressed, fastest dense layersens method, its time ÷ compressed time)``, or ``None``."""
+    compressed = case.method(COMPRESSED_METHOD)
+    dense = [m for m in _ok(case) if m.name.startswith("layersens-")]
+    if compressed is None or not compressed.ok or not dense or not compressed.steady_seconds:
+        return None
+    return compressed, dense[0], dense[0].steady_seconds / compressed.steady_seconds
+
+
+def _compressed_sentence(case) -> str:
+    found = _compressed_ratio(case)
+    if found is None:
+        return ""
+    compressed, dense, ratio = found
+    size = (f" ({format_bytes(compressed.result_bytes)} of per-channel blocks instead of the dense "
+            f"{format_bytes(case.jacobian_bytes)})" if compressed.result_bytes else "")
+    return (f"{COMPRESSED_METHOD} (compressed_jacobian{size}) took {_t(compressed.steady_seconds)}: "
+            f"{_x(ratio) if ratio >= 1 else _x(1 / ratio)} {'faster' if ratio >= 1 else 'slower'} than the fastest "
+            f"dense layersens strategy ({dense.name}, {_t(dense.steady_seconds)}).")
 
 
 def describe_case(case, bandwidth) -> str:
@@ -116,6 +139,9 @@ def describe_case(case, bandwidth) -> str:
     if win.compile_seconds and win.compile_seconds > win.steady_seconds:
         text.append(f"Its compilation ({_t(win.compile_seconds)}) takes longer than its computation, so a single "
                     "call is dominated by compiling.")
+    compressed = _compressed_sentence(case)
+    if compressed:
+        text.append(compressed)
     memory = _memory_sentence(case)
     if memory:
         text.append(memory)
@@ -149,6 +175,10 @@ def describe_overview(report) -> str:
         if jax_ratios:
             text[-1] += f" and {_span(jax_ratios)} as fast as the better of jacrev/jacfwd"
         text[-1] += "."
+    ratios = [found[2] for case in report.cases if (found := _compressed_ratio(case)) is not None]
+    if ratios:
+        text.append(f"{COMPRESSED_METHOD}, which writes per-channel blocks instead of the dense matrix, took "
+                    f"{_span([1 / r for r in ratios])} the time of the fastest dense layersens strategy.")
     extrapolated = [c for c in report.cases if (m := c.method("loop-jit")) is not None and m.extrapolated]
     if extrapolated:
         text.append(f"The jitted loop was extrapolated from a sample in {len(extrapolated)} case(s) (marked).")
@@ -178,9 +208,9 @@ def report_json(report) -> dict:
 def _memory_sentence(case) -> str:
     """layersens-auto's peak memory against the result's size and, for budgeted runs, against the budget."""
     parts = []
-    for m in _ok(case):
+    for m in sorted((m for m in case.methods if m.ok), key=lambda m: m.steady_seconds):
         steady = m.memory.steady_added_bytes if m.memory is not None else None
-        if not m.name.startswith("layersens-auto") or steady is None:
+        if not (m.name.startswith("layersens-auto") or m.name == COMPRESSED_METHOD) or steady is None:
             continue
         budget = method_budget(m.name)
         beyond = steady - case.jacobian_bytes
@@ -245,6 +275,10 @@ def report_markdown(report) -> str:
               "compile time is that call's `.compile_seconds` and its steady state the median wall time of whole later "
               "calls (input checks, dispatch, computation and the host result included); the `.seconds` those calls "
               "report are in the JSON (`compute_seconds`).",
+              f"- `{COMPRESSED_METHOD}` is `layersens.compressed_jacobian` (per-channel blocks for channel-diagonal "
+              "leaves): verified through its lossless `to_dense()`, timed and measured as it is called, without "
+              "that conversion. It is ranked apart from the methods that return the dense matrix, and has no "
+              "dense write rate.",
               f"- loop-jit runs in full while one full loop is estimated to take at most {s.loop_budget_s:g} s (with "
               f"as many repeats as fit, at least one); beyond that it is timed on {s.loop_sample} random gradients "
               f"(seed {s.seed}) and extrapolated. loop-nojit is timed on {s.nojit_sample} random gradients. "

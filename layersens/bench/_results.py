@@ -66,6 +66,7 @@ class MethodResult:
     total_gradients: int | None = None
     timing: str = ""
     working_bytes: int | None = None
+    result_bytes: int | None = None  # bytes of what the method returns, where that is not the dense matrix
     memory: PeakMemory | None = None
     speedup_vs_loop: float | None = None
     speedup_vs_best_jax: float | None = None

@@ -25,8 +25,8 @@ import numpy as np
 import layersens
 
 from ._env import DEFAULT_BANDWIDTH_BYTES, Bandwidth, environment, measure_bandwidth
-from ._methods import (DENSE_METHODS, LOOP_METHODS, DenseMethod, available_methods, compare, is_method,
-                             make_method, sample_pairs)
+from ._methods import (COMPRESSED_METHOD, DENSE_METHODS, LOOP_METHODS, DenseMethod, available_methods, compare,
+                       is_method, make_method, sample_pairs)
 from ._results import BenchmarkReport, CaseResult, MethodResult, Settings
 from ._worker import measure_peak_memory
 from layersens import InputShapeError, JacobianTooLargeError, SpecError, format_bytes
@@ -127,7 +127,7 @@ def _bench_full(name, method, compile_s, split, xs, reference, settings: Setting
         return MethodResult(name, "failed", compile_seconds=compile_s,
                             reason=f"differs from the reference (max |error| {error:.3g})", **common)
     if name in DENSE_METHODS:
-        times = _timed(method.full, runs)
+        times = _timed(method.run, runs)
         return MethodResult(name, "ok", compile_seconds=compile_s, steady_seconds=_median(times),
                             runs_seconds=tuple(times), timing=f"median of {len(times)}{capped}", **common)
     # Kernels are compiled by the first (verification) call and kept on the split: that call's compile time is
@@ -135,8 +135,10 @@ def _bench_full(name, method, compile_s, split, xs, reference, settings: Setting
     first_compile = method.first_compile_seconds
     walls, computes = [], []
     for _ in range(runs):
-        walls += _timed(method.full, 1)
-        computes.append(method.last.seconds)
+        walls += _timed(method.run, 1)
+        computes.append(method.last_seconds)
+    if name == COMPRESSED_METHOD:
+        common["result_bytes"] = method.last.nbytes
     method.last = None
     return MethodResult(name, "ok", compile_seconds=first_compile, steady_seconds=_median(walls),
                         runs_seconds=tuple(walls), compute_seconds=_median(computes),
@@ -154,9 +156,10 @@ def _with_ratios(methods: list[MethodResult], jacobian_bytes: int, bandwidth: Ba
     out = []
     for m in methods:
         if m.ok and m.steady_seconds and m.steady_seconds > 0:
-            rate = jacobian_bytes / m.steady_seconds
+            # The compressed method writes fewer bytes than the dense matrix: no dense write rate for it.
+            rate = None if m.name == COMPRESSED_METHOD else jacobian_bytes / m.steady_seconds
             m = dataclasses.replace(
-                m, bytes_per_second=rate, write_fraction=rate / bandwidth.fill,
+                m, bytes_per_second=rate, write_fraction=None if rate is None else rate / bandwidth.fill,
                 speedup_vs_loop=loop / m.steady_seconds if loop else None,
                 speedup_vs_best_jax=best / m.steady_seconds if best else None)
         out.append(m)

@@ -102,7 +102,7 @@ def _work(args) -> dict:
         if len(pairs) < len(xs) * split.num_outputs:
             note = f"{len(pairs)} of {len(xs) * split.num_outputs} gradients run, full result buffer faulted in"
     else:
-        method.full()
+        method.run()
     seconds = time.perf_counter() - start
     signal.setitimer(signal.ITIMER_REAL, 0)
     peak, source = _peak_rss()
@@ -114,7 +114,7 @@ def _work(args) -> dict:
         gc.collect()
         _reset_peak_rss()
         out["steady_baseline_bytes"] = _status_bytes("VmRSS")
-        method.full()
+        method.run()
         out["steady_peak_bytes"] = _peak_rss()[0]
     return out
 
