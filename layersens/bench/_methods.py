@@ -245,7 +245,9 @@ class CompressedMethod(LayersensMethod):
     call returns, per-channel blocks; ``full()`` converts them to the dense matrix, for verification only."""
 
     def __init__(self, name: str, split: LayerSplit, xs: np.ndarray):
-        super().__init__(name, split, xs)
+        # A split of its own: compiled programs are kept per split, and sharing layersens-structured's would
+        # report no compile time here.
+        super().__init__(name, layersens.split(split.model, split.layer), xs)
         self.mode, self.max_memory = "structured", None
 
     def run(self):

@@ -1,0 +1,70 @@
+"""One side of ``compare_commits.py``: times ``layersens.jacobian`` on the shipped LeNet with whatever layersens is
+importable, and prints one JSON line.
+
+It uses only the API every version since the first benchmark report has had (``load_model``, ``split``,
+``jacobian(..., mode=...)``, ``.matrix``, ``layersens.examples.LENET_DIGITS``), so the same file times an older
+checkout. Besides the times it prints fingerprints of each result (its sum, its norm and two fixed random
+projections, in float64) so the caller can check that both sides computed the same Jacobian before comparing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+import layersens
+from layersens.examples import LENET_DIGITS
+
+
+def fingerprint(matrix: np.ndarray) -> list[float]:
+    """Sum, Frobenius norm and two projections on fixed random vectors, one example at a time in float64."""
+    n = matrix.shape[0]
+    flat = matrix.reshape(n, -1)
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((2, flat.shape[1]))
+    total, squares, projections = 0.0, 0.0, np.zeros(2)
+    for row in flat:
+        row = row.astype(np.float64)
+        total += float(row.sum())
+        squares += float(row @ row)
+        projections += vectors @ row
+    return [total, squares ** 0.5, *map(float, projections)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", required=True, help="comma-separated layer:examples, e.g. relu1:1,fc1:8")
+    parser.add_argument("--mode", default="auto")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--fingerprint", action="store_true")
+    args = parser.parse_args(argv)
+
+    model = layersens.load_model(LENET_DIGITS)
+    out = {"version": getattr(layersens, "__version__", "?"), "imported_from": layersens.__file__, "cases": {}}
+    for case in args.cases.split(","):
+        layer, n = case.split(":")
+        split = layersens.split(model, layer)
+        x = np.asarray(model.example_inputs[: int(n)])
+        start = time.perf_counter()
+        result = layersens.jacobian(split, x, mode=args.mode)
+        first = time.perf_counter() - start
+        prints = fingerprint(result.matrix) if args.fingerprint else None
+        del result
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            result = layersens.jacobian(split, x, mode=args.mode)
+            times.append(time.perf_counter() - start)
+            del result
+        out["cases"][case] = {"first_call_seconds": first, "median_seconds": statistics.median(times),
+                              "seconds": times, "fingerprint": prints}
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
