@@ -123,12 +123,11 @@ def measure_bandwidth(nbytes: int = DEFAULT_BANDWIDTH_BYTES, repeats: int = 5) -
     src = np.ones(count, np.float32)
     fill = _median_rate(nbytes, lambda: buf.fill(1.0), repeats)
     copy = _median_rate(nbytes, lambda: np.copyto(buf, src), repeats)
-    del src
+    src = None  # frees it before first touch is measured (the lambdas above are done with it)
 
     def first_touch():
         fresh = np.empty(count, np.float32)  # large allocations are fresh pages from the kernel each time
         fresh.fill(1.0)
 
     touch = _median_rate(nbytes, first_touch, repeats)
-    del buf
     return Bandwidth(buffer_bytes=nbytes, repeats=repeats, fill=fill, copy=copy, first_touch=touch)
