@@ -59,3 +59,15 @@ def test_prepared_plans_are_reused_and_bounded(split):
     for k in range(PREPARED_PER_SPLIT + 3):
         layersens.jacobian(split, x[:1], mode=layersens.Forward(chunk_size=k + 1))
     assert len(split.prepared_cache) == PREPARED_PER_SPLIT
+
+
+def test_every_subpackage_is_installed():
+    """A regular (not editable) install copies only the packages pyproject lists: each one must be there."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    present = {".".join(p.parent.relative_to(root).parts) for p in (root / "layersens").rglob("__init__.py")}
+    assert present - listed == set(), f"add to [tool.setuptools] packages: {sorted(present - listed)}"
+    assert "layersens_cli" in listed

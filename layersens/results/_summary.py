@@ -87,7 +87,7 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
         layer=jac.layer,
         shape=tuple(jac.matrix.shape),
         frobenius=float(np.linalg.norm(jac.matrix)),
-        zero_fraction=float(np.mean(jac.matrix == 0)),
+        zero_fraction=float(np.mean(jac.matrix == 0)) if jac.matrix.size else 1.0,
         leaves=tuple(leaves),
         rank=ranks,
         condition=conditions,
