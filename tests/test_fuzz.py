@@ -1145,6 +1145,16 @@ def test_summarize_integer_result_is_an_error_or_works(dtype, result_file, tmp_p
     _read_and_summarize(_result(result_file, tmp_path, ("consistent", (1, (3,), [("a", [2])]), (dtype, "ones", 0))))
 
 
+def test_summarize_result_with_entries_near_the_float64_maximum(result_file, tmp_path):
+    # found by the thorough profile: the Gram matrix overflowed to inf and eigvalsh raised LinAlgError
+    target = _result(result_file, tmp_path, ("consistent", (1, (3,), [("a", []), ("/", []), ("b", [])]),
+                                             ("float64", "huge", 0)))
+    _read_and_summarize(target)
+    jac = layersens.load_jacobian(target)
+    summary = layersens.summarize(jac, spectrum=True)
+    assert summary.rank == (np.linalg.matrix_rank(jac.matrix[0] / np.abs(jac.matrix).max()),)
+
+
 @pytest.mark.parametrize("fill", ["inf", "-inf", "nan", "one_nan"])
 def test_summarize_non_finite_result_is_an_error_or_works(fill, result_file, tmp_path):
     # summarize's singular_values: np.linalg.eigvalsh raises LinAlgError "Eigenvalues did not converge"

@@ -42,18 +42,34 @@ class JacobianSummary:
     finite: bool = True  # False: the matrix holds NaN or Inf, and rank and condition were not computed
 
 
-def singular_values(matrix: np.ndarray) -> np.ndarray:
-    """Singular values of one (M, P) matrix, descending, via the Gram matrix of its smaller side in float64."""
+def _scaled_singular_values(matrix: np.ndarray) -> tuple[np.ndarray, float]:
+    """``(s / scale, scale)`` for the singular values ``s`` of one finite (M, P) matrix, descending, with
+    ``scale`` its largest |entry|: the Gram matrix of the smaller side is formed from the matrix divided by it, so it
+    cannot overflow (entries up to float64's maximum would square to inf)."""
     a = np.asarray(matrix, np.float64)
+    scale = float(np.abs(a).max()) if a.size else 0.0
+    if scale == 0.0:
+        return np.zeros(min(a.shape)), 0.0
+    a = a / scale
     gram = a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
     eig = np.linalg.eigvalsh(gram)[::-1]
-    return np.sqrt(np.clip(eig, 0.0, None))
+    return np.sqrt(np.clip(eig, 0.0, None)), scale
+
+
+def singular_values(matrix: np.ndarray) -> np.ndarray:
+    """Singular values of one finite (M, P) matrix, descending, via the Gram matrix of its smaller side in float64
+    (values beyond float64's range are inf)."""
+    scaled, scale = _scaled_singular_values(matrix)
+    with np.errstate(over="ignore"):
+        return scaled * scale
 
 
 def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSummary:
     """Per-leaf Frobenius norms, largest entries and exact-zero fractions; rank and condition per example.
 
     ``spectrum=None`` computes rank and condition when min(M, P) ≤ 2048; ``True`` always; ``False`` never.
+    The rank counts singular values above ``max(n·eps, √(n·eps64))·s_max`` (n = max(M, P), eps of the result's
+    dtype): for float32 results the first term, for float64 ones the resolution of the Gram matrix it is read from.
     """
     leaves = []
     for name, (a, b) in jac.column_ranges.items():
@@ -74,11 +90,17 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
     spectrum = spectrum and finite  # singular values of NaN or Inf mean nothing
     ranks = conditions = values = None
     if spectrum:
-        values = tuple(singular_values(m) for m in jac.matrix)
+        scaled = [_scaled_singular_values(m) for m in jac.matrix]
+        with np.errstate(over="ignore"):
+            values = tuple(s * scale for s, scale in scaled)
         eps = np.finfo(jac.matrix.dtype).eps
         ranks, conditions = [], []
-        for s in values:
-            tol = max(jac.num_outputs, jac.num_params) * eps * (s[0] if s.size else 0.0)
+        n = max(jac.num_outputs, jac.num_params)
+        # Eigenvalues of the float64 Gram matrix are exact to about n·eps64·s0², so singular values below
+        # √(n·eps64)·s0 cannot be told from zero this way: the threshold is the larger of that and n·eps·s0.
+        relative = max(n * eps, float(np.sqrt(n * np.finfo(np.float64).eps)))
+        for s, _ in scaled:  # rank and condition are scale-free: read on the scaled values, which cannot overflow
+            tol = relative * (s[0] if s.size else 0.0)
             nonzero = s[s > tol]
             ranks.append(int(nonzero.size))
             conditions.append(float(nonzero[0] / nonzero[-1]) if nonzero.size else float("inf"))
