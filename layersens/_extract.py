@@ -138,6 +138,11 @@ def extract(
     return result
 
 
+def _array(value) -> np.ndarray:
+    """An array given as itself or as a ``.npy`` path (read with the same checks as ``--inputs``)."""
+    return read_inputs(value) if isinstance(value, (str, Path)) else np.asarray(value)
+
+
 def extract_readout(
     model,
     layer: str,
@@ -161,7 +166,7 @@ def extract_readout(
     cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
     readout_function(readout, cut.activation_shape)  # checked before anything is computed
     if vectors is not None:
-        v = read_inputs(vectors) if isinstance(vectors, (str, Path)) else np.asarray(vectors)
+        v = _array(vectors)
         result = dataclasses.replace(readout_gradient(cut, x, readout), hessian_vectors=hvp(cut, x, v, readout))
     else:
         result = (hessian_of if hessian else readout_gradient)(cut, x, readout)
@@ -193,8 +198,7 @@ def extract_products(
         raise InputShapeError("give tangents (--tangents V.npy) or cotangents (--cotangents U.npy), or both.")
     out = None if out is None else check_output(out, overwrite)
     cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
-    vectors = {name: (read_inputs(v) if isinstance(v, (str, Path)) else np.asarray(v))
-               for name, v in (("tangents", tangents), ("cotangents", cotangents)) if v is not None}
+    vectors = {name: _array(v) for name, v in (("tangents", tangents), ("cotangents", cotangents)) if v is not None}
     op = linearize(cut, x)
     results = {}
     if "tangents" in vectors:

@@ -390,15 +390,7 @@ def extract_args(draw, inputs: dict):
         args += draw(st.one_of(st.just([]), LAYER_TEXT.map(lambda v: ["--layer", v])))  # [] is the missing option
     else:
         args += ["--layer", layer]
-    input_name = draw(st.one_of(st.none(), st.sampled_from(VALID_INPUTS)))
-    if "--inputs" in bad:
-        args += ["--inputs", str(inputs[draw(st.sampled_from(BAD_INPUTS))])]
-    elif input_name is not None:
-        args += ["--inputs", str(inputs[input_name])]
-    if "--num-examples" in bad:
-        args += ["--num-examples", draw(NUM_TEXT)]
-    elif input_name is None or draw(st.booleans()):
-        args += ["--num-examples", draw(st.sampled_from(["1", "2"]))]
+    args += _input_args(draw, bad, inputs)
     for option, valid, invalid in (
         ("--max-memory", _maybe(st.sampled_from(["64MB", "1GiB", "512MiB", " 256 mb "])), MEMORY_TEXT),
         ("--mode", _maybe(st.sampled_from(MODES)), MODE_TEXT),
@@ -408,12 +400,7 @@ def extract_args(draw, inputs: dict):
         value = draw(invalid if option in bad else valid)
         if value is not None:
             args += [option, value]
-    if "--wrt" in bad:
-        for pattern in draw(st.lists(WRT_TEXT, min_size=1, max_size=2)):
-            args += ["--wrt", pattern]
-    elif wrt is not None:
-        for pattern in wrt:
-            args += ["--wrt", pattern]
+    args += _wrt_args(draw, bad, wrt)
     if "--wrt-layer" in bad:
         args += ["--wrt-layer", draw(WRT_LAYER_TEXT)]
     elif wrt_layer is not None:
@@ -422,6 +409,28 @@ def extract_args(draw, inputs: dict):
     if draw(st.booleans()):
         args.append("--overwrite")
     return ["extract"] + _flatten(draw(st.permutations(_pairs(args[1:]))))
+
+
+def _input_args(draw, bad: set, inputs: dict) -> list[str]:
+    """``--inputs`` (a valid file, a bad one, or none) and ``--num-examples`` (valid, bad, or left out when
+    inputs are given), as one command draws them."""
+    args = []
+    input_name = draw(st.one_of(st.none(), st.sampled_from(VALID_INPUTS)))
+    if "--inputs" in bad:
+        args += ["--inputs", str(inputs[draw(st.sampled_from(BAD_INPUTS))])]
+    elif input_name is not None:
+        args += ["--inputs", str(inputs[input_name])]
+    if "--num-examples" in bad:
+        args += ["--num-examples", draw(NUM_TEXT)]
+    elif input_name is None or draw(st.booleans()):
+        args += ["--num-examples", draw(st.sampled_from(["1", "2"]))]
+    return args
+
+
+def _wrt_args(draw, bad: set, wrt) -> list[str]:
+    """``--wrt`` patterns: random text when bad, else the chosen valid patterns (none for ``None``)."""
+    patterns = draw(st.lists(WRT_TEXT, min_size=1, max_size=2)) if "--wrt" in bad else (wrt or ())
+    return [token for pattern in patterns for token in ("--wrt", pattern)]
 
 
 def _pairs(args: list[str]) -> list[tuple[str, ...]]:
@@ -449,15 +458,7 @@ def gradient_args(draw, inputs: dict):
     args = ["gradient", "--model", MODEL]
     args += (draw(st.one_of(st.just([]), LAYER_TEXT.map(lambda v: ["--layer", v]))) if "--layer" in bad
              else ["--layer", layer])
-    input_name = draw(st.one_of(st.none(), st.sampled_from(VALID_INPUTS)))
-    if "--inputs" in bad:
-        args += ["--inputs", str(inputs[draw(st.sampled_from(BAD_INPUTS))])]
-    elif input_name is not None:
-        args += ["--inputs", str(inputs[input_name])]
-    if "--num-examples" in bad:
-        args += ["--num-examples", draw(NUM_TEXT)]
-    elif input_name is None or draw(st.booleans()):
-        args += ["--num-examples", draw(st.sampled_from(["1", "2"]))]
+    args += _input_args(draw, bad, inputs)
     readout = draw(st.sampled_from(["sum", "unit:0", "unit:7", None]))
     if "--readout" in bad:
         args += ["--readout", draw(READOUT_TEXT)]
@@ -468,12 +469,7 @@ def gradient_args(draw, inputs: dict):
         args += ["--out", out]
     # a readout gradient is one pullback per example: any parameter subset is cheap
     wrt = draw(st.sampled_from([None, ("*",), ("conv1/*",), ("*/bias",), ("input",), ("!fc1/*",)]))
-    if "--wrt" in bad:
-        for pattern in draw(st.lists(WRT_TEXT, min_size=1, max_size=2)):
-            args += ["--wrt", pattern]
-    elif wrt is not None:
-        for pattern in wrt:
-            args += ["--wrt", pattern]
+    args += _wrt_args(draw, bad, wrt)
     if "--wrt-layer" in bad:
         args += ["--wrt-layer", draw(WRT_LAYER_TEXT)]
     args += draw(model_option_args(bad))

@@ -61,6 +61,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import layersens
+from tests.zoo import _flatten, _unflatten
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 PARAM_BUDGET = 200
@@ -513,28 +514,6 @@ def _fill(tree, rng):
         return value.astype(dtype)
 
     return jax.tree_util.tree_map_with_path(fill, tree)
-
-
-def _flatten(tree, prefix=""):
-    out = {}
-    for key, value in tree.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
-        if hasattr(value, "items"):
-            out.update(_flatten(dict(value), path))
-        else:
-            out[path] = value
-    return out
-
-
-def _unflatten(flat):
-    tree: dict = {}
-    for path, leaf in flat.items():
-        node = tree
-        *parents, last = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = leaf
-    return tree
 
 
 def _f64(tree):
