@@ -1,0 +1,199 @@
+"""The one writer of every file and directory layersens produces: atomically, with the user's umask.
+
+A result is written under a hidden temporary name beside its target (``.<name>.<random>.partial``), flushed to
+disk (``fsync``) and renamed into place, so a reader sees the old file or the whole new one, never half of one.
+A run killed mid-write leaves at most that temporary, which the next write to the same target removes. New files
+and directories get the permissions the user's umask gives (``mkstemp``/``mkdtemp`` alone would make them
+private). A target that is a symbolic link is written through: the file it points to is replaced, the link stays.
+
+Paths are checked before any work (:func:`check_name`, :func:`check_free_space`): a name the file system cannot
+hold, or one with control characters, and a disk without room for a result of known size, are errors then, not
+after the computation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator
+
+from ._errors import OutputError, format_bytes
+
+PARTIAL = ".partial"
+# The temporary's name keeps at most this many characters of the target's, so that a target name at the file
+# system's limit still has a temporary name within it.
+_PREFIX_CHARS = 64
+# Room kept free beyond a result's own size when checking a disk: the metadata, the zip directory, file system
+# overhead.
+_SPACE_MARGIN = 1 << 20
+
+
+def _prefix(target: Path) -> str:
+    return f".{target.name[:_PREFIX_CHARS]}."
+
+
+def resolve_target(target) -> Path:
+    """The path actually written for ``target``: the file a symbolic link points to (resolved, even if it does not
+    exist yet), else ``target`` itself, absolute."""
+    target = Path(target)
+    if target.is_symlink():
+        return Path(os.path.realpath(target))
+    return target.absolute()
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_partials(target: Path) -> None:
+    """Removes temporaries a killed earlier write to ``target`` left behind."""
+    for stale in target.parent.glob(_prefix(target).replace("[", "[[]") + "*" + PARTIAL):
+        try:
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink()
+        except OSError:
+            pass
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # not every file system syncs directories
+        pass
+    finally:
+        os.close(fd)
+
+
+def _cannot(target: Path, e: OSError) -> OutputError:
+    reason = e.strerror or str(e)
+    return OutputError(f"cannot write {target} ({reason}); nothing was written. Free space or choose another "
+                       "folder.")
+
+
+@contextlib.contextmanager
+def atomic_file(target, mode: str = "wb") -> Iterator[IO]:
+    """``with atomic_file(path) as f: f.write(...)``: ``path`` appears whole when the block ends, or not at all
+    (an error or an interrupt inside the block removes the temporary and leaves an existing file as it was)."""
+    target = resolve_target(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(target)
+        fd, tmp = tempfile.mkstemp(prefix=_prefix(target), suffix=PARTIAL, dir=target.parent)
+    except OSError as e:
+        raise _cannot(target, e) from None
+    try:
+        os.fchmod(fd, 0o666 & ~umask())
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        _fsync_directory(target.parent)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise _cannot(target, e) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(target, data: bytes) -> Path:
+    """Writes ``data`` to ``target`` atomically; returns the path written."""
+    with atomic_file(target) as f:
+        f.write(data)
+    return resolve_target(target)
+
+
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        _fsync_directory(Path(folder))
+
+
+@contextlib.contextmanager
+def atomic_directory(target) -> Iterator[Path]:
+    """``with atomic_directory(path) as tmp: ...write into tmp...``: the directory appears at ``path`` whole when
+    the block ends (replacing an existing one), or not at all."""
+    target = resolve_target(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(target)
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=PARTIAL, dir=target.parent))
+        os.chmod(tmp, 0o777 & ~umask())  # mkdtemp makes 0700
+    except OSError as e:
+        raise _cannot(target, e) from None
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if target.exists():
+            # Two renames: the old directory moves aside (still a .partial name, removed below or by the next
+            # write), the new one into place.
+            old = Path(tempfile.mkdtemp(prefix=_prefix(target), suffix=PARTIAL, dir=target.parent))
+            os.rmdir(old)
+            target.rename(old)
+            tmp.rename(target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(target)
+        _fsync_directory(target.parent)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _cannot(target, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def check_name(path, option: str = "--out") -> None:
+    """Refuses a file name the file system cannot hold, or one with control characters (a name that cannot be
+    printed cannot be given back to the user to read)."""
+    path = Path(path)
+    name = path.name
+    bad = sorted({repr(c) for c in str(path) if ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise OutputError(f"{option} {str(path)!r} contains control characters ({', '.join(bad)}); choose a "
+                          "printable file name such as relu1.npz.")
+    try:
+        encoded = os.fsencode(name)
+    except UnicodeError:
+        raise OutputError(f"{option} {str(path)!r} cannot be encoded as a file name; choose another name.") from None
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    if len(encoded) > limit:
+        raise OutputError(f"{option}: the file name is {len(encoded)} bytes long and this file system allows at most "
+                          f"{limit}; choose a shorter name (it starts {name[:24]!r}).")
+
+
+def check_free_space(path, nbytes: int, option: str = "--out") -> None:
+    """Refuses, before anything is computed, to write ``nbytes`` where the disk holds less."""
+    folder = Path(path).absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # the file system does not say; the write itself reports a full disk
+    if nbytes + _SPACE_MARGIN > free:
+        raise OutputError(f"{option} {path} needs about {format_bytes(nbytes)} and only {format_bytes(free)} is free "
+                          f"on {folder}; free space, choose another disk, or use fewer examples (--num-examples).")
