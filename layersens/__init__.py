@@ -2,35 +2,62 @@
 
 The stages, in the order data flows: ``models`` (checkpoints and adapters → Model), ``tracing`` (one trace, cut
 at a layer → LayerSplit), ``analysis`` (dependence, channel structure, cost, autodiff limits of that trace),
-``planning`` (methods, strategies, chunks → Plan), ``compute`` (compiled plans → results), ``derivatives``
-(the Jacobian as an operator, readout gradients and Hessians), ``results`` (LayerJacobian, storage, summaries). ``layersens.bench`` (the benchmark harness) is imported on its own.
+``planning`` (methods, strategies, chunks → Plan), ``compute`` (compiled plans → blocks → sinks), ``results``
+(LayerJacobian, CompressedJacobian, storage, summaries), ``derivatives`` (the Jacobian as an operator, readout
+gradients and Hessians). ``layersens.bench`` (the benchmark harness) is imported on its own.
+
+Importing the package is cheap: each name below is imported from its stage on first use (JAX with it), so the
+command line answers ``--help`` without loading JAX.
 """
 
-from ._errors import (
-    CheckpointError,
-    InputShapeError,
-    InputValueError,
-    InputWarning,
-    JacobianTooLargeError,
-    LayersensError,
-    MemoryBudgetError,
-    OutputError,
-    SpecError,
-    TrainModeError,
-    UnknownLayerError,
-    UntrustedModuleError,
-    format_bytes,
-)
-from .models import (Model, ModelSpec, capture, from_function, from_linen, from_nnx, load_model, read_model_spec,
-                     save_model, unbox)
-from .tracing import INPUT, LayerInfo, LayerSplit, PrecisionWarning, list_layers, split
-from .analysis import ChannelStructure, channel_structure
-from .planning import (STRATEGIES, Auto, Forward, PerLeaf, Plan, PlannedBlock, Reverse, Structured,
-                       available_memory, parse_bytes, plan)
-from .compute import CompressedJacobian, PreparedJacobian, compressed_jacobian, jacobian, prepare
-from .derivatives import (LinearizedLayer, ReadoutDerivative, Verification, hessian, hvp, linearize,
-                          readout_gradient, verify)
-from .results import JacobianSummary, LayerJacobian, LeafSummary, load_jacobian, summarize
-from ._extract import extract, extract_products, extract_readout, read_inputs
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from ._errors import (BudgetError, CheckpointError, DeviceError, InputShapeError, InputValueError, InputWarning,
+                      JacobianTooLargeError, LayersensError, MemoryBudgetError, ModeError, OutputError,
+                      SelectionError, SpecError, TrainModeError, UnknownLayerError, UntrustedModuleError,
+                      format_bytes)
+from ._modes import MODE_ALIASES, MODE_NAMES
 
 __version__ = "0.1.0"
+
+# name → the module that defines it (relative to this package); one entry per public name.
+_LAZY = {
+    **dict.fromkeys(("Model", "ModelSpec", "capture", "from_function", "from_linen", "from_nnx", "load_model",
+                     "read_model_spec", "save_model", "unbox"), ".models"),
+    **dict.fromkeys(("INPUT", "LayerInfo", "LayerSplit", "PrecisionWarning", "list_layers", "split"), ".tracing"),
+    **dict.fromkeys(("ChannelStructure", "channel_structure"), ".analysis"),
+    **dict.fromkeys(("STRATEGIES", "Strategy", "Auto", "Forward", "PerLeaf", "Plan", "PlannedBlock", "Reverse",
+                     "Structured", "available_memory", "parse_bytes", "plan"), ".planning"),
+    **dict.fromkeys(("CompressedSink", "DenseSink", "PreparedJacobian", "Sink", "compressed_jacobian", "jacobian",
+                     "prepare"), ".compute"),
+    **dict.fromkeys(("LinearizedLayer", "ReadoutDerivative", "Verification", "hessian", "hvp", "linearize",
+                     "readout_gradient", "verify"), ".derivatives"),
+    **dict.fromkeys(("CompressedJacobian", "JacobianSummary", "LayerJacobian", "LeafSummary", "load_jacobian",
+                     "summarize"), ".results"),
+    **dict.fromkeys(("extract", "extract_products", "extract_readout", "read_inputs"), "._extract"),
+}
+_SUBPACKAGES = ("models", "tracing", "analysis", "planning", "compute", "derivatives", "results", "examples")
+
+__all__ = sorted([
+    "BudgetError", "CheckpointError", "DeviceError", "InputShapeError", "InputValueError", "InputWarning",
+    "JacobianTooLargeError", "LayersensError", "MemoryBudgetError", "ModeError", "OutputError", "SelectionError",
+    "SpecError", "TrainModeError", "UnknownLayerError", "UntrustedModuleError", "format_bytes", "MODE_ALIASES",
+    "MODE_NAMES", *_LAZY,
+])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # once imported, a plain attribute
+        return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'layersens' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | set(_SUBPACKAGES))

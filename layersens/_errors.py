@@ -37,7 +37,25 @@ class CheckpointError(LayersensError):
 
 
 class SpecError(LayersensError, ValueError):
-    pass
+    """A model spec (``layersens.json``, ``--module``/``--kwargs``, ``save_model`` arguments) that cannot rebuild the
+    model."""
+
+
+class ModeError(LayersensError, ValueError):
+    """An unknown strategy (``mode=``, ``--mode``) or chunk size."""
+
+
+class BudgetError(LayersensError, ValueError):
+    """A memory budget (``max_memory=``, ``--max-memory``) that cannot be read."""
+
+
+class DeviceError(LayersensError, ValueError):
+    """A device that is not available."""
+
+
+class SelectionError(LayersensError, ValueError):
+    """What to differentiate cannot be chosen as asked: ``wrt``/``wrt_layer`` selecting nothing, a layer no
+    parameter reaches, complex values, a readout that is not a unit of the layer, float64 without 64-bit mode."""
 
 
 class UntrustedModuleError(LayersensError):
@@ -56,7 +74,7 @@ class InputValueError(LayersensError, ValueError):
     """Inputs or parameters whose values cannot give a meaningful Jacobian (NaN, Inf, complex)."""
 
 
-class MemoryBudgetError(LayersensError, MemoryError):
+class MemoryBudgetError(BudgetError, MemoryError):
     """The narrowest chunk needs more working memory than the budget the user gave."""
 
 

@@ -186,7 +186,7 @@ def test_balanced_chunks_need_no_more_calls_than_the_widest():
 
 
 def test_compiled_programs_fit_the_memory_budget_by_xla_count(lenet_linen):
-    from layersens.compute._prepare import _working_bytes
+    from layersens.compute import program_memory
 
     split = layersens.split(lenet_linen, "fc1")
     x = lenet_linen.example_inputs[:1]
@@ -194,8 +194,8 @@ def test_compiled_programs_fit_the_memory_budget_by_xla_count(lenet_linen):
     prepared = layersens.prepare(split, x, max_memory=budget)
     result = prepared(x)
     for step in prepared.steps:
-        sizes = [_working_bytes(step.compute, with_arguments=step.linearize is not None)]
-        sizes += [_working_bytes(step.linearize)] if step.linearize is not None else []
+        sizes = [program_memory(step.compute, with_arguments=step.linearize is not None)]
+        sizes += [program_memory(step.linearize)] if step.linearize is not None else []
         assert max(sizes) <= budget, [b.width for b in prepared.plan.blocks]
     assert prepared.plan.blocks[0].width < layersens.plan(split, x[0], max_memory=budget).blocks[0].width  # narrowed
     reference = layersens.jacobian(split, x, mode="rev")

@@ -47,7 +47,7 @@ def test_plan_takes_what_jacobian_takes_and_is_a_documented_value(split):
 
 
 def test_prepared_plans_are_reused_and_bounded(split):
-    from layersens.compute._jacobian import PREPARED_PER_SPLIT
+    from layersens.compute import PREPARED_KEPT, kept_plans
 
     x = np.random.default_rng(1).normal(size=(2, 6, 6, 1)).astype(np.float32)
     first = layersens.jacobian(split, x, mode="fwd")
@@ -56,9 +56,9 @@ def test_prepared_plans_are_reused_and_bounded(split):
     np.testing.assert_array_equal(first.matrix, again.matrix)
     prepared = layersens.prepare(split, x, "fwd")
     np.testing.assert_array_equal(prepared(x).matrix, first.matrix)
-    for k in range(PREPARED_PER_SPLIT + 3):
+    for k in range(PREPARED_KEPT + 3):
         layersens.jacobian(split, x[:1], mode=layersens.Forward(chunk_size=k + 1))
-    assert len(split.prepared_cache) == PREPARED_PER_SPLIT
+    assert kept_plans(split) == PREPARED_KEPT
 
 
 def test_every_subpackage_is_installed():

@@ -128,7 +128,7 @@ def test_float64_needs_x64_message():
                                  call_kwargs={"train": False})
     jax.config.update("jax_enable_x64", False)
     try:
-        with pytest.raises(layersens.SpecError, match="jax_enable_x64"):
+        with pytest.raises(layersens.SelectionError, match="jax_enable_x64"):
             layersens.split(model, "act", dtype=np.float64)
     finally:
         jax.config.update("jax_enable_x64", True)

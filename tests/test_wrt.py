@@ -36,7 +36,7 @@ def test_glob_patterns_and_exclusions_select_exactly_the_named_leaves(tiny):
     assert part.frozen_params == ("bn/bias",) and part.param_names == split.param_names
     for name in split.param_names:
         np.testing.assert_array_equal(part[name], full[name])
-    with pytest.raises(layersens.SpecError, match=r"wrt head/\* selects none of the leaves upstream of the layer; "
+    with pytest.raises(layersens.SelectionError, match=r"wrt head/\* selects none of the leaves upstream of the layer; "
                        r"they are: conv/kernel, conv/bias, bn/scale, bn/bias"):
         layersens.split(model, "act", wrt="head/*")
 
@@ -84,7 +84,7 @@ def test_layer_to_layer_jacobian_is_the_partial_through_that_activation():
             np.testing.assert_allclose(jac.activation[n], rest(a, x[n]), **TOL64)
     with pytest.raises(layersens.UnknownLayerError, match="unknown wrt_layer 'b'"):
         layersens.split(model, "output", wrt_layer="b")
-    with pytest.raises(layersens.SpecError, match="'first' does not depend on 'a'"):
+    with pytest.raises(layersens.SelectionError, match="'first' does not depend on 'a'"):
         layersens.split(model, "first", wrt_layer="a")
 
 
@@ -181,7 +181,7 @@ def test_the_full_hessian_is_refused_for_many_parameters_with_the_way_out(tiny):
     with pytest.raises(layersens.JacobianTooLargeError, match=r"computed for at most 10.*Select fewer leaves "
                        r"\(wrt=, --wrt\), or use Hessian-vector products"):
         layersens.hessian(layersens.split(model, "act"), x, max_params=10)
-    with pytest.raises(layersens.SpecError, match=r"readout is 'unit:99,0,0'; use 'sum', a unit of the activation"):
+    with pytest.raises(layersens.SelectionError, match=r"readout is 'unit:99,0,0'; use 'sum', a unit of the activation"):
         layersens.readout_gradient(layersens.split(model, "act"), x, "unit:99,0,0")
 
 
@@ -190,7 +190,7 @@ def test_complex_parameters_and_layers_are_refused_with_the_way_out():
         return jnp.real(x @ params["w"])
 
     model = layersens.from_function(apply_fn, {"w": np.ones((3, 2), np.complex64)}, (3,))
-    with pytest.raises(layersens.SpecError, match=r"leaf 'w' is complex \(complex64\); layersens computes real "
+    with pytest.raises(layersens.SelectionError, match=r"leaf 'w' is complex \(complex64\); layersens computes real "
                        r"Jacobians only. Keep the real and imaginary parts as two real leaves"):
         layersens.split(model, "output")
 
@@ -198,7 +198,7 @@ def test_complex_parameters_and_layers_are_refused_with_the_way_out():
         return layersens.capture("z", (x @ params["w"]) * (1 + 1j))
 
     model = layersens.from_function(complex_out, {"w": np.ones((3, 2), np.float32)}, (3,))
-    with pytest.raises(layersens.SpecError, match=r"layer 'z' is complex"):
+    with pytest.raises(layersens.SelectionError, match=r"layer 'z' is complex"):
         layersens.split(model, "z")
 
 

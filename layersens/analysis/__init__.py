@@ -11,4 +11,4 @@ from ._split_analysis import SplitAnalysis, analyze
 def channel_structure(split, x=None) -> dict:
     """The upstream leaves of ``split`` that act on its layer one channel at a time (see ``_structure``).
     ``x`` is accepted for compatibility and not needed: the structure is a property of the traced program."""
-    return split.analysis.structure
+    return analyze(split).structure

@@ -1,29 +1,35 @@
-"""``jacobian(split, inputs)``: plan, compile (once) and run; the compiled plans are kept per split, a few each."""
+"""``jacobian(split, inputs)`` and ``compressed_jacobian``: plan, compile (once, see ``_cache``) and run into a
+sink."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .._errors import JacobianTooLargeError, format_bytes
-from ..planning import available_memory, working_memory
-from ..planning._strategies import Auto, as_strategy
-from ..results import LayerJacobian
-from ._prepare import PreparedJacobian, prepare, resolve_device
+from ..planning import Auto, Structured, available_memory
+from ..results import CompressedJacobian, LayerJacobian
+from ._cache import prepared_for
+from ._sinks import CompressedSink, DenseSink, Result, Sink
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
 # Fraction of available memory the result itself may take; the rest is for working memory and everything else.
 _RESULT_FRACTION = 0.8
-# Compiled plans kept per split (input shape × device × mode × budget); the oldest is dropped beyond this.
-PREPARED_PER_SPLIT = 8
 
 
+def dense_bytes(split: LayerSplit, num_examples: int) -> int:
+    """Bytes of the dense result for ``num_examples`` examples."""
+    return num_examples * split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
 
-def check_size(split, num_examples: int) -> int:
+
+def check_size(split: LayerSplit, num_examples: int) -> int:
     """Bytes of the dense result; raises if it cannot fit in memory."""
     itemsize = np.dtype(split.activation_dtype).itemsize
-    nbytes = num_examples * split.num_outputs * split.num_params * itemsize
+    nbytes = dense_bytes(split, num_examples)
     available = available_memory()
     if nbytes > _RESULT_FRACTION * available:
         raise JacobianTooLargeError(
@@ -35,27 +41,30 @@ def check_size(split, num_examples: int) -> int:
     return nbytes
 
 
-def prepared_for(split, inputs, mode, max_memory, device) -> tuple[PreparedJacobian, bool]:
-    """The compiled plan for these inputs' shape, from the split's few kept ones or freshly prepared (then
-    ``True``)."""
+def run(split: LayerSplit, inputs, sink: Sink[Result], *, mode=Auto(), max_memory=None, device=None,
+        progress: Callable[[int, int], None] | None = None) -> Result:
+    """Every block of ``split``'s Jacobian for ``inputs``, into ``sink``; returns what the sink makes. The first
+    call for a given plan and device compiles it (its time is added to the result's ``compile_seconds``)."""
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
-    dev = resolve_device(device)
-    strategy = as_strategy(mode)
-    key = (x.shape[1:], str(x.dtype), str(dev), strategy, working_memory(max_memory, dev.platform),
-           max_memory is not None)
-    kept = split.prepared_cache
-    if key in kept:
-        kept.move_to_end(key)
-        return kept[key], False
-    prepared = prepare(split, x, strategy, max_memory, dev)
-    kept[key] = prepared
-    while len(kept) > PREPARED_PER_SPLIT:
-        kept.popitem(last=False)
-    return prepared, True
+    return _run(split, x, sink, mode, max_memory, device, progress)
+
+
+def _run(split: LayerSplit, x: np.ndarray, sink: Sink[Result], mode, max_memory, device, progress) -> Result:
+    prepared, fresh = prepared_for(split, x, mode, max_memory, device)
+    result = prepared.execute(x, sink, progress)
+    if not fresh:
+        return result
+    if isinstance(result, CompressedJacobian):
+        dense = result.dense_part
+        return dataclasses.replace(result, dense_part=dataclasses.replace(
+            dense, compile_seconds=dense.compile_seconds + prepared.compile_seconds))
+    if isinstance(result, LayerJacobian):
+        return dataclasses.replace(result, compile_seconds=result.compile_seconds + prepared.compile_seconds)
+    return result
 
 
 def jacobian(
-    split,
+    split: LayerSplit,
     inputs,
     *,
     mode=Auto(),
@@ -80,8 +89,18 @@ def jacobian(
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     check_size(split, len(x))
-    prepared, fresh = prepared_for(split, x, mode, max_memory, device)
-    result = prepared(x, progress=progress)
-    if fresh:
-        result = dataclasses.replace(result, compile_seconds=result.compile_seconds + prepared.compile_seconds)
-    return result
+    return _run(split, x, DenseSink(), mode, max_memory, device, progress)
+
+
+def compressed_jacobian(split: LayerSplit, inputs, *, mode=Structured(), max_memory=None, device=None,
+                        progress: Callable[[int, int], None] | None = None) -> CompressedJacobian:
+    """Per-channel blocks for every channel-diagonal leaf (column or row colouring), dense columns for the
+    others (as ``mode``, by default :class:`~layersens.Structured`, plans them; any strategy works: the leaves
+    it colours are compressed).
+
+    Cost: as ``jacobian(split, inputs, mode=Structured())`` without writing the zeros: W JVPs or S pullbacks per
+    structured leaf per example, writing only the nonzeros. Use when the dense matrix is too large or not needed.
+    The compiled programs are shared with :func:`layersens.jacobian`.
+    """
+    x = split.model.check_inputs(inputs, dtype=split.input_dtype)
+    return _run(split, x, CompressedSink(), mode, max_memory, device, progress)

@@ -1,8 +1,8 @@
 """A compiled plan: ``prepare(split, example, mode, max_memory)`` once, then run it on any number of inputs.
 
 The device computes one chunk at a time (one example; one program for all blocks when each fits in one chunk)
-and returns what is nonzero; the host places it into the result (``_sinks``). Why: on CPU the cost of a layer
-Jacobian is memory traffic, not arithmetic. Fresh zeroed host memory is paid for only by its page faults, so a
+and returns what is nonzero; a sink (``_sinks``) places it on the host. Why: on CPU the cost of a layer Jacobian
+is memory traffic, not arithmetic. Fresh zeroed host memory is paid for only by its page faults, so a
 mostly-zero block costs one touch of its pages plus its nonzeros, where a dense device output would be written
 in full and then copied. Vectorizing over examples as well was slower (XLA's large fresh outputs fault page by
 page), and looping keeps working memory at one example's chunk. On CPU, one example's small matrix is instead
@@ -18,16 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import jax
 import numpy as np
 
-from .._errors import MemoryBudgetError, SpecError, format_bytes
-from ..planning import Plan, balanced_width, dense_program, example_spec, fused_kernel, plan as make_plan
-from ..planning._strategies import Auto
-from ..results import LayerJacobian
-from ._sinks import CompressedSink, DenseSink
+from .._errors import DeviceError, MemoryBudgetError, format_bytes
+from ..analysis import analyze
+from ..planning import Auto, Plan, balanced_width, example_spec
+from ..planning import plan as make_plan
+from ..results import CompressedJacobian, LayerJacobian
+from ._blocks import JacobianBlock, Layout
+from ._kernels import dense_program, fused_kernel, kernel
+from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
 # On CPU, one example's matrix up to this size is built as one program output (one pass, in memory XLA's
 # allocator reuses across calls) instead of zeroed host memory plus placed nonzeros (two passes). Above it,
@@ -39,6 +45,7 @@ _NARROWING_STEPS = 6
 
 
 def resolve_device(device=None) -> jax.Device:
+    """``None`` (JAX's default device), a platform name (``"cpu"``, ``"gpu"``) or a ``jax.Device``."""
     if device is None:
         return jax.devices()[0]
     if isinstance(device, jax.Device):
@@ -46,13 +53,13 @@ def resolve_device(device=None) -> jax.Device:
     try:
         return jax.devices(str(device))[0]
     except RuntimeError as e:
-        raise SpecError(
+        raise DeviceError(
             f"device {device!r} is not available ({e}); available: "
             f"{sorted({d.platform for d in jax.devices()})}."
         ) from None
 
 
-def _working_bytes(compiled, with_arguments=False) -> int | None:
+def program_memory(compiled, with_arguments: bool = False) -> int | None:
     """XLA's own count of a compiled program's temporaries and outputs (and arguments, for a chunk program whose
     argument is the example's linear map); ``None`` where the backend does not say."""
     try:
@@ -72,7 +79,7 @@ class _Step:
 
     linearize: object | None
     compute: object
-    place: Callable
+    blocks: Callable[[int, int, list], list[JacobianBlock]]
     basis: int
     width: int
 
@@ -81,20 +88,20 @@ class _Step:
         return [max(0, min(offset, self.basis - self.width)) for offset in range(0, max(self.basis, 1), self.width)]
 
 
-def _compile_block(split, block, params, x0, budget: int):
+def _compile_block(split, block, params, x0, budget: int, structure):
     """One block's step at the widest width XLA's count allows, and that count."""
     width = block.width
     for _ in range(_NARROWING_STEPS):
-        kernel = block.method.kernel(split, block.names, width)
+        k = kernel(block.method, split, block.names, width, structure)
         if width >= block.basis:
-            compute = jax.jit(kernel.compute).lower(params, x0, np.int32(0)).compile()
-            step, working = _Step(None, compute, kernel.place, block.basis, width), _working_bytes(compute)
+            compute = jax.jit(k.compute).lower(params, x0, np.int32(0)).compile()
+            step, working = _Step(None, compute, k.blocks, block.basis, width), program_memory(compute)
         else:
-            linear = jax.eval_shape(kernel.linearize, params, x0)
-            linearize = jax.jit(kernel.linearize).lower(params, x0).compile()
-            chunk = jax.jit(kernel.chunk).lower(linear, np.int32(0)).compile()
-            step = _Step(linearize, chunk, kernel.place, block.basis, width)
-            sizes = (_working_bytes(linearize), _working_bytes(chunk, with_arguments=True))
+            linear = jax.eval_shape(k.linearize, params, x0)
+            linearize = jax.jit(k.linearize).lower(params, x0).compile()
+            chunk = jax.jit(k.chunk).lower(linear, np.int32(0)).compile()
+            step = _Step(linearize, chunk, k.blocks, block.basis, width)
+            sizes = (program_memory(linearize), program_memory(chunk, with_arguments=True))
             working = None if None in sizes else max(sizes)
         narrowable = not block.fixed_width and not (block.method.colouring and len(block.names) > 1)
         if not narrowable or working is None or working <= budget or width == 1:
@@ -108,8 +115,8 @@ class PreparedJacobian:
     """A plan compiled for one split, input shape, device and budget: call it on inputs.
 
     ``prepared(inputs)`` returns the dense :class:`LayerJacobian`; ``prepared.compressed(inputs)`` the
-    :class:`CompressedJacobian` (leaves computed by a colouring method kept as per-channel blocks). Build one
-    with :func:`prepare`; :func:`layersens.jacobian` keeps a few per split.
+    :class:`CompressedJacobian`; ``prepared.run(inputs, sink=...)`` whatever the sink makes. Build one with
+    :func:`prepare`; :func:`layersens.jacobian` keeps a few (``compute.PREPARED_KEPT``).
 
     Attributes:
       split: what it differentiates.
@@ -118,24 +125,41 @@ class PreparedJacobian:
       compile_seconds: time spent planning and compiling.
     """
 
-    split: object
+    split: LayerSplit
     plan: Plan
     device: jax.Device
     compile_seconds: float
+    structure: dict = dataclasses.field(repr=False)  # the split's channel structure the plan was made with
     params: dict = dataclasses.field(repr=False)
     steps: tuple = dataclasses.field(repr=False)
     activation: object = dataclasses.field(repr=False)
     dense: object = dataclasses.field(repr=False)  # jitted whole-matrix program for one small example, or None
     _compiled: dict = dataclasses.field(default_factory=dict, repr=False)  # the dense program once compiled
 
+    def __repr__(self) -> str:
+        return (f"PreparedJacobian(layer={self.split.layer!r}, plan={self.plan.describe()!r}, "
+                f"device={self.device.platform}:{self.device.id}, compile_seconds={self.compile_seconds:.3g})")
+
     def __call__(self, inputs, *, progress=None) -> LayerJacobian:
         return self.run(inputs, progress=progress)
 
-    def run(self, inputs, *, progress=None, sink: str = "dense"):
+    def compressed(self, inputs, *, progress=None) -> CompressedJacobian:
+        """The :class:`CompressedJacobian`: per-channel blocks for the leaves this plan colours."""
+        return self.run(inputs, progress=progress, sink=CompressedSink())
+
+    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None,
+            sink: Sink[Result] | None = None) -> Result:
+        """Computes every block for ``inputs`` (checked and cast as the model's inputs) into ``sink`` (default: a
+        :class:`DenseSink`), calling ``progress(done, total)`` as chunks land, and returns the sink's result."""
+        x = self.split.model.check_inputs(inputs, dtype=self.split.input_dtype)
+        return self.execute(x, DenseSink() if sink is None else sink, progress)
+
+    def execute(self, x: np.ndarray, target: Sink[Result], progress=None) -> Result:
+        """:meth:`run` for inputs already checked and cast (``Model.check_inputs``)."""
         split = self.split
-        x = split.model.check_inputs(inputs, dtype=split.input_dtype)
+        target.begin(Job(split, self.plan, self.structure, len(x), f"{self.device.platform}:{self.device.id}"))
         compile_seconds = 0.0
-        if sink == "dense" and len(x) == 1 and self.dense is not None:
+        if target.whole_matrix and len(x) == 1 and self.dense is not None:
             if "dense" not in self._compiled:
                 start = time.perf_counter()
                 spec = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
@@ -143,15 +167,14 @@ class PreparedJacobian:
                 compile_seconds = time.perf_counter() - start
             start = time.perf_counter()
             x0 = jax.device_put(x[0], self.device)
-            matrix = np.asarray(self._compiled["dense"](self.params, x0))[None]  # zero-copy, read-only
+            matrix = np.asarray(self._compiled["dense"](self.params, x0))  # zero-copy, read-only
+            target.put(JacobianBlock(0, Layout.WHOLE, split.param_names, 0, matrix))
             activation = np.asarray(self.activation(self.params, x0))[None]
             if progress is not None:
                 progress(1, 1)
-            return self._result(x, matrix, activation, compile_seconds, time.perf_counter() - start)
+            return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
 
         start = time.perf_counter()
-        coloured = [n for b in self.plan.blocks if b.method.colouring for n in b.names]
-        target = DenseSink(split, len(x)) if sink == "dense" else CompressedSink(split, len(x), coloured)
         activation = np.empty((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
         examples = jax.device_put(list(x), self.device)  # one transfer, instead of a slicing dispatch per chunk
         total = len(x) * sum(len(step.offsets()) for step in self.steps)
@@ -167,80 +190,50 @@ class PreparedJacobian:
                         outputs = step.compute(self.params, examples[n], np.int32(offset))
                     else:
                         outputs = step.compute(linear, np.int32(offset))
-                    step.place(target, n, offset, [np.asarray(o) for o in outputs])
+                    for block in step.blocks(n, offset, [np.asarray(o) for o in outputs]):
+                        target.put(block)
                     done += 1
                     if progress is not None:
                         progress(done, total)
                 del linear
-        seconds = time.perf_counter() - start
-        if sink == "dense":
-            target.matrix.flags.writeable = False
-            return self._result(x, target.matrix, activation, compile_seconds, seconds)
-        from ._compressed import CompressedJacobian
-
-        dense = self._result(x, target.dense.matrix, activation, compile_seconds, seconds,
-                             names=target.dense.names)
-        return CompressedJacobian(
-            layer=split.layer, param_names=split.param_names, param_shapes=split.param_shapes,
-            channel_blocks=target.blocks, structure=target.structure, dense_part=dense,
-        )
-
-    def compressed(self, inputs, *, progress=None):
-        """The :class:`CompressedJacobian`: per-channel blocks for the leaves this plan colours."""
-        return self.run(inputs, progress=progress, sink="compressed")
-
-    def _result(self, x, matrix, activation, compile_seconds, seconds, names=None) -> LayerJacobian:
-        split = self.split
-        names = split.param_names if names is None else tuple(names)
-        return LayerJacobian(
-            layer=split.layer,
-            model=split.model.name,
-            framework=split.model.framework,
-            matrix=matrix,
-            activation=activation,
-            inputs=x,
-            param_names=names,
-            param_shapes=tuple(tuple(np.shape(split.params[n])) for n in names),
-            excluded_params=split.excluded,
-            frozen_params=split.frozen,
-            wrt=split.wrt,
-            mode=self.plan.describe(),
-            dtype=str(np.dtype(split.activation_dtype)),
-            device=f"{self.device.platform}:{self.device.id}",
-            eval_mode=split.model.eval_mode,
-            compile_seconds=compile_seconds,
-            seconds=seconds,
-            notes=tuple(split.notes) + tuple(self.plan.notes),
-        )
+        return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
 
 
-def prepare(split, example=None, mode=Auto(), max_memory=None, device=None) -> PreparedJacobian:
+def prepare(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=None) -> PreparedJacobian:
     """Plans ``mode`` for ``split`` and compiles its programs for inputs shaped like ``example`` (one example, a
     batch, a ``ShapeDtypeStruct`` or ``None``).
 
     Cost: one compilation per block (a few when XLA's count narrows a chunk). Raises
     :class:`~layersens.MemoryBudgetError` when ``max_memory`` is given and the narrowest chunk exceeds it.
     """
-    start = time.perf_counter()
     dev = resolve_device(device)
-    spec = example_spec(split, example)
-    planned = make_plan(split, spec, mode, max_memory, dev)
+    return compile_plan(split, make_plan(split, example, mode, max_memory, dev), dev)
+
+
+def compile_plan(split: LayerSplit, planned: Plan, dev: jax.Device, hold=None) -> PreparedJacobian:
+    """Compiles a :class:`Plan` of ``split`` for ``dev``; see :func:`prepare`. ``hold(split)`` is what the
+    programs and the result keep of the split (default: the split itself; ``weakref.proxy`` for kept plans)."""
+    start = time.perf_counter()
+    structure = analyze(split).structure
+    if hold is not None:
+        split = hold(split)
+    spec = example_spec(split, None)
     params = jax.device_put(split.params, dev)
     x0 = jax.device_put(np.zeros(spec.shape, spec.dtype), dev)
     budget = planned.budget
     notes = list(planned.notes)
     steps, dense, blocks = None, None, planned.blocks
     if all(b.width >= b.basis for b in blocks):
-        fused = fused_kernel([b.method.kernel(split, b.names, b.width) for b in blocks])
+        fused = fused_kernel([kernel(b.method, split, b.names, b.width, structure) for b in blocks])
         compute = jax.jit(fused.compute).lower(params, x0, np.int32(0)).compile()
-        working = _working_bytes(compute)
+        working = program_memory(compute)
         if working is None or working <= budget:
-            steps = (_Step(None, compute, fused.place, 1, 1),)
+            steps = (_Step(None, compute, fused.blocks, 1, 1),)
             example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
             if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
                 dense = jax.jit(dense_program(split, fused))
     if steps is None:
-        compiled = [_compile_block(split, b, params, x0, budget) for b in blocks]
+        compiled = [_compile_block(split, b, params, x0, budget, structure) for b in blocks]
         steps = tuple(c[0] for c in compiled)
         blocks = tuple(c[1] for c in compiled)
         over = [(b, w) for _, b, w in compiled if w is not None and w > budget]
@@ -260,7 +253,8 @@ def prepare(split, example=None, mode=Auto(), max_memory=None, device=None) -> P
                              f"{format_bytes(working)}: the narrowest chunk of {what} needs it")
     # The activation is a program of its own: returned from the kernels' programs as well, it changed XLA's
     # fusion of the dense forward kernel (a transposed copy, measured 5× slower on relu1).
-    activation = jax.jit(split.evaluate).lower(params, x0).compile()
+    # (a function of its own, not the bound method: a kept plan holds its split only weakly, see ``_cache``)
+    activation = jax.jit(lambda p, x: split.evaluate(p, x)).lower(params, x0).compile()
     final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
     return PreparedJacobian(split=split, plan=final, device=dev, compile_seconds=time.perf_counter() - start,
-                            params=params, steps=steps, activation=activation, dense=dense)
+                            structure=structure, params=params, steps=steps, activation=activation, dense=dense)

@@ -1,19 +1,76 @@
-"""Where a chunk's values land on the host: the dense matrix, or the compressed per-channel form.
+"""Sinks: where blocks of the Jacobian go. One interface, ``begin(job)``, ``put(block)``, ``finish(done)``: the
+dense matrix and the compressed per-channel form are each one sink; a file on disk or a summary accumulator is
+one more, not a new path through the computation.
 
-Methods hand their values to a sink in their own terms (dense columns, dense rows, a channel diagonal's columns
-or rows); the sink knows the layout. The dense matrix starts as zeros: fresh zeroed memory costs only its page
-faults, so a block that is mostly zeros is written once, and only where it is nonzero (through a strided view of
-its diagonal, ``place_diagonal``).
+The dense matrix starts as zeros: fresh zeroed memory costs only its page faults, so a block that is mostly
+zeros is written once, and only where it is nonzero (through a strided view of its diagonal,
+:func:`place_diagonal`).
 """
 
 from __future__ import annotations
 
+import abc
+import dataclasses
+from typing import TYPE_CHECKING, Generic, Mapping, TypeVar
+
 import numpy as np
 
-from ..planning._layout import leaf_size, place_diagonal
+from ..analysis import ChannelStructure
+from ..planning import Plan, leaf_size
+from ..results import CompressedJacobian, LayerJacobian
+from ._blocks import JacobianBlock, Layout
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
+
+Result = TypeVar("Result")
 
 
-def _starts(split, names) -> dict[str, int]:
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What a sink is told when a run begins."""
+
+    split: LayerSplit
+    plan: Plan
+    structure: Mapping[str, ChannelStructure]  # of the split's leaves (``analysis``), as the plan used it
+    num_examples: int
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    """What a sink is told when every block has been put: the examples, the layer's values, the timings."""
+
+    inputs: np.ndarray
+    activation: np.ndarray
+    seconds: float
+    compile_seconds: float
+
+
+class Sink(abc.ABC, Generic[Result]):
+    """Receives the blocks of one run and makes its result. A sink is used for one run at a time; ``begin``
+    starts it afresh.
+
+    ``whole_matrix``: the sink can take one example's whole ``(M, P)`` matrix as a single ``Layout.WHOLE``
+    block; the computation then builds small examples in one program (see ``compute.DEVICE_DENSE_MAX_BYTES``).
+    """
+
+    whole_matrix: bool = False
+
+    @abc.abstractmethod
+    def begin(self, job: Job) -> None:
+        """Prepares for ``job.num_examples`` examples of ``job.split``."""
+
+    @abc.abstractmethod
+    def put(self, block: JacobianBlock) -> None:
+        """Takes one block (its values may be a read-only view of device memory: copy what is kept)."""
+
+    @abc.abstractmethod
+    def finish(self, done: Done) -> Result:
+        """The result of the run."""
+
+
+def _starts(split: LayerSplit, names) -> dict[str, int]:
     starts, at = {}, 0
     for name in names:
         starts[name] = at
@@ -21,51 +78,125 @@ def _starts(split, names) -> dict[str, int]:
     return starts
 
 
-class DenseSink:
-    """The ``(examples, M, P)`` matrix over ``names`` (default: every upstream leaf), columns in that order."""
+def place_diagonal(matrix: np.ndarray, row: int, column: int, row_shape, channel_axis: int, values: np.ndarray):
+    """Writes ``values`` (``row_shape + (W,)``) onto the channel diagonal of a block of ``matrix`` (C-contiguous,
+    ``(M, P)``) that starts at ``(row, column)``, whose rows are laid out as ``row_shape`` and whose columns as
+    ``(W, C)``: entry ``(r, (w, c))`` with ``r[channel_axis] == c`` gets ``values[r + (w,)]``."""
+    item = matrix.itemsize
+    num_params = matrix.shape[1]
+    C = row_shape[channel_axis]
+    row_strides = [int(np.prod(row_shape[a + 1:], dtype=np.int64)) * num_params * item for a in range(len(row_shape))]
+    row_strides[channel_axis] += item  # moving one channel down the rows moves one column right
+    flat = matrix.reshape(-1)
+    start = row * num_params + column
+    view = np.lib.stride_tricks.as_strided(
+        flat[start:], shape=tuple(row_shape) + (values.shape[-1],), strides=tuple(row_strides) + (C * item,))
+    view[...] = values
 
-    def __init__(self, split, num_examples: int, names=None):
-        self.names = tuple(split.param_names if names is None else names)
+
+def layer_jacobian(job: Job, done: Done, matrix: np.ndarray, names=None) -> LayerJacobian:
+    """The :class:`LayerJacobian` of a run over the leaves ``names`` (default: every differentiated leaf)."""
+    split = job.split
+    names = split.param_names if names is None else tuple(names)
+    return LayerJacobian(
+        layer=split.layer,
+        model=split.model.name,
+        framework=split.model.framework,
+        matrix=matrix,
+        activation=done.activation,
+        inputs=done.inputs,
+        param_names=names,
+        param_shapes=tuple(tuple(np.shape(split.params[n])) for n in names),
+        excluded_params=split.excluded,
+        frozen_params=split.frozen,
+        wrt=split.wrt,
+        mode=job.plan.describe(),
+        dtype=str(np.dtype(split.activation_dtype)),
+        device=job.device,
+        eval_mode=split.model.eval_mode,
+        compile_seconds=done.compile_seconds,
+        seconds=done.seconds,
+        notes=tuple(split.notes) + tuple(job.plan.notes),
+    )
+
+
+class _Matrix:
+    """The ``(examples, M, P_names)`` matrix over ``names``, columns in that order, and the placing of every
+    dense layout into it (shared by both sinks)."""
+
+    def __init__(self, split: LayerSplit, structure: Mapping[str, ChannelStructure], num_examples: int, names):
+        self.names = tuple(names)
         self.starts = _starts(split, self.names)
-        self.structure = split.analysis.structure
+        self.structure = structure
         self.activation_shape = split.activation_shape
         width = sum(leaf_size(split, n) for n in self.names)
         self.matrix = np.zeros((num_examples, split.num_outputs, width), np.dtype(split.activation_dtype))
 
-    def columns(self, n, names, offset, values):
-        column = self.starts[names[0]] + offset
-        self.matrix[n][:, column:column + values.shape[1]] = values
+    def put(self, block: JacobianBlock) -> None:
+        n, names, offset, values = block.example, block.names, block.offset, block.values
+        matrix = self.matrix[n]
+        if block.layout is Layout.COLUMNS:
+            column = self.starts[names[0]] + offset
+            matrix[:, column:column + values.shape[1]] = values
+        elif block.layout is Layout.ROWS:
+            start = self.starts[names[0]]
+            matrix[offset:offset + values.shape[0], start:start + values.shape[1]] = values
+        elif block.layout is Layout.CHANNEL_COLUMNS:
+            s = self.structure[names[0]]
+            place_diagonal(matrix, 0, self.starts[names[0]] + offset * s.channels, self.activation_shape,
+                           s.output_axis, values)
+        elif block.layout is Layout.CHANNEL_ROWS:
+            width, channels = values.shape[:2]
+            place_diagonal(matrix, offset * channels, self.starts[names[0]], (width, channels), 1, values)
+        else:
+            raise ValueError(f"the matrix takes no {block.layout} block here")
 
-    def rows(self, n, name, offset, values):
-        start = self.starts[name]
-        self.matrix[n][offset:offset + values.shape[0], start:start + values.shape[1]] = values
 
-    def channel_columns(self, n, names, offset, values):
-        s = self.structure[names[0]]
-        place_diagonal(self.matrix[n], 0, self.starts[names[0]] + offset * s.channels, self.activation_shape,
-                       s.output_axis, values)
+class DenseSink(Sink[LayerJacobian]):
+    """The dense :class:`LayerJacobian` ``(examples, M, P)``, read-only.
 
-    def channel_rows(self, n, run, offset, values):
-        width, channels = values.shape[:2]
-        place_diagonal(self.matrix[n], offset * channels, self.starts[run[0]], (width, channels), 1, values)
+    Memory: the whole result on the host (zeroed pages, touched where nonzero). Use when it fits.
+    """
+
+    whole_matrix = True
+
+    def begin(self, job: Job) -> None:
+        self.job = job
+        self.target = _Matrix(job.split, job.structure, job.num_examples, job.split.param_names)
+        self.whole: np.ndarray | None = None
+
+    def put(self, block: JacobianBlock) -> None:
+        if block.layout is Layout.WHOLE and self.job.num_examples == 1:
+            self.whole = block.values  # zero-copy: the program's own output becomes the result
+        elif block.layout is Layout.WHOLE:
+            self.target.matrix[block.example] = block.values
+        else:
+            self.target.put(block)
+
+    def finish(self, done: Done) -> LayerJacobian:
+        matrix = self.target.matrix if self.whole is None else self.whole[None]
+        if matrix.flags.writeable:
+            matrix.flags.writeable = False
+        return layer_jacobian(self.job, done, matrix)
 
 
-class CompressedSink:
-    """Per-channel blocks ``(examples,) + activation_shape + (W,)`` for the ``coloured`` leaves, a dense matrix
-    over the others."""
+class CompressedSink(Sink[CompressedJacobian]):
+    """The :class:`CompressedJacobian`: per-channel blocks ``(examples,) + activation_shape + (W,)`` for the
+    leaves the plan colours, a dense matrix over the others.
 
-    def __init__(self, split, num_examples: int, coloured):
-        self.structure = {n: split.analysis.structure[n] for n in coloured}
-        self.within = {n: leaf_size(split, n) // self.structure[n].channels for n in coloured}
-        self.blocks = {n: np.zeros((num_examples,) + split.activation_shape + (self.within[n],),
-                                   np.dtype(split.activation_dtype)) for n in split.param_names if n in coloured}
-        self.dense = DenseSink(split, num_examples, [n for n in split.param_names if n not in coloured])
+    Memory: 1 / C of the dense size for each coloured leaf. Use when the dense matrix is too large or not needed.
+    """
 
-    def columns(self, n, names, offset, values):
-        self.dense.columns(n, names, offset, values)
-
-    def rows(self, n, name, offset, values):
-        self.dense.rows(n, name, offset, values)
+    def begin(self, job: Job) -> None:
+        split = job.split
+        coloured = {n for b in job.plan.blocks if b.method.colouring for n in b.names}
+        structure = job.structure
+        self.job = job
+        self.structure = {n: structure[n] for n in split.param_names if n in coloured}
+        self.within = {n: leaf_size(split, n) // self.structure[n].channels for n in self.structure}
+        self.blocks = {n: np.zeros((job.num_examples,) + split.activation_shape + (self.within[n],),
+                                   np.dtype(split.activation_dtype)) for n in self.structure}
+        self.dense = _Matrix(split, structure, job.num_examples, [n for n in split.param_names if n not in coloured])
 
     def _leaves(self, names):
         at = 0
@@ -73,15 +204,26 @@ class CompressedSink:
             yield name, at, at + self.within[name]
             at += self.within[name]
 
-    def channel_columns(self, n, names, offset, values):
-        width = values.shape[-1]
-        for name, a, b in self._leaves(names):
-            lo, hi = max(offset, a), min(offset + width, b)
-            if lo < hi:
-                self.blocks[name][n][..., lo - a:hi - a] = values[..., lo - offset:hi - offset]
+    def put(self, block: JacobianBlock) -> None:
+        n, offset, values = block.example, block.offset, block.values
+        if block.layout is Layout.CHANNEL_COLUMNS:
+            width = values.shape[-1]
+            for name, a, b in self._leaves(block.names):
+                lo, hi = max(offset, a), min(offset + width, b)
+                if lo < hi:
+                    self.blocks[name][n][..., lo - a:hi - a] = values[..., lo - offset:hi - offset]
+        elif block.layout is Layout.CHANNEL_ROWS:
+            width, channels = values.shape[:2]
+            for name, a, b in self._leaves(block.names):
+                rows = self.blocks[name][n].reshape(-1, channels, b - a)  # (S, C, W): channels are the last axis
+                rows[offset:offset + width] = values[:, :, a:b]
+        else:
+            self.dense.put(block)
 
-    def channel_rows(self, n, run, offset, values):
-        width, channels = values.shape[:2]
-        for name, a, b in self._leaves(run):
-            block = self.blocks[name][n].reshape(-1, channels, b - a)  # (S, C, W): channels are the last axis
-            block[offset:offset + width] = values[:, :, a:b]
+    def finish(self, done: Done) -> CompressedJacobian:
+        split = self.job.split
+        dense = layer_jacobian(self.job, done, self.dense.matrix, names=self.dense.names)
+        return CompressedJacobian(
+            layer=split.layer, param_names=split.param_names, param_shapes=split.param_shapes,
+            channel_blocks=self.blocks, structure=self.structure, dense_part=dense,
+        )

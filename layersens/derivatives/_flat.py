@@ -6,7 +6,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from ..planning._layout import ravel_leaves
+from ..models import ravel_leaves
 
 
 def flat_function(split, params, x):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import JacobianTooLargeError, SpecError, format_bytes
+from .._errors import InputShapeError, JacobianTooLargeError, SelectionError, format_bytes
 from ..results._storage import write_npz
 from ._flat import as_examples, flat_function
 
@@ -49,7 +49,7 @@ def readout_function(readout, activation_shape):
     if (isinstance(index, tuple) and len(index) == len(activation_shape)
             and all(0 <= i < d for i, d in zip(index, activation_shape))):
         return (lambda h: h[index]), f"unit {index}"
-    raise SpecError(f"readout is {readout!r}; use 'sum', a unit of the activation {tuple(activation_shape)} "
+    raise SelectionError(f"readout is {readout!r}; use 'sum', a unit of the activation {tuple(activation_shape)} "
                     "('unit:3,5,0' or a flat index such as 'unit:17'), or a function of the activation.")
 
 
@@ -145,7 +145,7 @@ def hvp(split, inputs, vectors, readout="sum") -> np.ndarray:
     if v.ndim == 1:
         v = np.broadcast_to(v, (len(x),) + v.shape)
     if v.shape != (len(x), split.num_params):
-        raise SpecError(f"vectors have shape {given}; expected ({split.num_params},) or "
+        raise InputShapeError(f"vectors have shape {given}; expected ({split.num_params},) or "
                         f"({len(x)}, {split.num_params}) over the leaves {list(split.param_names)}.")
 
     @jax.jit

@@ -14,6 +14,7 @@ import warnings
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from .._errors import InputShapeError, InputValueError, InputWarning
@@ -151,3 +152,17 @@ def unflatten_params(flat: dict[str, jax.Array]) -> dict:
             node = node.setdefault(p, {})
         node[last] = leaf
     return tree
+
+
+def ravel_leaves(params: dict, names):
+    """Concatenates the named leaves of a flat parameter dict (in the given order) into one vector, and returns
+    it with the inverse ``unravel(vector) -> {name: leaf}``. Traceable."""
+    shapes = [np.shape(params[n]) for n in names]
+    sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
+    flat = jnp.concatenate([jnp.ravel(params[n]) for n in names])
+    bounds = np.cumsum([0] + sizes)
+
+    def unravel(vector):
+        return {n: vector[a:b].reshape(s) for n, a, b, s in zip(names, bounds[:-1], bounds[1:], shapes)}
+
+    return flat, unravel

@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 
-from .._errors import SpecError
+from .._errors import BudgetError, ModeError
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
           "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
@@ -35,14 +35,14 @@ def parse_bytes(text, name: str = "max_memory") -> int:
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
         if not match or match.group(2).lower() not in _UNITS:
-            raise SpecError(
+            raise BudgetError(
                 f"{name} is {text!r}; write a size such as '512MB', '2GiB' or a number of bytes."
             )
         value = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not math.isfinite(value) or value > 2**62:
-        raise SpecError(f"{name} is {text!r}; write a size such as '512MB' or '2GiB'.")
+        raise BudgetError(f"{name} is {text!r}; write a size such as '512MB' or '2GiB'.")
     if value <= 0:
-        raise SpecError(f"{name} is {text!r}; it must be positive.")
+        raise BudgetError(f"{name} is {text!r}; it must be positive.")
     return int(value)
 
 
@@ -62,7 +62,7 @@ def chunk_size(num_basis: int, bytes_per_vector: int, budget: int, requested: in
     """How many basis vectors one vectorized call may push through within ``budget`` bytes."""
     if requested is not None:
         if requested < 1:
-            raise SpecError(f"chunk_size is {requested}; it must be at least 1.")
+            raise ModeError(f"chunk_size is {requested}; it must be at least 1.")
         return min(requested, num_basis)
     return balanced_width(num_basis, int(max(1, min(num_basis, budget // max(1, bytes_per_vector)))))
 

@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from .._errors import InputShapeError, format_bytes
+from ..analysis import analyze
 from ._memory import chunk_size, working_memory
 from ._methods import Method
 from ._strategies import Auto, as_strategy
@@ -133,7 +134,7 @@ def plan(split, example=None, mode=Auto(), max_memory=None, device=None) -> Plan
     for block in strategy.blocks(split):
         planned += _size(split, block, budget)
     asked = getattr(strategy, "name", type(strategy).__name__)
-    limits = split.analysis.limits
+    limits = analyze(split).limits
     for name, reason in limits.forward_blocked.items():
         notes.append(f"{name}: {reason} has no forward mode; its columns are computed in reverse mode")
     for name, reason in limits.reverse_blocked.items():

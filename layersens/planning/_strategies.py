@@ -12,12 +12,19 @@ mode; see ``analysis.AutodiffLimits``) every strategy computes that leaf in the 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import itertools
+from typing import TYPE_CHECKING, ClassVar
 
-from .._errors import SpecError
+from .._errors import ModeError
+from .._modes import MODE_ALIASES, MODE_NAMES
+from ..analysis import analyze
 from ._layout import contiguous_runs, leaf_size
 from ._methods import WRITE_COST, ColumnColouring, DenseForward, DenseReverse, Method, RowColouring
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
 FORWARD, REVERSE = DenseForward(), DenseReverse()
 COLUMNS, ROWS = ColumnColouring(), RowColouring()
@@ -32,9 +39,9 @@ class Block:
     chunk_size: int | None = None
 
 
-def _dense(split, method: Method, chunk_size) -> tuple[Block, ...]:
+def _dense(split: LayerSplit, method: Method, chunk_size) -> tuple[Block, ...]:
     """Every leaf by ``method``, except leaves that mode cannot differentiate, by the other."""
-    limits = split.analysis.limits
+    limits = analyze(split).limits
     limits.check(split.param_names)
     blocked = limits.forward_blocked if method.forward else limits.reverse_blocked
     other = REVERSE if method.forward else FORWARD
@@ -47,8 +54,21 @@ def _dense(split, method: Method, chunk_size) -> tuple[Block, ...]:
         Block(run, other, chunk_size) for run in contiguous_runs(split, rest))
 
 
+class Strategy(abc.ABC):
+    """Base of the strategies: turns a split into :class:`Block` s, each a set of leaves and the method that
+    computes them. Strategies are frozen dataclasses (values: equal strategies plan equally); ``name`` is what the
+    command line's ``--mode`` calls it, ``chunk_size`` fixes every block's chunk width when given."""
+
+    name: ClassVar[str]
+    chunk_size: int | None
+
+    @abc.abstractmethod
+    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
+        """The blocks, together covering every differentiated leaf once."""
+
+
 @dataclasses.dataclass(frozen=True)
-class Forward:
+class Forward(Strategy):
     """Forward mode (``jax.jacfwd``): one JVP per upstream parameter, vmapped over chunks of the parameter basis.
 
     Cost: P passes per example, the primal shared within a chunk. Memory: chunk × tangents of the intermediates.
@@ -56,14 +76,14 @@ class Forward:
     """
 
     chunk_size: int | None = None
-    name = "fwd"
+    name: ClassVar[str] = "forward"
 
     def blocks(self, split) -> tuple[Block, ...]:
         return _dense(split, FORWARD, self.chunk_size)
 
 
 @dataclasses.dataclass(frozen=True)
-class Reverse:
+class Reverse(Strategy):
     """Reverse mode (``jax.jacrev``): vmap over the pullback of one ``jax.vjp``, chunks of the output basis.
 
     Cost: M pullbacks per example after one forward pass. Memory: residuals + chunk × (cotangents + P).
@@ -71,14 +91,14 @@ class Reverse:
     """
 
     chunk_size: int | None = None
-    name = "rev"
+    name: ClassVar[str] = "reverse"
 
     def blocks(self, split) -> tuple[Block, ...]:
         return _dense(split, REVERSE, self.chunk_size)
 
 
 @dataclasses.dataclass(frozen=True)
-class PerLeaf:
+class PerLeaf(Strategy):
     """Forward or reverse chosen per leaf by cost, without exploiting structure.
 
     Cost: Σ over forward leaves of their sizes in JVPs + M pullbacks if any leaf goes reverse, each over only
@@ -86,14 +106,14 @@ class PerLeaf:
     """
 
     chunk_size: int | None = None
-    name = "per-leaf"
+    name: ClassVar[str] = "per-leaf"
 
     def blocks(self, split) -> tuple[Block, ...]:
         return plan_blocks(split, {}, self.chunk_size)
 
 
 @dataclasses.dataclass(frozen=True)
-class Structured:
+class Structured(Strategy):
     """Column or row colouring for every channel-diagonal leaf, dense forward/reverse for the rest.
 
     Cost: P_leaf / C JVPs (column colouring) or M / C shared pullbacks (row colouring) per structured leaf; only
@@ -102,29 +122,30 @@ class Structured:
     """
 
     chunk_size: int | None = None
-    name = "structured"
+    name: ClassVar[str] = "structured"
 
     def blocks(self, split) -> tuple[Block, ...]:
-        return plan_blocks(split, split.analysis.structure, self.chunk_size, force_structure=True)
+        return plan_blocks(split, analyze(split).structure, self.chunk_size, force_structure=True)
 
 
 @dataclasses.dataclass(frozen=True)
-class Auto:
+class Auto(Strategy):
     """The default: per leaf, the cheapest of forward, reverse, and (where the leaf acts one channel at a time)
     column or row colouring, counting reverse passes as shared between leaves.
 
     Cost: the minimum over those plans of the estimated device time (see :func:`plan_blocks`), plus placing the
-    result on the host. ``layersens.plan(...)`` shows what it picked.
+    result on the host. What it picked, and why, is the plan: ``layersens.plan(split).table()`` lists each
+    block's method, passes and chunks; a result's ``mode`` names the methods used.
     """
 
     chunk_size: int | None = None
-    name = "auto"
+    name: ClassVar[str] = "auto"
 
     def blocks(self, split) -> tuple[Block, ...]:
-        return plan_blocks(split, split.analysis.structure, self.chunk_size)
+        return plan_blocks(split, analyze(split).structure, self.chunk_size)
 
 
-def plan_blocks(split, structure: dict, chunk_size=None, force_structure=False) -> tuple[Block, ...]:
+def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_structure=False) -> tuple[Block, ...]:
     """Chooses a method per leaf minimizing the estimated device time per example.
 
     Reverse groups (dense rows; row colouring per channel count) share their passes between leaves, so we
@@ -132,7 +153,7 @@ def plan_blocks(split, structure: dict, chunk_size=None, force_structure=False) 
     coloured) and the existing groups; each candidate plan is then costed with its groups' actual members
     (``Method.cost``). Leaves a mode cannot differentiate never get that mode.
     """
-    limits = split.analysis.limits
+    limits = analyze(split).limits
     limits.check(split.param_names)
     last_axis = len(split.activation_shape) - 1
 
@@ -202,18 +223,20 @@ def plan_blocks(split, structure: dict, chunk_size=None, force_structure=False) 
     return tuple(blocks)
 
 
-STRATEGIES = {"auto": Auto, "fwd": Forward, "rev": Reverse, "per-leaf": PerLeaf, "structured": Structured}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Auto, Forward, Reverse, PerLeaf, Structured)}
+assert tuple(STRATEGIES) == MODE_NAMES, "layersens._modes.MODE_NAMES must list the strategies' names"
 
 
-def as_strategy(mode):
-    """Accepts a strategy object or its name (see ``STRATEGIES``)."""
+def as_strategy(mode) -> Strategy:
+    """Accepts a strategy object or its name (see ``STRATEGIES``; ``"fwd"`` and ``"rev"`` are accepted for
+    ``"forward"`` and ``"reverse"``)."""
     if isinstance(mode, str):
         try:
-            return STRATEGIES[mode]()
+            return STRATEGIES[MODE_ALIASES.get(mode, mode)]()
         except KeyError:
-            raise SpecError(f"mode {mode!r} is not known; choose one of {sorted(STRATEGIES)}.") from None
-    if not hasattr(mode, "blocks"):
-        raise SpecError(
+            raise ModeError(f"mode {mode!r} is not known; choose one of {', '.join(MODE_NAMES)}.") from None
+    if not isinstance(mode, Strategy):
+        raise ModeError(
             f"mode {mode!r} is not a strategy; pass one of Auto(), Forward(), Reverse(), PerLeaf(), Structured() "
             "or a name."
         )

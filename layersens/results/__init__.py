@@ -1,5 +1,6 @@
 """Results: the dense and compressed Jacobians, their storage and their summaries."""
 
 from ._result import LayerJacobian, load_jacobian
+from ._compressed import CompressedJacobian
 from ._summary import JacobianSummary, LeafSummary, summarize
-from ._storage import check_output, npz_path
+from ._storage import check_output, npz_path, read_npz, write_npz

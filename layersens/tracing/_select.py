@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 
-from .._errors import SpecError
+from .._errors import SelectionError
 
 
 def _predicate(wrt):
@@ -20,7 +20,7 @@ def _predicate(wrt):
 
         return nnx.filterlib.to_predicate(wrt)
     except Exception:
-        raise SpecError(f"wrt is {wrt!r}; give glob patterns (e.g. 'generator/*'), a predicate "
+        raise SelectionError(f"wrt is {wrt!r}; give glob patterns (e.g. 'generator/*'), a predicate "
                         "(path, value) -> bool, or an NNX filter.") from None
 
 
@@ -29,7 +29,7 @@ def select(names, values: dict, wrt, upstream_list) -> tuple[str, ...]:
     if isinstance(wrt, str) or (isinstance(wrt, (list, tuple)) and all(isinstance(p, str) for p in wrt)):
         patterns = [wrt] if isinstance(wrt, str) else list(wrt)
         if not patterns:
-            raise SpecError("wrt is empty; give at least one pattern, e.g. 'generator/*'.")
+            raise SelectionError("wrt is empty; give at least one pattern, e.g. 'generator/*'.")
         include = [p for p in patterns if not p.startswith("!")]
         exclude = [p[1:] for p in patterns if p.startswith("!")]
         chosen = tuple(n for n in names
@@ -41,7 +41,7 @@ def select(names, values: dict, wrt, upstream_list) -> tuple[str, ...]:
         chosen = tuple(n for n in names if predicate(tuple(n.split("/")), values[n]))
         described = repr(wrt)
     if not chosen:
-        raise SpecError(
+        raise SelectionError(
             f"wrt {described} selects none of the leaves upstream of the layer; they are: {', '.join(upstream_list)}."
             " Patterns are shell globs over these paths ('*' matches across '/'; '!' excludes)."
         )

@@ -9,7 +9,6 @@ variable a constant. Every analysis of the split (structure, cost, memory, autod
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import warnings
@@ -20,7 +19,7 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
-from .._errors import InputShapeError, SpecError, UnknownLayerError
+from .._errors import InputShapeError, SelectionError, UnknownLayerError
 from ..analysis import first_use, jaxpr_dependence, prune
 from ..models import OUTPUT, Model
 from ._select import select
@@ -144,19 +143,6 @@ class LayerSplit:
     def __call__(self, params: dict, x) -> jax.Array:
         return self.apply(params, x)
 
-    @functools.cached_property
-    def prepared_cache(self) -> "collections.OrderedDict":
-        """The last few compiled plans ``layersens.jacobian`` made for this split (at most
-        ``compute.PREPARED_PER_SPLIT``), freed with it."""
-        return collections.OrderedDict()
-
-    @functools.cached_property
-    def analysis(self):
-        """What the analyses know of this split (structure, cost, memory, autodiff limits); computed once."""
-        from ..analysis import analyze
-
-        return analyze(self)
-
 
 def _batched(shape) -> bool:
     return bool(shape.shape) and shape.shape[0] == 1
@@ -253,7 +239,7 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
     trace = trace_model(model, dtype)
     shape = _checked_layer(trace, model, layer, dtype)
     if wrt_layer is not None and wrt is not None:
-        raise SpecError("give either wrt (parameters or 'input') or wrt_layer, not both.")
+        raise SelectionError("give either wrt (parameters or 'input') or wrt_layer, not both.")
     notes = []
     if wrt_layer is not None:
         cut_shape = _checked_layer(trace, model, wrt_layer, dtype, what="wrt_layer")
@@ -262,7 +248,7 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         if len(jaxpr.jaxpr.invars) - 1 not in reached:
             order = _layer_order(trace)
             earlier = [n for n in order[:order.index(layer)] if n != wrt_layer]
-            raise SpecError(
+            raise SelectionError(
                 f"{layer!r} does not depend on {wrt_layer!r}; choose a layer computed before it on its path, e.g. "
                 f"{', '.join(earlier[-5:]) or 'none'}."
             )
@@ -286,7 +272,7 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
     upstream = [n for n in order if trace.leaf_names.index(n) in reached]
     if kind == "parameters":
         if not upstream:
-            raise SpecError(
+            raise SelectionError(
                 f"no parameter reaches {layer!r}: it is computed from the input alone, so its Jacobian with respect "
                 f"to parameters is empty. Choose a later layer, or differentiate with respect to the input "
                 f"(wrt='input', --wrt input)."
@@ -295,7 +281,7 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         differentiated = {n: trace.leaves[n] for n in chosen}
     elif kind == "input":
         if trace.input_dtype and not jnp.issubdtype(np.dtype(trace.input_dtype), jnp.floating):
-            raise SpecError(
+            raise SelectionError(
                 f"the model's inputs are {trace.input_dtype} (e.g. token ids): there is no Jacobian with respect to "
                 "them. Differentiate with respect to an embedding instead (wrt_layer='embed', --wrt-layer embed)."
             )
@@ -326,12 +312,12 @@ def _check_real(differentiated: dict, shape, layer: str):
     for name, value in differentiated.items():
         if jnp.issubdtype(np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype,
                           jnp.complexfloating):
-            raise SpecError(
+            raise SelectionError(
                 f"leaf {name!r} is complex ({value.dtype}); layersens computes real Jacobians only. Keep the real "
                 "and imaginary parts as two real leaves (e.g. w = w_re + 1j * w_im inside the model)."
             )
     if jnp.issubdtype(shape.dtype, jnp.complexfloating):
-        raise SpecError(f"layer {layer!r} is complex ({shape.dtype}); layersens computes real Jacobians only. "
+        raise SelectionError(f"layer {layer!r} is complex ({shape.dtype}); layersens computes real Jacobians only. "
                         "Capture its real and imaginary parts (jnp.real, jnp.imag) as two layers.")
 
 

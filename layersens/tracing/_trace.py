@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core as jcore
 
-from .._errors import InputValueError, SpecError
+from .._errors import InputValueError, SelectionError
 from ..models import Model, flatten_params, unflatten_params
 from ._names import derived_values
 
@@ -61,7 +61,7 @@ def check_dtype(dtype):
         return None
     dtype = np.dtype(dtype)
     if dtype == np.float64 and not jax.config.read("jax_enable_x64"):
-        raise SpecError(
+        raise SelectionError(
             "dtype float64 was asked for but JAX runs in 32-bit mode; enable it first with "
             "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1; the CLI's --x64)."
         )

@@ -13,8 +13,7 @@ import dataclasses
 
 import numpy as np
 
-from ..planning._strategies import Structured
-from ..results import LayerJacobian
+from ._result import LayerJacobian
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -64,24 +63,3 @@ class CompressedJacobian:
             start += size
         matrix.flags.writeable = False
         return dataclasses.replace(d, matrix=matrix, param_names=self.param_names, param_shapes=self.param_shapes)
-
-
-def compressed_jacobian(split, inputs, *, mode=Structured(), max_memory=None, device=None,
-                        progress=None) -> CompressedJacobian:
-    """Per-channel blocks for every channel-diagonal leaf (column or row colouring), dense columns for the
-    others (as ``mode``, by default :class:`~layersens.Structured`, plans them; any strategy works: the leaves
-    it colours are compressed).
-
-    Cost: as ``jacobian(split, inputs, mode=Structured())`` without writing the zeros: W JVPs or S pullbacks per
-    structured leaf per example, writing only the nonzeros. Use when the dense matrix is too large or not needed.
-    The compiled programs are shared with :func:`layersens.jacobian` (kept per split).
-    """
-    from ._jacobian import prepared_for
-
-    prepared, fresh = prepared_for(split, inputs, mode, max_memory, device)
-    result = prepared.compressed(inputs, progress=progress)
-    if fresh:  # as ``jacobian`` reports it: the first call's planning and compiling included
-        dense = result.dense_part
-        result = dataclasses.replace(result, dense_part=dataclasses.replace(
-            dense, compile_seconds=dense.compile_seconds + prepared.compile_seconds))
-    return result

@@ -1,0 +1,249 @@
+"""The device programs that carry out each method (``planning``'s ``Method`` classes say what they cost; this
+table says how they run): ``KERNELS[type(method)](split, names, width) -> Kernel``, registered next to each
+builder.
+
+Chunks take their basis from a traced ``offset`` (one compiled program serves every chunk), except a chunk
+spanning the whole basis, which builds it from a constant: XLA then sees a constant one-hot basis and simplifies
+the tangents (measured 5× faster for relu1's 240 dense JVPs than with a traced offset). A block of several chunks
+linearizes once per example and applies the linear map chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..analysis import ChannelStructure
+from ..models import ravel_leaves
+from ..planning import ColumnColouring, DenseForward, DenseReverse, Method, RowColouring
+from ..planning import column_starts, contiguous_runs, leaf_size
+from ._blocks import JacobianBlock, Layout
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
+
+
+@dataclasses.dataclass(frozen=True)
+class Kernel:
+    """One block's device programs for chunks of one width, and how their values become blocks.
+
+    ``compute(params, x, offset)`` computes one chunk in one program. For blocks of several chunks,
+    ``linearize(params, x)`` returns the example's linear map (a pytree holding the forward pass's residuals)
+    and ``chunk(linear, offset)`` applies it to one chunk, so the forward pass runs once per example.
+    ``blocks(n, offset, outputs)`` turns a chunk's host values for example ``n`` into :class:`JacobianBlock` s;
+    ``expand(outputs)``, traceable, gives a chunk spanning the whole block as dense full-height
+    ``(column, block)`` pieces.
+    """
+
+    compute: Callable
+    linearize: Callable | None
+    chunk: Callable | None
+    blocks: Callable[[int, int, list], list[JacobianBlock]]
+    expand: Callable
+    num_outputs: int
+
+
+# builder(split, names, width, structure): ``structure`` is the split's channel structure (``analysis``), given
+# rather than looked up so that a kept plan can hold its split weakly (see ``_cache``).
+KernelBuilder = Callable[["LayerSplit", tuple[str, ...], int, Mapping[str, ChannelStructure]], Kernel]
+KERNELS: dict[type[Method], KernelBuilder] = {}
+
+
+def kernel(method: Method, split: LayerSplit, names: Sequence[str], width: int,
+           structure: Mapping[str, ChannelStructure]) -> Kernel:
+    """The device programs of ``method`` for the leaves ``names`` in chunks of ``width`` basis vectors."""
+    return KERNELS[type(method)](split, tuple(names), width, structure)
+
+
+def one_hot_rows(offset, width: int, size: int, dtype):
+    """Rows ``offset .. offset + width`` of the ``size × size`` identity, built in the program."""
+    index = offset + jnp.arange(width)
+    return (jnp.arange(size)[None, :] == index[:, None]).astype(dtype)
+
+
+def _with_linearization(forward: bool, setup, chunk):
+    """``linearize``/``compute`` of a method from its ``setup(params, x) -> (g, point)`` and ``chunk``."""
+    if forward:
+        def linearize(params, x):
+            g, point = setup(params, x)
+            return jax.linearize(g, point)[1]
+
+        def compute(params, x, offset):  # in one program, JVPs of the function itself (XLA fuses them better)
+            g, point = setup(params, x)
+            return chunk(lambda v: jax.jvp(g, (point,), (v,))[1], offset)
+    else:
+        def linearize(params, x):
+            g, point = setup(params, x)
+            return jax.vjp(g, point)[1]
+
+        def compute(params, x, offset):
+            return chunk(linearize(params, x), offset)
+    return linearize, compute
+
+
+def _expand_diagonal(values, row_shape, channel_axis: int):
+    """The dense block a channel diagonal fills, built on the device: ``(prod(row_shape), W × C)``."""
+    C = row_shape[channel_axis]
+    full = tuple(row_shape) + (values.shape[-1], C)
+    same_channel = lax.broadcasted_iota(jnp.int32, full, channel_axis) == lax.broadcasted_iota(
+        jnp.int32, full, len(full) - 1)
+    return jnp.where(same_channel, values[..., None], 0).reshape(int(np.prod(row_shape)), -1)
+
+
+def dense_forward_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
+    size = sum(leaf_size(split, n) for n in names)
+    whole = width >= size
+    start = column_starts(split)[names[0]]
+    dtype = np.dtype(split.params[names[0]].dtype)
+
+    def setup(params, x):
+        params = split.point(params, x)  # the parameters, or this example's input or activation
+        theta, unravel = ravel_leaves(params, names)
+        return (lambda t: jnp.ravel(split.apply({**params, **unravel(t)}, x))), theta
+
+    def chunk(push, offset):
+        return (jax.vmap(push)(one_hot_rows(0 if whole else offset, width, size, dtype)).T,)
+
+    def blocks(n, offset, outputs):
+        return [JacobianBlock(n, Layout.COLUMNS, names, offset, outputs[0])]
+
+    linearize, compute = _with_linearization(True, setup, chunk)
+    return Kernel(compute, linearize, chunk, blocks, lambda outputs: [(start, outputs[0])], 1)
+
+
+KERNELS[DenseForward] = dense_forward_kernel
+
+
+def dense_reverse_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
+    M = split.num_outputs
+    whole = width >= M
+    starts = column_starts(split)
+    dtype = np.dtype(split.activation_dtype)
+
+    def setup(params, x):
+        params = split.point(params, x)  # the parameters, or this example's input or activation
+        return (lambda block: jnp.ravel(split.apply({**params, **block}, x))), {k: params[k] for k in names}
+
+    def chunk(pull, offset):
+        rows = jax.vmap(pull)(one_hot_rows(0 if whole else offset, width, M, dtype))[0]
+        return tuple(rows[k].reshape(width, -1) for k in names)
+
+    def blocks(n, offset, outputs):
+        return [JacobianBlock(n, Layout.ROWS, (name,), offset, rows) for name, rows in zip(names, outputs)]
+
+    linearize, compute = _with_linearization(False, setup, chunk)
+    return Kernel(compute, linearize, chunk, blocks,
+                  lambda outputs: [(starts[k], block) for k, block in zip(names, outputs)], len(names))
+
+
+KERNELS[DenseReverse] = dense_reverse_kernel
+
+
+def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
+    C, axis = structure[names[0]].channels, structure[names[0]].output_axis
+    if any((structure[k].channels, structure[k].output_axis) != (C, axis) for k in names) or (
+            len(contiguous_runs(split, names)) > 1):
+        raise ValueError(f"a colouring block needs adjacent leaves of one channel axis: {names}")
+    bounds = np.cumsum([0] + [leaf_size(split, k) // structure[k].channels for k in names])
+    if len(names) > 1 and width != bounds[-1]:
+        raise ValueError("a colouring block of several leaves is computed in one chunk")
+    whole = width >= int(bounds[-1])
+    shapes = {k: np.shape(split.params[k]) for k in names}
+    dtype = np.dtype(split.params[names[0]].dtype)
+    act_shape = split.activation_shape
+    start = column_starts(split)[names[0]]
+
+    def setup(params, x):
+        params = split.point(params, x)  # the parameters, or this example's input or activation
+
+        def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
+            moved = {k: params[k] + s[a:b].reshape(shapes[k][:-1] + (1,))
+                     for k, a, b in zip(names, bounds[:-1], bounds[1:])}
+            return split.apply({**params, **moved}, x)
+
+        return g, jnp.zeros(int(bounds[-1]), dtype)
+
+    def chunk(push, offset):
+        compressed = jax.vmap(push)(one_hot_rows(0 if whole else offset, width, int(bounds[-1]), dtype))
+        return (jnp.moveaxis(compressed, 0, -1),)  # (*act, width): the channel diagonal's layout
+
+    def blocks(n, offset, outputs):
+        return [JacobianBlock(n, Layout.CHANNEL_COLUMNS, names, offset, outputs[0])]
+
+    linearize, compute = _with_linearization(True, setup, chunk)
+    return Kernel(compute, linearize, chunk, blocks,
+                  lambda outputs: [(start, _expand_diagonal(outputs[0], act_shape, axis))], 1)
+
+
+KERNELS[ColumnColouring] = column_colouring_kernel
+
+
+def row_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
+    C = structure[names[0]].channels
+    S = split.num_outputs // C
+    whole = width >= S
+    runs = contiguous_runs(split, names)
+    starts = column_starts(split)
+    dtype = np.dtype(split.activation_dtype)
+
+    def setup(params, x):
+        params = split.point(params, x)  # the parameters, or this example's input or activation
+        return (lambda block: split.apply({**params, **block}, x).reshape(S, C)), {k: params[k] for k in names}
+
+    def chunk(pull, offset):
+        basis = one_hot_rows(0 if whole else offset, width, S, dtype)  # position s, every channel
+        grads = jax.vmap(pull)(jnp.broadcast_to(basis[:, :, None], (width, S, C)))[0]
+        # Adjacent leaves' columns continue one another: one (width, C, W_run) diagonal per run.
+        return tuple(jnp.concatenate([grads[k].reshape(width, -1, C) for k in run], axis=1).swapaxes(1, 2)
+                     for run in runs)
+
+    def blocks(n, offset, outputs):
+        return [JacobianBlock(n, Layout.CHANNEL_ROWS, run, offset, values) for run, values in zip(runs, outputs)]
+
+    linearize, compute = _with_linearization(False, setup, chunk)
+    return Kernel(compute, linearize, chunk, blocks,
+                  lambda outputs: [(starts[run[0]], _expand_diagonal(values, (width, C), 1))
+                                   for run, values in zip(runs, outputs)], len(runs))
+
+
+KERNELS[RowColouring] = row_colouring_kernel
+
+
+def fused_kernel(kernels: Sequence[Kernel]) -> Kernel:
+    """One program computing every block of one example, for plans whose blocks each fit in one chunk: one
+    dispatch per example, and XLA shares the primal pass between blocks."""
+
+    def compute(params, x, offset):
+        return tuple(o for k in kernels for o in k.compute(params, x, offset))
+
+    def per_kernel(outputs):
+        at = 0
+        for k in kernels:
+            yield k, outputs[at:at + k.num_outputs]
+            at += k.num_outputs
+
+    def blocks(n, offset, outputs):
+        return [b for k, own in per_kernel(outputs) for b in k.blocks(n, offset, own)]
+
+    def expand(outputs):
+        return [piece for k, own in per_kernel(outputs) for piece in k.expand(own)]
+
+    return Kernel(compute, None, None, blocks, expand, sum(k.num_outputs for k in kernels))
+
+
+def dense_program(split: LayerSplit, kernel: Kernel):
+    """``dense(params, x) -> (M, P)``: one example's whole Jacobian as one program output, for a kernel spanning
+    every column in one chunk."""
+    dtype = split.activation_dtype
+
+    def dense(params, x):
+        pieces = sorted(kernel.expand(kernel.compute(params, x, 0)), key=lambda p: p[0])
+        blocks = [block.astype(dtype) for _, block in pieces]
+        return blocks[0] if len(blocks) == 1 else jnp.concatenate(blocks, axis=1)
+
+    return dense
