@@ -27,7 +27,8 @@ __version__ = "0.1.0"
 _LAZY = {
     **dict.fromkeys(("Model", "ModelSpec", "capture", "from_function", "from_linen", "from_nnx", "load_model",
                      "read_model_spec", "save_model", "unbox"), ".models"),
-    **dict.fromkeys(("INPUT", "LayerInfo", "LayerSplit", "PrecisionWarning", "list_layers", "split"), ".tracing"),
+    **dict.fromkeys(("INPUT", "Differentiated", "LayerInfo", "LayerSplit", "PrecisionWarning", "Wrt", "WrtKind",
+                     "list_layers", "split"), ".tracing"),
     **dict.fromkeys(("ChannelStructure", "channel_structure"), ".analysis"),
     **dict.fromkeys(("STRATEGIES", "Strategy", "Auto", "Forward", "PerLeaf", "Plan", "PlannedBlock", "Reverse",
                      "Structured", "available_memory", "parse_bytes", "plan"), ".planning"),

@@ -45,7 +45,8 @@ def test_glob_patterns_and_exclusions_select_exactly_the_named_leaves(tiny):
 def test_jacobian_with_respect_to_the_input(tiny, mode):
     model, variables, x = tiny
     split = layersens.split(model, "act", dtype=np.float64, wrt="input")
-    assert split.param_names == ("input",) and split.wrt == "input"
+    assert split.param_names == ("input",) and str(split.wrt) == "input"
+    assert split.differentiated.kind is layersens.tracing.WrtKind.INPUT and split.differentiated.frozen
     jac = layersens.jacobian(split, x, mode=mode)
     params = {k: jnp.asarray(v, jnp.float64) for k, v in layersens.models.flatten_params(model.params).items()}
     constants = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), dict(variables["batch_stats"]))
@@ -68,7 +69,8 @@ def test_layer_to_layer_jacobian_is_the_partial_through_that_activation():
     variables = module.init(jax.random.key(0), jnp.ones((1, 5)))
     model = layersens.from_linen(module, variables, (5,))
     split = layersens.split(model, "output", dtype=np.float64, wrt_layer="a")
-    assert split.param_names == ("a",) and split.wrt == "layer:a"
+    assert split.param_names == ("a",) and str(split.wrt) == "layer:a"
+    assert split.wrt == layersens.Wrt.at_layer("a")
     x = np.random.default_rng(2).normal(size=(3, 5))
     p = jax.tree.map(lambda v: jnp.asarray(v, jnp.float64), variables["params"])
 

@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._repr import Summarized
 from .._errors import InputShapeError, JacobianTooLargeError, SelectionError, format_bytes
-from ..results._storage import write_npz
+from ..results import write_npz
 from ._flat import as_examples, flat_function
 
 MAX_HESSIAN_PARAMS = 4096
@@ -63,8 +64,8 @@ def _scalar(split, readout):
     return value, name
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class ReadoutDerivative:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class ReadoutDerivative(Summarized):
     """Per-example derivatives of a scalar readout of a layer.
 
     Attributes:
@@ -86,6 +87,10 @@ class ReadoutDerivative:
     gradient: np.ndarray
     hessian: np.ndarray | None = None
     hessian_vectors: np.ndarray | None = None  # ∇²r v per example, for the vectors asked for (``hvp``)
+
+    def _summary(self):
+        return [("layer", self.layer), ("readout", self.readout), ("params", self.param_names),
+                ("gradient", self.gradient), ("hessian", self.hessian), ("hessian_vectors", self.hessian_vectors)]
 
     def __getitem__(self, name: str) -> np.ndarray:
         """One leaf's gradient, ``(examples,) + leaf_shape``."""

@@ -17,13 +17,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._repr import Summarized
 from .._errors import InputShapeError, InputValueError, InputWarning
 
 OUTPUT = "output"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class Model:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class Model(Summarized):
     """A trained model as pure data plus a pure capture function.
 
     Build one with :func:`from_linen`, :func:`from_nnx` or :func:`layersens.load_model`.
@@ -49,6 +50,14 @@ class Model:
     capture_fn: Callable[[dict, dict, Any], dict[str, jax.Array]]
     example_inputs: np.ndarray | None = None
     eval_mode: str = ""
+
+    def _summary(self):
+        leaves = flatten_params(self.params)
+        size = sum(int(np.size(v)) for v in leaves.values())
+        return [("name", self.name), ("framework", self.framework), ("input_shape", self.input_shape),
+                ("input_dtype", self.input_dtype), ("params", f"{size:,} in {len(leaves)} leaves"),
+                ("example_inputs", None if self.example_inputs is None else self.example_inputs),
+                ("eval_mode", self.eval_mode)]
 
     def capture(self, params: dict, x, constants: dict | None = None) -> dict[str, jax.Array]:
         """Every addressable value of one forward pass over the batch ``x``."""

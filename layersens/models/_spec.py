@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .._repr import Summarized
 from .._errors import SpecError
 from ._imports import parse_path
 
@@ -27,8 +28,8 @@ READABLE_FORMATS = ("layersens-model/1", SPEC_FORMAT)
 FRAMEWORKS = ("linen", "nnx")
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
+@dataclasses.dataclass(frozen=True, repr=False)
+class ModelSpec(Summarized):
     """How to rebuild a model whose arrays sit in a checkpoint.
 
     Attributes:
@@ -60,6 +61,11 @@ class ModelSpec:
     description: str = ""
     leaf_hashes: dict[str, str] = dataclasses.field(default_factory=dict)
     rng_state: dict[str, dict] = dataclasses.field(default_factory=dict)
+
+    def _summary(self):
+        return [("framework", self.framework), ("module", self.module or self.factory), ("kwargs", tuple(self.kwargs)),
+                ("input_shape", self.input_shape), ("input_dtype", self.input_dtype),
+                ("call_kwargs", self.call_kwargs), ("leaves", len(self.leaf_hashes))]
 
     def __post_init__(self):
         if self.framework not in FRAMEWORKS:

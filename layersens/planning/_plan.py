@@ -8,10 +8,12 @@ program's memory may narrow the chunks further (the compiled object's ``plan`` s
 from __future__ import annotations
 
 import dataclasses
+import html
 
 import jax
 import numpy as np
 
+from .._repr import Summarized
 from .._errors import InputShapeError, format_bytes
 from ..analysis import analyze
 from ._memory import chunk_size, working_memory
@@ -19,8 +21,8 @@ from ._methods import Method
 from ._strategies import Auto, as_strategy
 
 
-@dataclasses.dataclass(frozen=True)
-class PlannedBlock:
+@dataclasses.dataclass(frozen=True, repr=False)
+class PlannedBlock(Summarized):
     """One block of a plan.
 
     Attributes:
@@ -41,6 +43,10 @@ class PlannedBlock:
     cost: float
     fixed_width: bool = False
 
+    def _summary(self):
+        return [("method", self.method.name), ("names", self.names), ("basis", self.basis), ("width", self.width),
+                ("chunks", self.chunks)]
+
     @property
     def chunks(self) -> int:
         return -(-self.basis // max(1, self.width))
@@ -50,8 +56,8 @@ class PlannedBlock:
         return f"{self.method.name}[{'+'.join(self.names)}]"
 
 
-@dataclasses.dataclass(frozen=True)
-class Plan:
+@dataclasses.dataclass(frozen=True, repr=False)
+class Plan(Summarized):
     """What a strategy computes for a split, and how.
 
     Attributes:
@@ -71,6 +77,14 @@ class Plan:
     budget_given: bool
     platform: str
     notes: tuple[str, ...] = ()
+
+    def _summary(self):
+        return [("layer", self.layer), ("strategy", self.strategy), ("methods", self.describe()),
+                ("blocks", len(self.blocks)), ("budget", format_bytes(self.budget)), ("platform", self.platform),
+                ("notes", len(self.notes))]
+
+    def _repr_html_(self) -> str:
+        return "<pre>" + html.escape(self.table()) + "</pre>"
 
     @property
     def methods(self) -> dict[str, str]:

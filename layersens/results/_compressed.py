@@ -13,11 +13,13 @@ import dataclasses
 
 import numpy as np
 
+from .._errors import format_bytes
+from .._repr import Summarized
 from ._result import LayerJacobian
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class CompressedJacobian:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class CompressedJacobian(Summarized):
     """A Jacobian kept as per-channel blocks where the structure allows it.
 
     Attributes:
@@ -35,6 +37,12 @@ class CompressedJacobian:
     channel_blocks: dict[str, np.ndarray]
     structure: dict
     dense_part: LayerJacobian
+
+    def _summary(self):
+        d = self.dense_part
+        return [("layer", self.layer), ("examples", d.num_examples), ("activation_shape", d.activation_shape),
+                ("channel_blocks", {n: None for n in self.channel_blocks}), ("dense_params", d.param_names),
+                ("size", format_bytes(self.nbytes)), ("mode", d.mode), ("device", d.device)]
 
     @property
     def nbytes(self) -> int:

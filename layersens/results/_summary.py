@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 
+from .._repr import Summarized
 from ._result import LayerJacobian
 
 # Singular values come from the Gram matrix of the smaller side (min(M, P)² entries, eigvalsh in float64).
@@ -22,8 +23,8 @@ class LeafSummary:
     zero_fraction: float
 
 
-@dataclasses.dataclass(frozen=True)
-class JacobianSummary:
+@dataclasses.dataclass(frozen=True, repr=False)
+class JacobianSummary(Summarized):
     """Norms and structure of a :class:`LayerJacobian`.
 
     ``rank`` and ``condition`` are per example: the numerical rank (singular values above
@@ -40,6 +41,11 @@ class JacobianSummary:
     condition: tuple[float, ...] | None
     singular_values: tuple[np.ndarray, ...] | None = dataclasses.field(default=None, repr=False)
     finite: bool = True  # False: the matrix holds NaN or Inf, and rank and condition were not computed
+
+    def _summary(self):
+        return [("layer", self.layer), ("shape", self.shape), ("frobenius", f"{self.frobenius:.6g}"),
+                ("zero_fraction", f"{self.zero_fraction:.3g}"), ("leaves", tuple(leaf.name for leaf in self.leaves)),
+                ("rank", self.rank), ("finite", self.finite)]
 
 
 def _scaled_singular_values(matrix: np.ndarray) -> tuple[np.ndarray, float]:

@@ -1,4 +1,5 @@
 """Cutting a model at a layer: one trace of the model, the layer's jaxpr, its upstream parameters."""
 
-from ._split import INPUT, LayerInfo, LayerSplit, PrecisionWarning, draws_random, list_layers, split
+from ._select import INPUT, Differentiated, Wrt, WrtKind, as_wrt
+from ._split import LayerInfo, LayerSplit, PrecisionWarning, draws_random, list_layers, split
 from ._trace import ModelTrace, cast_floating, check_dtype, trace_model

@@ -19,15 +19,16 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
+from .._repr import Summarized
 from .._errors import InputShapeError, SelectionError, UnknownLayerError
 from ..analysis import first_use, jaxpr_dependence, prune
 from ..models import OUTPUT, Model
-from ._select import select
+from ._select import INPUT, Differentiated, Wrt, WrtKind, as_wrt, select
 from ._trace import ModelTrace, trace_model
 
 
-@dataclasses.dataclass(frozen=True)
-class LayerInfo:
+@dataclasses.dataclass(frozen=True, repr=False)
+class LayerInfo(Summarized):
     """One addressable layer: its per-example output and the parameters upstream of it."""
 
     name: str
@@ -44,12 +45,13 @@ class LayerInfo:
     def jacobian_bytes_per_example(self) -> int:
         return self.num_outputs * self.num_upstream_params * np.dtype(self.dtype).itemsize
 
+    def _summary(self):
+        return [("name", self.name), ("shape", self.shape), ("dtype", self.dtype), ("upstream", self.upstream),
+                ("num_upstream_params", self.num_upstream_params)]
 
-INPUT = "input"
 
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class LayerSplit:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class LayerSplit(Summarized):
     """A model cut at one layer, and what is differentiated.
 
     Attributes:
@@ -66,7 +68,8 @@ class LayerSplit:
       excluded: parameter leaves that do not reach the layer (held constant).
       frozen: parameter leaves that reach the layer but are held constant (not selected by ``wrt``, or every
         parameter for input and layer-to-layer Jacobians).
-      wrt: what the columns are: ``"parameters"``, ``"input"`` or ``"layer:<name>"``.
+      wrt: the selector that chose the columns (:class:`Wrt`; ``str(wrt)`` is ``"parameters"``, ``"input"`` or
+        ``"layer:<name>"``); :attr:`differentiated` describes what it chose.
       input_dtype: dtype the inputs are cast to.
       notes: what a user must know about this split's numbers (random draws, lower precision than asked).
     """
@@ -82,9 +85,21 @@ class LayerSplit:
     excluded: tuple[str, ...]
     input_dtype: str
     frozen: tuple[str, ...] = ()
-    wrt: str = "parameters"
+    wrt: Wrt = Wrt.parameters()
     notes: tuple[str, ...] = ()
     point_jaxpr: jcore.ClosedJaxpr | None = dataclasses.field(default=None, repr=False)
+
+    def _summary(self):
+        return [("layer", self.layer), ("model", self.model.name), ("activation", f"{self.activation_dtype}"
+                f"{list(self.activation_shape)}"), ("wrt", str(self.wrt)), ("params", self.param_names),
+                ("num_params", f"{self.num_params:,}"), ("frozen", len(self.frozen)), ("excluded", len(self.excluded)),
+                ("notes", len(self.notes))]
+
+    @property
+    def differentiated(self) -> Differentiated:
+        """What this split differentiates (the Jacobian's columns), what it holds constant, and what is not
+        upstream."""
+        return Differentiated(self.wrt.kind, self.param_names, self.param_shapes, self.frozen, self.excluded)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -121,10 +136,10 @@ class LayerSplit:
     def point(self, params: dict, x) -> dict:
         """The differentiated values at example ``x``: the parameters themselves, the example (``wrt="input"``)
         or the earlier layer's activation for ``x`` (``wrt_layer``)."""
-        if self.wrt == "parameters":
+        if self.wrt.kind is WrtKind.PARAMETERS:
             return params
         x = jnp.asarray(x, self.input_dtype)
-        if self.wrt == INPUT:
+        if self.wrt.kind is WrtKind.INPUT:
             return {INPUT: x}
         (name,) = self.params
         leaves = [self.constants[n] for n in self.inputs[:-2]]
@@ -236,12 +251,12 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
       wrt_layer: an earlier layer: the Jacobian of ``layer`` with respect to that layer's activation, the model
         cut at both points (everything else held fixed: the partial derivative through that activation).
     """
+    selector = as_wrt(wrt, wrt_layer)
     trace = trace_model(model, dtype)
     shape = _checked_layer(trace, model, layer, dtype)
-    if wrt_layer is not None and wrt is not None:
-        raise SelectionError("give either wrt (parameters or 'input') or wrt_layer, not both.")
     notes = []
-    if wrt_layer is not None:
+    if selector.kind is WrtKind.LAYER:
+        wrt_layer = selector.layer
         cut_shape = _checked_layer(trace, model, wrt_layer, dtype, what="wrt_layer")
         jaxpr = _layer_jaxpr(trace, layer, cut=wrt_layer)
         reached = jaxpr_dependence(jaxpr)[0]
@@ -255,12 +270,10 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         inputs = tuple(trace.leaf_names) + (INPUT, wrt_layer)
         differentiated = {wrt_layer: jnp.zeros(cut_shape.shape[1:], cut_shape.dtype)}
         point_jaxpr = _layer_jaxpr(trace, wrt_layer)
-        kind = f"layer:{wrt_layer}"
     else:
         jaxpr = _layer_jaxpr(trace, layer)
         inputs = tuple(trace.leaf_names) + (INPUT,)
         point_jaxpr = None
-        kind = "input" if isinstance(wrt, str) and wrt == INPUT else "parameters"
     if draws_random(jaxpr.jaxpr):
         notes.append(f"{model.name} draws random numbers on the way to {layer!r} in evaluation mode (noise, such as "
                      "a VAE's); every call draws the same numbers from the model's fixed random-number state, so "
@@ -270,16 +283,16 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
     (reached,) = jaxpr_dependence(jaxpr)
     order = _leaf_order(trace)
     upstream = [n for n in order if trace.leaf_names.index(n) in reached]
-    if kind == "parameters":
+    if selector.kind is WrtKind.PARAMETERS:
         if not upstream:
             raise SelectionError(
                 f"no parameter reaches {layer!r}: it is computed from the input alone, so its Jacobian with respect "
                 f"to parameters is empty. Choose a later layer, or differentiate with respect to the input "
                 f"(wrt='input', --wrt input)."
             )
-        chosen = upstream if wrt is None else select(upstream, trace.leaves, wrt, upstream)
+        chosen = upstream if selector.select is None else select(upstream, trace.leaves, selector.select, upstream)
         differentiated = {n: trace.leaves[n] for n in chosen}
-    elif kind == "input":
+    elif selector.kind is WrtKind.INPUT:
         if trace.input_dtype and not jnp.issubdtype(np.dtype(trace.input_dtype), jnp.floating):
             raise SelectionError(
                 f"the model's inputs are {trace.input_dtype} (e.g. token ids): there is no Jacobian with respect to "
@@ -301,7 +314,7 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         excluded=tuple(n for n in order if n not in upstream),
         input_dtype=trace.input_dtype,
         frozen=tuple(n for n in upstream if n not in differentiated),
-        wrt=kind,
+        wrt=selector,
         notes=tuple(notes),
         point_jaxpr=point_jaxpr,
     )
