@@ -5,10 +5,5 @@ from ._dependence import DEPENDENCE, DEPENDENCE_RULES, first_use, input_dependen
 from ._structure import MIXED, STRUCTURE, STRUCTURE_RULES, ChannelStructure, structure_of
 from ._cost import COST_RULES, PassCost, equation_flops, pass_cost
 from ._linearized import AutodiffLimits, autodiff_limits, channel_structure_of, jvp_jaxpr
-from ._split_analysis import SplitAnalysis, analyze
+from ._split_analysis import SplitAnalysis, analyze, channel_structure
 
-
-def channel_structure(split, x=None) -> dict:
-    """The upstream leaves of ``split`` that act on its layer one channel at a time (see ``_structure``).
-    ``x`` is accepted for compatibility and not needed: the structure is a property of the traced program."""
-    return analyze(split).structure

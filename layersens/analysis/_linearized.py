@@ -10,6 +10,8 @@ for fori_loops with static bounds JAX emits a scan, which has both.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 
 import jax
@@ -19,6 +21,9 @@ from jax.extend.core import primitives as P
 from .._errors import LayersensError
 from ._dependence import propagate
 from ._structure import MIXED, ChannelStructure, structure_of
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +45,7 @@ class AutodiffLimits:
             )
 
 
-def jvp_jaxpr(split) -> jcore.ClosedJaxpr:
+def jvp_jaxpr(split: LayerSplit) -> jcore.ClosedJaxpr:
     """``(*split.inputs, *tangents of split.params) -> (activation, tangent)`` for one example."""
     function = jcore.jaxpr_as_fun(split.jaxpr)
     names = split.inputs
@@ -63,7 +68,7 @@ def jvp_jaxpr(split) -> jcore.ClosedJaxpr:
     return jax.make_jaxpr(linearized)(*specs, *[specs[i] for i in positions])
 
 
-def channel_structure_of(split, closed) -> dict[str, ChannelStructure]:
+def channel_structure_of(split: LayerSplit, closed) -> dict[str, ChannelStructure]:
     """The upstream leaves of ``split`` that are channel-diagonal with respect to its layer. Cost: one pass over
     the derivative program per leaf."""
     found = {}
@@ -79,7 +84,7 @@ def channel_structure_of(split, closed) -> dict[str, ChannelStructure]:
     return found
 
 
-def autodiff_limits(split, closed) -> AutodiffLimits:
+def autodiff_limits(split: LayerSplit, closed) -> AutodiffLimits:
     n_primal = len(closed.jaxpr.invars) - len(split.param_names)
     masks = [0] * n_primal + [1 << k for k in range(len(split.param_names))]
     forward, reverse = {}, {}

@@ -55,3 +55,9 @@ def analyze(split: LayerSplit) -> SplitAnalysis:
     )
     _ANALYSES[split] = result
     return result
+
+
+def channel_structure(split: LayerSplit, x=None) -> dict[str, ChannelStructure]:
+    """The upstream leaves of ``split`` that act on its layer one channel at a time (see ``_structure``).
+    ``x`` is accepted for compatibility and not needed: the structure is a property of the traced program."""
+    return analyze(split).structure

@@ -88,7 +88,7 @@ class _Step:
         return [max(0, min(offset, self.basis - self.width)) for offset in range(0, max(self.basis, 1), self.width)]
 
 
-def _compile_block(split, block, params, x0, budget: int, structure):
+def _compile_block(split: LayerSplit, block, params, x0, budget: int, structure):
     """One block's step at the widest width XLA's count allows, and that count."""
     width = block.width
     for _ in range(_NARROWING_STEPS):

@@ -3,13 +3,18 @@ the second-order functions differentiate."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax.numpy as jnp
 import numpy as np
 
 from ..models import ravel_leaves
 
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
-def flat_function(split, params, x):
+
+def flat_function(split: LayerSplit, params, x):
     """``(theta, f)``: the differentiated values at example ``x`` as one vector, and ``f(theta) -> activation``
     (raveled), everything else held at its value."""
     point = split.point(params, x)
@@ -22,5 +27,5 @@ def flat_function(split, params, x):
     return theta, f
 
 
-def as_examples(split, inputs) -> np.ndarray:
+def as_examples(split: LayerSplit, inputs) -> np.ndarray:
     return split.model.check_inputs(inputs, dtype=split.input_dtype)

@@ -12,6 +12,8 @@ differentiated values (``split.param_names``):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 
 import jax
@@ -22,6 +24,9 @@ from .._repr import Summarized
 from .._errors import InputShapeError, JacobianTooLargeError, SelectionError, format_bytes
 from ..results import write_npz
 from ._flat import as_examples, flat_function
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
 MAX_HESSIAN_PARAMS = 4096
 GRADIENT_FORMAT = "layersens-readout-gradient/1"
@@ -54,7 +59,7 @@ def readout_function(readout, activation_shape):
                     "('unit:3,5,0' or a flat index such as 'unit:17'), or a function of the activation.")
 
 
-def _scalar(split, readout):
+def _scalar(split: LayerSplit, readout):
     fn, name = readout_function(readout, split.activation_shape)
 
     def value(params, x):
@@ -118,14 +123,14 @@ class ReadoutDerivative(Summarized):
         return write_npz(path, arrays, meta)
 
 
-def _result(split, name, values, gradient, hessian=None) -> ReadoutDerivative:
+def _result(split: LayerSplit, name, values, gradient, hessian=None) -> ReadoutDerivative:
     return ReadoutDerivative(layer=split.layer, readout=name, param_names=split.param_names,
                              param_shapes=split.param_shapes, frozen_params=split.frozen,
                              values=np.asarray(values), gradient=np.asarray(gradient),
                              hessian=None if hessian is None else np.asarray(hessian))
 
 
-def readout_gradient(split, inputs, readout="sum") -> ReadoutDerivative:
+def readout_gradient(split: LayerSplit, inputs, readout="sum") -> ReadoutDerivative:
     """∇θ r(h_n) for each example (one pullback each); ``.total()`` sums them (the gradient of a loss that sums
     over examples; divide by their number for a mean)."""
     x = as_examples(split, inputs)
@@ -140,7 +145,7 @@ def readout_gradient(split, inputs, readout="sum") -> ReadoutDerivative:
     return _result(split, name, [v for v, _ in results], np.stack([np.asarray(g) for _, g in results]))
 
 
-def hvp(split, inputs, vectors, readout="sum") -> np.ndarray:
+def hvp(split: LayerSplit, inputs, vectors, readout="sum") -> np.ndarray:
     """``(examples, P)``: ∇²θ r(h_n) v for each example, ``vectors`` ``(P,)`` or ``(examples, P)``. Cost: one
     JVP of the gradient (about two forward and two backward passes) per example; the Hessian is never formed."""
     x = as_examples(split, inputs)
@@ -161,7 +166,7 @@ def hvp(split, inputs, vectors, readout="sum") -> np.ndarray:
     return np.stack([np.asarray(one(split.params, xn, vn)) for xn, vn in zip(x, v)])
 
 
-def hessian(split, inputs, readout="sum", max_params: int = MAX_HESSIAN_PARAMS) -> ReadoutDerivative:
+def hessian(split: LayerSplit, inputs, readout="sum", max_params: int = MAX_HESSIAN_PARAMS) -> ReadoutDerivative:
     """The full Hessian ∇²θ r(h_n) (and the gradient) for each example, when the differentiated leaves are few
     (at most ``max_params``). Cost: P JVPs of the gradient per example, a P × P matrix each."""
     x = as_examples(split, inputs)

@@ -83,14 +83,14 @@ class DenseForward(Method):
     name = "fwd"
     forward = True
 
-    def basis_size(self, split, names):
+    def basis_size(self, split: LayerSplit, names):
         return sum(leaf_size(split, n) for n in names)
 
-    def cost(self, split, names):
+    def cost(self, split: LayerSplit, names):
         flops = analyze(split).cost.flops
         return sum(leaf_size(split, n) * (flops([n]) + WRITE_COST * split.num_outputs) for n in names)
 
-    def returns_per_vector(self, split, names):
+    def returns_per_vector(self, split: LayerSplit, names):
         return split.num_outputs
 
 
@@ -104,14 +104,14 @@ class DenseReverse(Method):
     name = "rev"
     forward = False
 
-    def basis_size(self, split, names):
+    def basis_size(self, split: LayerSplit, names):
         return split.num_outputs
 
-    def cost(self, split, names):
+    def cost(self, split: LayerSplit, names):
         writes = WRITE_COST * sum(leaf_size(split, n) for n in names)
         return split.num_outputs * (REVERSE_PASS_COST * analyze(split).cost.flops(names) + writes)
 
-    def returns_per_vector(self, split, names):
+    def returns_per_vector(self, split: LayerSplit, names):
         return sum(leaf_size(split, n) for n in names)
 
 
@@ -132,18 +132,18 @@ class ColumnColouring(Method):
         structure = analyze(split).structure
         return [leaf_size(split, k) // structure[k].channels for k in names]
 
-    def basis_size(self, split, names):
+    def basis_size(self, split: LayerSplit, names):
         return sum(self.within(split, names))
 
-    def cost(self, split, names):
+    def cost(self, split: LayerSplit, names):
         flops = analyze(split).cost.flops
         return sum(w * (flops([n]) + WRITE_COST * split.num_outputs)
                    for n, w in zip(names, self.within(split, names)))
 
-    def returns_per_vector(self, split, names):
+    def returns_per_vector(self, split: LayerSplit, names):
         return split.num_outputs
 
-    def bytes_per_vector(self, split, names):
+    def bytes_per_vector(self, split: LayerSplit, names):
         itemsize = np.dtype(split.activation_dtype).itemsize
         return super().bytes_per_vector(split, names) + sum(leaf_size(split, n) for n in names) * itemsize
 
@@ -163,14 +163,14 @@ class RowColouring(Method):
     def channels(self, split: LayerSplit, names: Sequence[str]) -> int:
         return analyze(split).structure[names[0]].channels
 
-    def basis_size(self, split, names):
+    def basis_size(self, split: LayerSplit, names):
         return split.num_outputs // self.channels(split, names)
 
-    def cost(self, split, names):
+    def cost(self, split: LayerSplit, names):
         writes = WRITE_COST * sum(leaf_size(split, n) for n in names)
         return self.basis_size(split, names) * (REVERSE_PASS_COST * analyze(split).cost.flops(names) + writes)
 
-    def returns_per_vector(self, split, names):
+    def returns_per_vector(self, split: LayerSplit, names):
         return sum(leaf_size(split, n) for n in names)
 
 

@@ -7,6 +7,8 @@ program's memory may narrow the chunks further (the compiled object's ``plan`` s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dataclasses
 import html
 
@@ -19,6 +21,9 @@ from ..analysis import analyze
 from ._memory import chunk_size, working_memory
 from ._methods import Method
 from ._strategies import Auto, as_strategy
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -112,7 +117,7 @@ class Plan(Summarized):
         return "\n".join(lines)
 
 
-def example_spec(split, example) -> jax.ShapeDtypeStruct:
+def example_spec(split: LayerSplit, example) -> jax.ShapeDtypeStruct:
     """The shape and dtype of one example, from an example, a batch, a ShapeDtypeStruct or ``None`` (the
     model's input shape); says which shape was expected when it does not fit."""
     want = tuple(split.input_shape)
@@ -135,7 +140,7 @@ def _platform(device) -> str:
     return getattr(device, "platform", None) or str(device)
 
 
-def plan(split, example=None, mode=Auto(), max_memory=None, device=None) -> Plan:
+def plan(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=None) -> Plan:
     """The blocks ``mode`` computes for ``split``, each with its basis size and chunk width (no computation).
 
     ``example`` is one example, a batch, a ``jax.ShapeDtypeStruct`` or ``None``; only its shape matters.
@@ -157,7 +162,7 @@ def plan(split, example=None, mode=Auto(), max_memory=None, device=None) -> Plan
                 budget_given=max_memory is not None, platform=platform, notes=tuple(notes))
 
 
-def _size(split, block, budget: int) -> list[PlannedBlock]:
+def _size(split: LayerSplit, block, budget: int) -> list[PlannedBlock]:
     method, names = block.method, block.names
     basis = method.basis_size(split, names)
     per_vector = method.bytes_per_vector(split, names)

@@ -78,7 +78,7 @@ class Forward(Strategy):
     chunk_size: int | None = None
     name: ClassVar[str] = "forward"
 
-    def blocks(self, split) -> tuple[Block, ...]:
+    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
         return _dense(split, FORWARD, self.chunk_size)
 
 
@@ -93,7 +93,7 @@ class Reverse(Strategy):
     chunk_size: int | None = None
     name: ClassVar[str] = "reverse"
 
-    def blocks(self, split) -> tuple[Block, ...]:
+    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
         return _dense(split, REVERSE, self.chunk_size)
 
 
@@ -108,7 +108,7 @@ class PerLeaf(Strategy):
     chunk_size: int | None = None
     name: ClassVar[str] = "per-leaf"
 
-    def blocks(self, split) -> tuple[Block, ...]:
+    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
         return plan_blocks(split, {}, self.chunk_size)
 
 
@@ -124,7 +124,7 @@ class Structured(Strategy):
     chunk_size: int | None = None
     name: ClassVar[str] = "structured"
 
-    def blocks(self, split) -> tuple[Block, ...]:
+    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
         return plan_blocks(split, analyze(split).structure, self.chunk_size, force_structure=True)
 
 
@@ -141,7 +141,7 @@ class Auto(Strategy):
     chunk_size: int | None = None
     name: ClassVar[str] = "auto"
 
-    def blocks(self, split) -> tuple[Block, ...]:
+    def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
         return plan_blocks(split, analyze(split).structure, self.chunk_size)
 
 
