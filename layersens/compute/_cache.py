@@ -1,6 +1,7 @@
 """The compiled plans ``jacobian`` and ``compressed_jacobian`` reuse, owned by this stage: a few per split, keyed
 by the device and the :class:`~layersens.Plan` itself (two strategies that plan the same blocks share programs),
-and freed with their split.
+and freed with their split. The plans themselves are kept too, by what they are made from (strategy, budget,
+device): planning costs milliseconds, as much as a small layer's whole Jacobian.
 
 The entries hold their split only through a weak proxy, so the kept programs do not keep the split alive: when
 the caller drops the split, its entry goes with it (a long session over hundreds of models otherwise runs out of
@@ -13,7 +14,7 @@ import collections
 import weakref
 from typing import TYPE_CHECKING
 
-from ..planning import example_spec, plan
+from ..planning import Plan, as_strategy, example_spec, plan, working_memory
 from ._prepare import PreparedJacobian, compile_plan, resolve_device
 
 if TYPE_CHECKING:
@@ -24,26 +25,42 @@ PREPARED_KEPT = 8
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
+class _Kept:
+    """One split's plans (by strategy, budget and device) and compiled plans (by device and plan), each an LRU."""
+
+    def __init__(self):
+        self.plans: collections.OrderedDict[tuple, Plan] = collections.OrderedDict()
+        self.prepared: collections.OrderedDict[tuple, PreparedJacobian] = collections.OrderedDict()
+
+
+def _remember(table: collections.OrderedDict, key, value):
+    table[key] = value
+    while len(table) > PREPARED_KEPT:
+        table.popitem(last=False)
+    return value
+
+
 def kept_plans(split: LayerSplit) -> int:
     """How many compiled plans are kept for ``split``."""
-    return len(_KEPT.get(split, ()))
+    kept = _KEPT.get(split)
+    return 0 if kept is None else len(kept.prepared)
 
 
 def prepared_for(split: LayerSplit, example, mode, max_memory, device) -> tuple[PreparedJacobian, bool]:
-    """The compiled plan for these arguments, kept from an earlier call or freshly compiled (then ``True``).
-
-    Planning runs on every call (a pure function of the split's analyses, milliseconds); only compiling is
-    saved."""
+    """The compiled plan for these arguments, kept from an earlier call or freshly compiled (then ``True``)."""
     example_spec(split, example)
     dev = resolve_device(device)
-    planned = plan(split, example, mode, max_memory, dev)
-    kept = _KEPT.setdefault(split, collections.OrderedDict())
+    strategy = as_strategy(mode)
+    kept = _KEPT.get(split)
+    if kept is None:
+        kept = _KEPT[split] = _Kept()
+    plan_key = (dev, strategy, working_memory(max_memory, dev.platform), max_memory is not None)
+    planned = kept.plans.get(plan_key)
+    if planned is None:
+        planned = _remember(kept.plans, plan_key, plan(split, example, strategy, max_memory, dev))
     key = (dev, planned)
-    if key in kept:
-        kept.move_to_end(key)
-        return kept[key], False
-    prepared = compile_plan(split, planned, dev, hold=weakref.proxy)
-    kept[key] = prepared
-    while len(kept) > PREPARED_KEPT:
-        kept.popitem(last=False)
-    return prepared, True
+    prepared = kept.prepared.get(key)
+    if prepared is not None:
+        kept.prepared.move_to_end(key)
+        return prepared, False
+    return _remember(kept.prepared, key, compile_plan(split, planned, dev, hold=weakref.proxy)), True
