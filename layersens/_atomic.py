@@ -8,19 +8,24 @@ private). A target that is a symbolic link is written through: the file it point
 
 Paths are checked before any work (:func:`check_name`, :func:`check_free_space`): a name the file system cannot
 hold, or one with control characters, and a disk without room for a result of known size, are errors then, not
-after the computation.
+after the computation. :func:`sniff` tells, from a file's first bytes, what a file to be read is, so that a
+reader can say what a wrong file is instead of passing it to ``numpy.load``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from ._errors import OutputError, format_bytes
+from ._interrupt import raise_if_interrupted
 
 PARTIAL = ".partial"
 # The temporary's name keeps at most this many characters of the target's, so that a target name at the file
@@ -37,10 +42,19 @@ def _prefix(target: Path) -> str:
 
 def resolve_target(target) -> Path:
     """The path actually written for ``target``: the file a symbolic link points to (resolved, even if it does not
-    exist yet), else ``target`` itself, absolute."""
+    exist yet), else ``target`` itself, absolute. A link that leads back to itself is an error."""
     target = Path(target)
     if target.is_symlink():
-        return Path(os.path.realpath(target))
+        try:
+            return Path(os.path.realpath(target, strict=True))
+        except FileNotFoundError:  # a dangling link: its target is created
+            resolved = Path(os.path.realpath(target))
+        except OSError:  # ELOOP
+            resolved = None
+        if resolved is None or resolved.is_symlink():  # the non-strict walk stops at a loop
+            raise OutputError(f"{target} is a symbolic link that leads back to itself (a loop); remove it or give "
+                              "another name.")
+        return resolved
     return target.absolute()
 
 
@@ -95,6 +109,7 @@ def atomic_file(target, mode: str = "wb") -> Iterator[IO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        raise_if_interrupted()  # a Ctrl-C a library swallowed still stops the write
         os.replace(tmp, target)
         _fsync_directory(target.parent)
     except OSError as e:
@@ -141,6 +156,7 @@ def atomic_directory(target) -> Iterator[Path]:
     try:
         yield tmp
         _fsync_tree(tmp)
+        raise_if_interrupted()  # a Ctrl-C a library swallowed still stops the write
         if target.exists():
             # Two renames: the old directory moves aside (still a .partial name, removed below or by the next
             # write), the new one into place.
@@ -164,30 +180,44 @@ def check_name(path, option: str = "--out") -> None:
     """Refuses a file name the file system cannot hold, or one with control characters (a name that cannot be
     printed cannot be given back to the user to read)."""
     path = Path(path)
-    name = path.name
     bad = sorted({repr(c) for c in str(path) if ord(c) < 32 or ord(c) == 127})
     if bad:
         raise OutputError(f"{option} {str(path)!r} contains control characters ({', '.join(bad)}); choose a "
                           "printable file name such as relu1.npz.")
     try:
-        encoded = os.fsencode(name)
+        parts = [os.fsencode(part) for part in path.parts]
     except UnicodeError:
         raise OutputError(f"{option} {str(path)!r} cannot be encoded as a file name; choose another name.") from None
+    limit = _name_max(path)
+    for i, (part, encoded) in enumerate(zip(path.parts, parts)):
+        if len(encoded) > limit:
+            what = "file name" if i == len(parts) - 1 else "folder name"
+            raise OutputError(f"{option}: the {what} is {len(encoded)} bytes long and this file system allows at "
+                              f"most {limit}; choose a shorter name (it starts {part[:24]!r}).")
+
+
+def _name_max(path: Path) -> int:
+    """The longest file name the file system holding ``path`` (or its nearest existing folder) allows, in bytes."""
     folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
     try:
-        limit = os.pathconf(folder, "PC_NAME_MAX")
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        return os.pathconf(folder, "PC_NAME_MAX")
     except (OSError, ValueError):
-        limit = 255
-    if len(encoded) > limit:
-        raise OutputError(f"{option}: the file name is {len(encoded)} bytes long and this file system allows at most "
-                          f"{limit}; choose a shorter name (it starts {name[:24]!r}).")
+        return 255
+
+
+def check_writable(folder) -> None:
+    """Creates and removes a temporary file in ``folder``; the ``OSError`` that says why it cannot be written, if
+    it cannot (``os.access`` misses read-only mounts and ignores ACLs)."""
+    fd, probe = tempfile.mkstemp(prefix=".layersens-probe.", suffix=PARTIAL, dir=folder)
+    os.close(fd)
+    os.unlink(probe)
 
 
 def check_free_space(path, nbytes: int, option: str = "--out") -> None:
     """Refuses, before anything is computed, to write ``nbytes`` where the disk holds less."""
-    folder = Path(path).absolute().parent
+    folder = resolve_target(path).parent
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
@@ -197,3 +227,42 @@ def check_free_space(path, nbytes: int, option: str = "--out") -> None:
     if nbytes + _SPACE_MARGIN > free:
         raise OutputError(f"{option} {path} needs about {format_bytes(nbytes)} and only {format_bytes(free)} is free "
                           f"on {folder}; free space, choose another disk, or use fewer examples (--num-examples).")
+
+
+# ------------------------------------------------------------------------------------------------ reading: what a file is
+
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members, an empty archive
+_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
+            (stat.S_ISSOCK, "a socket"))
+
+
+def sniff(path) -> str:
+    """What ``path`` holds, from its first bytes: ``"npy"``, ``"npz"`` (a zip archive), or words for anything else
+    (``"a text file"``, ``"an empty file"``, ``"a character device"``, ...). Reads at most 512 bytes and never
+    opens a device or a pipe; ``OSError`` (``FileNotFoundError``, ``IsADirectoryError``, ...) if it cannot look."""
+    mode = os.stat(path).st_mode
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    for test, words in _SPECIAL:
+        if test(mode):
+            return words
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(NPY_MAGIC):
+        return "npy"
+    if head[:4] in ZIP_MAGICS:
+        return "npz"
+    if not head:
+        return "an empty file"
+    return "a text file" if _is_text(head) else "binary data in no NumPy format"
+
+
+def _is_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 3:  # not only a character cut at the end of the sample
+            return False
+        text = head[:e.start].decode("utf-8")
+    return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)

@@ -8,34 +8,41 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import Model
-from .models import load_model
+from ._atomic import check_free_space
 from ._errors import InputShapeError, InputWarning
 from .compute import check_size, jacobian, resolve_device
-from .planning import plan
-from .results._storage import check_output, write_npz
 from .derivatives import ReadoutDerivative, hvp, linearize, readout_function, readout_gradient
-from .derivatives import verify as verify_jacobian
 from .derivatives import hessian as hessian_of
-from .results import LayerJacobian
+from .derivatives import verify as verify_jacobian
+from .models import Model, load_model
+from .planning import Auto, as_strategy, parse_bytes
+from .results import LayerJacobian, check_output, write_npz
 from .tracing import split
-from .planning import Auto
 
 DEFAULT_NUM_EXAMPLES = 4
 
 
 def read_inputs(path) -> np.ndarray:
     """Loads a ``.npy`` file of inputs, naming the file and what is wrong if it cannot (never unpickles)."""
+    from ._atomic import sniff
+
     path = Path(path)
+    how = "write the inputs with np.save('inputs.npy', x), x of shape (examples,) + the model's input shape."
     try:
-        data = np.load(path, allow_pickle=False)
+        kind = sniff(path)  # numpy itself would advise unpickling anything that is not .npy/.npz
+        data = np.load(path, allow_pickle=False) if kind in ("npy", "npz") else None
     except FileNotFoundError:
         raise InputShapeError(f"inputs file {path} does not exist.") from None
     except IsADirectoryError:
         raise InputShapeError(f"inputs file {path} is a directory; give a .npy file (np.save).") from None
     except (OSError, ValueError, EOFError) as e:
+        if "allow_pickle" in str(e):  # an array of Python objects
+            raise InputShapeError(f"inputs file {path} holds Python objects (dtype object), not numbers; "
+                                  f"{how}") from None
         raise InputShapeError(f"inputs file {path} is not a readable .npy array ({e}); write it with "
                               "np.save(path, x).") from None
+    if data is None:
+        raise InputShapeError(f"inputs file {path} is {kind}, not a .npy array file; {how}")
     if isinstance(data, np.lib.npyio.NpzFile):
         names = list(data.files)
         data.close()
@@ -126,10 +133,15 @@ def extract(
     anything is computed; an existing file is replaced only with ``overwrite``). ``verify`` spot-checks the result
     (:func:`layersens.verify`). See :func:`layersens.jacobian` for the other arguments.
     """
+    # Every argument is read once, here, before anything is loaded or computed.
     out = None if out is None else check_output(out, overwrite)
+    mode = as_strategy(mode)
+    max_memory = None if max_memory is None else parse_bytes(max_memory)
+    device = resolve_device(device)
     cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
-    plan(cut, x, mode, max_memory, resolve_device(device))  # mode, budget and device checked before compiling
-    check_size(cut, len(x))
+    nbytes = check_size(cut, len(x))
+    if out is not None:
+        check_free_space(out, nbytes)
     result = jacobian(cut, x, mode=mode, max_memory=max_memory, device=device, progress=progress)
     if verify:
         result = dataclasses.replace(result, verification=verify_jacobian(result, cut))

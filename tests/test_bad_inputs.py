@@ -4,6 +4,7 @@ written; and checked before any expensive work. One table, each row a command li
 
 import json
 import shutil
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -30,6 +31,10 @@ def place(tmp_path_factory):
     np.save(root / "two.npy", rng.normal(size=(2, 28, 28, 1)).astype(np.float32))
     (root / "a_file").write_text("x")
     (root / "empty_model").mkdir()
+    (root / "notes.txt").write_text("0.1 0.2 0.3\n0.4 0.5 0.6\n")  # what np.savetxt writes
+    shutil.copy(Path(layersens.__file__).parents[1] / "README.md", root / "README.md")
+    (root / "loop.npz").symlink_to("loop.npz")
+    (root / "dangling.npz").symlink_to(root / "no_folder" / "target.npz")
 
     def copy(name, edit=None, spec_change=None):
         target = root / name
@@ -95,7 +100,14 @@ TABLE = [
     ("wrong input shape", EXTRACT + ["--inputs", "{root}/wrong_shape.npy"],
      r"have shape \(3, 28, 28\); the model expects \(examples,\) \+ \(28, 28, 1\)"),
     ("npz instead of npy", EXTRACT + ["--inputs", "{root}/archive.npz"], r"is an \.npz archive \(arrays \['x'\]\)"),
-    ("not an array", EXTRACT + ["--inputs", "{root}/garbage.npy"], r"is not a readable \.npy array"),
+    ("not an array", EXTRACT + ["--inputs", "{root}/garbage.npy"],
+     r"garbage\.npy is a text file, not a \.npy array file; write the inputs with np\.save\('inputs\.npy', x\)"),
+    # numpy's own message advised loading these "unsafely with allow_pickle" (defect 7)
+    ("text file as inputs", EXTRACT + ["--inputs", "{root}/notes.txt"],
+     r"^(?!.*pickle).*notes\.txt is a text file, not a \.npy array file; write the inputs with np\.save"),
+    ("device as inputs", EXTRACT + ["--inputs", "/dev/zero"],
+     r"^(?!.*pickle).*inputs file /dev/zero is a character device, not a \.npy array file; write the inputs with "
+     r"np\.save"),
     ("missing inputs", EXTRACT + ["--inputs", "{root}/nowhere.npy"], r"inputs file .*nowhere\.npy does not exist"),
     ("complex inputs", EXTRACT + ["--inputs", "{root}/complex.npy"], r"are complex \(complex64\)"),
     ("NaN inputs", EXTRACT + ["--inputs", "{root}/nan.npy", "--num-examples", "2"],
@@ -138,6 +150,17 @@ TABLE = [
     ("output in a file", EXTRACT + ["--out", "{root}/a_file/x.npz"], r"a_file is a file, not a folder"),
     ("unwritable output", EXTRACT + ["--out", "/proc/layersens.npz"], r"cannot be written"),
     ("output is a folder", EXTRACT + ["--out", "{root}"], r"is a directory; give a file name"),
+    # a 41-line traceback, OSError: [Errno 36] File name too long (defect 2)
+    ("output name too long", EXTRACT + ["--out", "{root}/" + "x" * 300 + ".npz"],
+     r"--out: the file name is 304 bytes long and this file system allows at most \d+; choose a shorter name"),
+    # written, and then not readable by the name reported (defects 2 and 14)
+    ("control character as output name", EXTRACT + ["--out", "{root}/\r"],
+     r"--out '.*/\\r\.npz' contains control characters \('\\r'\); choose a printable file name"),
+    # a symbolic link at --out was replaced without --overwrite (defect 9)
+    ("dangling symlink as output", EXTRACT + ["--out", "{root}/dangling.npz"],
+     r"dangling\.npz \(a symbolic link to .*no_folder/target\.npz\) already exists; pass --overwrite"),
+    ("symlink loop as output", EXTRACT + ["--out", "{root}/loop.npz", "--overwrite"],
+     r"loop\.npz is a symbolic link that leads back to itself \(a loop\); remove it or give another name"),
     ("bad readout", ["gradient", "--model", M, "--layer", "relu1", "--readout", "unit:99999"],
      r"readout is 'unit:99999'; use 'sum', a unit of the activation \(28, 28, 20\)"),
     ("bad kwargs JSON", ["layers", "--model", M, "--kwargs", "{x"], r"--kwargs is '\{x', which is not JSON"),
@@ -148,6 +171,11 @@ TABLE = [
                                                                   r"inconsistent metadata)"),
     ("summarize inconsistent metadata", ["summarize", "{root}/inconsistent.npz"], r"has inconsistent metadata"),
     ("summarize an .npy", ["summarize", "{root}/two.npy"], r"is not a readable layersens result file"),
+    ("summarize a text file", ["summarize", "{root}/README.md"],
+     r"^(?!.*pickle).*README\.md is not a readable layersens result file: it is a text file, not an \.npz archive "
+     r"with layersens metadata\. Results are written by `layersens extract --out FILE\.npz`"),
+    ("summarize a device", ["summarize", "/dev/zero"],
+     r"^(?!.*pickle).*/dev/zero is not a readable layersens result file: it is a character device"),
 ]
 
 
@@ -160,7 +188,9 @@ def test_bad_input_gets_one_line_and_nothing_written(place, tmp_path, case, args
         args += ["--out", str(out / "result.npz")]
     before = sorted(p.name for p in place.iterdir())
     result = CliRunner().invoke(main, args, prog_name="layersens")
-    assert result.exit_code == 1, (case, result.output)
+    # a command line that does not parse is a usage error (exit code 2); a failed run exits with 1
+    usage = ("missing option", "budget in words", "bad kwargs JSON", "bad input shape")
+    assert result.exit_code == (2 if case in usage else 1), (case, result.output)
     lines = [line for line in result.stderr.splitlines() if not line.startswith(("warning: ", "importing "))]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert "Traceback" not in result.output

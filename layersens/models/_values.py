@@ -15,7 +15,7 @@ function (``nn.relu``)      ``{"__function__": "flax.linen:relu"}`` (referenced,
 ==========================  ===============================================================================
 
 Reading calls nothing but a config dataclass's constructor; only Flax module classes (and declared factories,
-``_checkpoint``) are ever called to build a model.
+``_rebuild``) are ever called to build a model.
 """
 
 from __future__ import annotations

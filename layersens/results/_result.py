@@ -7,14 +7,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .._errors import format_bytes
+from .._repr import Summarized
 from .._errors import CheckpointError
 from ._storage import read_npz, write_npz
 
 NPZ_FORMAT = "layersens-jacobian/1"
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class LayerJacobian:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class LayerJacobian(Summarized):
     """d(activation of ``layer``)/d(upstream parameters), per example.
 
     Attributes:
@@ -54,6 +56,13 @@ class LayerJacobian:
     frozen_params: tuple[str, ...] = ()
     wrt: str = "parameters"
     verification: object = None  # a layersens.Verification when spot-checked (extract(verify=True))
+
+    def _summary(self):
+        return [("layer", self.layer), ("model", self.model), ("matrix", self.matrix),
+                ("size", format_bytes(self.nbytes)), ("activation_shape", self.activation_shape),
+                ("wrt", self.wrt), ("params", self.param_names), ("mode", self.mode), ("device", self.device),
+                ("seconds", f"{self.seconds:.3g}"), ("compile_seconds", f"{self.compile_seconds:.3g}"),
+                ("notes", len(self.notes))]
 
     @property
     def num_examples(self) -> int:
@@ -148,7 +157,8 @@ def _text(meta: dict, field: str) -> str:
 def load_jacobian(path) -> LayerJacobian:
     """Reads a file written by :meth:`LayerJacobian.save` (``layersens extract --out``), checking that its
     metadata and arrays agree."""
-    arrays, meta = read_npz(path, NPZ_FORMAT, ("matrix", "activation", "inputs"))
+    arrays, meta = read_npz(path, NPZ_FORMAT, ("matrix", "activation", "inputs"), what="a Jacobian",
+                            others=OTHER_RESULTS)
     try:
         fields = {f: _text(meta, f) for f in ("layer", "model", "framework", "mode", "dtype", "device",
                                                "eval_mode")}
@@ -188,3 +198,12 @@ def load_jacobian(path) -> LayerJacobian:
     if problems:
         raise CheckpointError(f"{path} has inconsistent metadata: {'; '.join(problems)}.")
     return jac
+
+
+# The other .npz files layersens writes (layersens/derivatives/_second_order.py, layersens/_extract.py), named when
+# one is given where a Jacobian is expected: (what it holds, the command that writes it).
+OTHER_RESULTS = {
+    "layersens-readout-gradient/1": ("a readout gradient", "layersens gradient"),
+    "layersens-readout-hessian/1": ("a readout Hessian and gradient", "layersens hessian"),
+    "layersens-products/1": ("products with a Jacobian (J V, Jᵀ U)", "layersens products"),
+}

@@ -1,23 +1,28 @@
-"""Writing results: one ``.npz`` per result, atomically, with its metadata as JSON inside.
+"""Result files: one ``.npz`` per result, with its metadata as JSON inside, written through the one atomic writer.
 
-The file is written to a hidden temporary beside the target and renamed into place, so a reader sees the old file
-or the whole new one, never half of one. The temporary's name starts with ``.<target>.`` and ends with
-``.partial``: a run killed mid-write leaves at most that file, which the next write to the same target removes.
-Files get the permissions the user's umask gives new files (``mkstemp`` alone would make them 0600).
+Writing goes through :mod:`layersens._atomic` (a temporary beside the target, renamed into place; the permissions
+the user's new files get; a symbolic link written through; stale temporaries of a killed run removed).
+:func:`check_output` checks an output path before any computation; :func:`read_npz` reads a result back and says in
+one line what a file that is no result is.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import (
+    atomic_file,
+    check_free_space,
+    check_name,
+    check_writable,
+    resolve_target,
+    sniff,
+)
 from .._errors import CheckpointError, OutputError
-
-PARTIAL = ".partial"
 
 
 def npz_path(path) -> Path:
@@ -25,23 +30,47 @@ def npz_path(path) -> Path:
     return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
-def check_output(path, overwrite: bool = False, option: str = "--out") -> Path:
-    """The ``.npz`` path results will be written to, checked before any computation: refused if it exists
-    (unless ``overwrite``), is special or a directory, or its folder cannot be written."""
+def check_output(path, overwrite: bool = False, option: str = "--out", nbytes: int | None = None) -> Path:
+    """The ``.npz`` path results will be written to, checked before any computation: refused if its name cannot be
+    held or printed, if it exists (a symbolic link too, even a dangling one) unless ``overwrite``, is special or a
+    directory, if its folder cannot be written, or (given the result's size ``nbytes``) if the disk lacks room.
+    With ``overwrite``, a symbolic link is written through to its target."""
     given = Path(path)
-    if given.is_dir() or not given.name or given.name in (".", ".."):
+    if not given.name or given.name in (".", ".."):
         raise OutputError(f"{option} {str(path)!r} is a directory; give a file name such as relu1.npz.")
     path = npz_path(given)
-    for candidate in {given, path}:
+    check_name(path, option)
+    try:
+        target = _check_existing(given, path, overwrite, option)
+        _check_folder(target.parent, given, option)
+    except OSError as e:  # a path too long as a whole, a folder that cannot be searched, ...
+        raise OutputError(f"{option} {given} cannot be written ({e.strerror or e}); choose another path.") from None
+    if nbytes is not None:
+        check_free_space(path, nbytes, option)
+    return path
+
+
+def _check_existing(given: Path, path: Path, overwrite: bool, option: str) -> Path:
+    """The file that will be written (a link's target), after refusing what must not be replaced."""
+    if given.is_dir():
+        raise OutputError(f"{option} {str(given)!r} is a directory; give a file name such as relu1.npz.")
+    target = resolve_target(path)  # a link that loops is refused here
+    link = path.is_symlink()
+    for candidate in [given, path] + ([target] if link else []):
         if candidate.exists() and not candidate.is_file():
             kind = "a directory" if candidate.is_dir() else "a special file"
-            raise OutputError(f"{option} {given} is {kind}; give a file name such as relu1.npz.")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{option} {path} already exists; pass --overwrite (overwrite=True) to replace it, or "
-                          "choose another name.")
-    folder = path.parent
+            where = f" (the target of the symbolic link {path})" if candidate is target else ""
+            raise OutputError(f"{option} {candidate}{where} is {kind}; give a file name such as relu1.npz.")
+    if os.path.lexists(path) and not overwrite:
+        what = f" (a symbolic link to {target})" if link else ""
+        raise OutputError(f"{option} {path}{what} already exists; pass --overwrite (overwrite=True) to replace it, "
+                          "or choose another name.")
+    return target
+
+
+def _check_folder(folder: Path, given: Path, option: str) -> None:
     existing = folder
-    while not existing.exists():
+    while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"{option} {given}: {existing} is a file, not a folder; choose another path.")
@@ -49,73 +78,66 @@ def check_output(path, overwrite: bool = False, option: str = "--out") -> Path:
         if not os.access(existing, os.W_OK | os.X_OK):
             raise OutputError(f"{option} {given} cannot be written ({existing} is not writable); choose a writable "
                               "folder.")
-        return path
+        return
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        check_writable(folder)
     except OSError as e:
         raise OutputError(f"{option} {given} cannot be written ({e.strerror or e}); choose a writable folder.") from None
-    return path
-
-
-def remove_stale_partials(path: Path) -> None:
-    """Removes temporaries a killed earlier write to ``path`` left behind."""
-    for stale in path.parent.glob(f".{path.name}.*{PARTIAL}"):
-        try:
-            stale.unlink()
-        except OSError:
-            pass
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_npz(path, arrays: dict, metadata: dict) -> Path:
     """Writes ``arrays`` and ``metadata`` to ``path`` (``.npz`` added if missing), atomically."""
     path = npz_path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_partials(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL, dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"cannot write {path} ({e.strerror or e}); choose a writable folder.") from None
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays, metadata=np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8))
-        os.replace(tmp, path)
-    except OSError as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise OutputError(f"cannot write {path} ({e.strerror or e}); nothing was written. Free space or choose "
-                          "another folder.") from None
-    except BaseException:  # an interrupt: the partial file goes, the old file (if any) stays
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, **arrays, metadata=np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8))
     return path
 
 
-def read_npz(path, expected_format: str, names) -> tuple[dict, dict]:
-    """The arrays ``names`` and the metadata of a file written by :func:`write_npz` in ``expected_format``."""
+def read_npz(path, expected_format: str, names, what: str = "a layersens result",
+             others: dict[str, tuple[str, str]] | None = None) -> tuple[dict, dict]:
+    """The arrays ``names`` and the metadata of a file written by :func:`write_npz` in ``expected_format``.
+    ``others`` maps the formats of other layersens files to (what they hold, the command that writes them), so
+    that such a file is named for what it is."""
     path = Path(path)
     try:
-        with np.load(path, allow_pickle=False) as data:
-            meta = json.loads(bytes(data["metadata"]).decode())
-            arrays = {k: data[k] for k in names}
-        bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
-        if bad:
-            raise ValueError(f"members {bad} are not arrays")
+        kind = sniff(path)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist.") from None
     except IsADirectoryError:
         raise CheckpointError(f"{path} is a directory, not a layersens result file.") from None
-    except Exception as e:  # truncated zips, CRC errors, bad JSON, missing members: all one message
+    except OSError as e:
+        raise CheckpointError(f"{path} cannot be read ({e.strerror or e}).") from None
+    if kind != "npz":
+        words = "a single .npy array" if kind == "npy" else kind
+        raise CheckpointError(f"{path} is not a readable layersens result file: it is {words}, not an .npz archive "
+                              "with layersens metadata. Results are written by `layersens extract --out FILE.npz` "
+                              "(LayerJacobian.save).")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            members = [m for m in data.files if m != "metadata"]
+            if "metadata" not in data.files:
+                raise CheckpointError(f"{path} is an .npz archive of arrays {members} without layersens metadata, "
+                                      "not a layersens result file. Results are written by `layersens extract "
+                                      "--out FILE.npz` (LayerJacobian.save).")
+            meta = json.loads(bytes(data["metadata"]).decode())
+            found = meta.get("format") if isinstance(meta, dict) else None
+            if found == expected_format:
+                arrays = {k: data[k] for k in names}
+        if found == expected_format:
+            bad = [k for k, v in arrays.items() if not isinstance(v, np.ndarray)]
+            if bad:
+                raise ValueError(f"members {bad} are not arrays")
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated zips, CRC errors, bad JSON, missing members: all one message
         raise CheckpointError(f"{path} is not a readable layersens result file ({type(e).__name__}: {e}).") from None
-    if not isinstance(meta, dict) or meta.pop("format", None) != expected_format:
-        raise CheckpointError(f"{path} is not a {expected_format} file.")
+    if found != expected_format:
+        known = others or {}
+        if isinstance(found, str) and found in known:
+            holds, command = known[found]
+            raise CheckpointError(f"{path} holds {holds} ({found}), written by `{command}`, not {what}; read its "
+                                  f"arrays ({', '.join(members)}) with numpy.load({str(path)!r}).")
+        label = f" (its format is {found!r})" if isinstance(found, str) else ""
+        raise CheckpointError(f"{path} is not a {expected_format} file{label}.")
+    meta.pop("format")
     return arrays, meta
