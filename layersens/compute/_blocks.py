@@ -28,11 +28,22 @@ class Layout(enum.Enum):
     CHANNEL_ROWS = "channel rows"
     WHOLE = "whole"
 
+    @property
+    def basis_axis(self) -> int | None:
+        """The axis of a block's values that runs over basis vectors (``None`` for a whole matrix)."""
+        return _BASIS_AXIS[self]
+
+
+_BASIS_AXIS = {Layout.COLUMNS: 1, Layout.ROWS: 0, Layout.CHANNEL_COLUMNS: -1, Layout.CHANNEL_ROWS: 0, Layout.WHOLE: None}
+
 
 @dataclasses.dataclass(frozen=True)
 class JacobianBlock:
     """Values of example ``example`` for the leaves ``names``, laid out as ``layout`` says, from basis vector
-    ``offset`` on. ``values`` is a host array."""
+    ``offset`` on. ``values`` is a host array.
+
+    A run hands each basis vector of an example to its sink once (a chunk that overlaps the one before is trimmed,
+    :meth:`after`), so a sink may accumulate what it is given."""
 
     example: int
     layout: Layout
@@ -43,3 +54,18 @@ class JacobianBlock:
     def __repr__(self) -> str:
         return (f"JacobianBlock(example={self.example}, layout={self.layout.name}, names={self.names}, "
                 f"offset={self.offset}, values={self.values.shape} {self.values.dtype})")
+
+    @property
+    def width(self) -> int:
+        """Basis vectors in this block."""
+        axis = self.layout.basis_axis
+        return 1 if axis is None else int(self.values.shape[axis])
+
+    def after(self, start: int) -> JacobianBlock:
+        """This block without the basis vectors before ``start``."""
+        skip = start - self.offset
+        if skip <= 0:
+            return self
+        axis = self.layout.basis_axis
+        values = np.take(self.values, np.arange(skip, self.values.shape[axis]), axis=axis)
+        return dataclasses.replace(self, offset=start, values=values)

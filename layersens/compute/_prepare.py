@@ -185,13 +185,15 @@ class PreparedJacobian:
             activation[n] = np.asarray(self.activation(self.params, examples[n]))
             for step in self.steps:
                 linear = step.linearize(self.params, examples[n]) if step.linearize is not None else None
+                covered = 0
                 for offset in step.offsets():
                     if linear is None:
                         outputs = step.compute(self.params, examples[n], np.int32(offset))
                     else:
                         outputs = step.compute(linear, np.int32(offset))
                     for block in step.blocks(n, offset, [np.asarray(o) for o in outputs]):
-                        target.put(block)
+                        target.put(block.after(covered))  # the last chunk overlaps the one before: trimmed
+                    covered = offset + step.width
                     done += 1
                     if progress is not None:
                         progress(done, total)

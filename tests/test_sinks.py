@@ -1,0 +1,65 @@
+"""Sinks: one interface (begin, put, finish) that any result is made through, each basis vector handed over once."""
+
+import collections
+
+import numpy as np
+import pytest
+
+import layersens
+from layersens.compute import Layout
+from tests.tiny_models import TinyCNN, random_linen_variables
+
+
+@pytest.fixture(scope="module")
+def split():
+    module = TinyCNN()
+    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
+                                 call_kwargs={"train": False})
+    return layersens.split(model, "act")
+
+
+X = np.random.default_rng(7).normal(size=(2, 6, 6, 1)).astype(np.float32)
+
+
+class Recording(layersens.Sink):
+    """Records which basis vectors of which leaves each block covers, and sums the squares it is given."""
+
+    def begin(self, job):
+        self.covered = collections.defaultdict(list)
+        self.squares = 0.0
+        self.job = job
+
+    def put(self, block):
+        self.covered[block.example, block.layout, block.names].append((block.offset, block.offset + block.width))
+        self.squares += float(np.sum(np.square(block.values, dtype=np.float64)))
+
+    def finish(self, done):
+        return self
+
+
+@pytest.mark.parametrize("mode", [layersens.Forward(chunk_size=7), layersens.Reverse(chunk_size=5),
+                                  layersens.Structured(chunk_size=2), layersens.Auto()])
+def test_every_basis_vector_reaches_the_sink_once(split, mode):
+    """Chunk widths that do not divide the basis make the last chunk overlap the one before; the sink must still
+    see each basis vector once, so that a sink may accumulate (norms, sums) without double counting."""
+    recorded = layersens.compute.run(split, X, Recording(), mode=mode)
+    dense = layersens.jacobian(split, X, mode=mode)
+    for (example, layout, names), ranges in recorded.covered.items():
+        ranges = sorted(ranges)
+        assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), (layout, names, ranges)
+    np.testing.assert_allclose(recorded.squares, np.sum(np.square(dense.matrix, dtype=np.float64)), rtol=1e-5)
+
+
+def test_a_whole_matrix_goes_only_to_sinks_that_take_one(split):
+    recorded = layersens.compute.run(split, X[:1], Recording(), mode="forward")
+    assert all(layout is not Layout.WHOLE for _, layout, _ in recorded.covered)
+    assert layersens.DenseSink.whole_matrix and not Recording.whole_matrix
+
+
+def test_a_block_trimmed_after_an_offset_keeps_its_later_vectors():
+    values = np.arange(24.0).reshape(4, 6)
+    block = layersens.compute.JacobianBlock(0, Layout.COLUMNS, ("w",), 10, values)
+    trimmed = block.after(13)
+    assert trimmed.offset == 13 and trimmed.width == 3
+    np.testing.assert_array_equal(trimmed.values, values[:, 3:])
+    assert block.after(5) is block
