@@ -5,19 +5,34 @@ It uses only the API every version since the first benchmark report has had (``l
 ``jacobian(..., mode=...)``, ``.matrix``, ``layersens.examples.LENET_DIGITS``), so the same file times an older
 checkout. Besides the times it prints fingerprints of each result (its sum, its norm and two fixed random
 projections, in float64) so the caller can check that both sides computed the same Jacobian before comparing them.
+Calls are timed by the benchmark's own helper (``layersens/bench/_timing.py``), loaded from this checkout by path:
+the older side may not have it, and both sides are timed the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import statistics
-import time
+from pathlib import Path
 
 import numpy as np
 
 import layersens
 from layersens.examples import LENET_DIGITS
+
+
+def _load_timing():
+    path = Path(__file__).resolve().parent.parent / "layersens" / "bench" / "_timing.py"
+    spec = importlib.util.spec_from_file_location("_layersens_bench_timing", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_timing = _load_timing()
 
 
 def fingerprint(matrix: np.ndarray) -> list[float]:
@@ -49,17 +64,11 @@ def main(argv=None) -> int:
         layer, n = case.split(":")
         split = layersens.split(model, layer)
         x = np.asarray(model.example_inputs[: int(n)])
-        start = time.perf_counter()
-        result = layersens.jacobian(split, x, mode=args.mode)
-        first = time.perf_counter() - start
+        call = functools.partial(layersens.jacobian, split, x, mode=args.mode)
+        result, first = _timing.timed(call)
         prints = fingerprint(result.matrix) if args.fingerprint else None
         del result
-        times = []
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            result = layersens.jacobian(split, x, mode=args.mode)
-            times.append(time.perf_counter() - start)
-            del result
+        times = _timing.time_calls(call, args.repeats)
         out["cases"][case] = {"first_call_seconds": first, "median_seconds": statistics.median(times),
                               "seconds": times, "fingerprint": prints}
     print(json.dumps(out))

@@ -100,11 +100,11 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     text = "\n".join([
         f"# layersens {old} against {new}: `jacobian(mode={args.mode!r})` on the shipped LeNet", "",
-        f"Created {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} by "
-        f"`python benchmarks/compare_commits.py {args.old}`; {args.rounds} rounds, each one fresh process per "
-        f"version (order alternating), {args.repeats} timed calls per case after a first call that compiles; "
-        f"load average at the end {tuple(round(x, 2) for x in load)}. Both versions' results agreed (sum, norm and "
-        "two random projections) before timing was compared.", "",
+        (f"Created {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} by "
+         f"`python benchmarks/compare_commits.py {args.old}`; {args.rounds} rounds, each one fresh process per "
+         f"version (order alternating), {args.repeats} timed calls per case after a first call that compiles; "
+         f"load average at the end {tuple(round(x, 2) for x in load)}. Both versions' results agreed (sum, norm and "
+         "two random projections) before timing was compared."), "",
         "| case | old (median of all calls) | new | old ÷ new (> 1: new is faster) | per-round medians, old / new |",
         "|---|---|---|---|---|", *rows, ""])
     args.out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """The LeNet-digits benchmark: every Jacobian method on relu1, relu2 and fc1 at 1 and 8 examples, on this machine.
 
-    python benchmarks/run_lenet.py                  # writes benchmarks/reports/lenet-cpu/
+    python benchmarks/run_lenet.py --overwrite      # (re)writes benchmarks/reports/lenet-cpu/
     python benchmarks/run_lenet.py --out DIR --repeats 5 --loop-budget 120 --method-budget 20 --run-limit 60
 
 Runs on the shipped example model (no download), on JAX's default device. Expect about half an hour on a
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
                              "slower methods are reported as skipped")
     parser.add_argument("--methods", help="comma-separated subset (default: all)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-method peak-memory processes")
+    parser.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     report = run_benchmark(
         LENET_DIGITS, args.layers.split(","), num_examples=[int(n) for n in args.num_examples.split(",")],
         methods=args.methods, repeats=args.repeats, loop_budget_s=args.loop_budget,
-        method_budget_s=args.method_budget, run_limit_s=args.run_limit, out_dir=args.out,
+        method_budget_s=args.method_budget, run_limit_s=args.run_limit, out_dir=args.out, overwrite=args.overwrite,
         measure_memory=not args.no_memory, progress=progress,
     )
     print(report.overview)

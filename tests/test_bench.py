@@ -11,8 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 import layersens
-from layersens.bench import run_benchmark
-from layersens.bench import available_methods
+from layersens.bench import available_methods, run_benchmark
 from layersens.bench._worker import PeakMemory
 from tests.bench_tiny import Tiny
 
@@ -77,7 +76,8 @@ def test_every_method_verified_and_timed(full_report):
         compressed = case.method("layersens-compressed")
         assert 0 < compressed.result_bytes <= case.jacobian_bytes and compressed.bytes_per_second is None
         assert "layersens-compressed (compressed_jacobian" in case.summary
-        assert not case.summary.startswith(f"For {case.layer}") or "layersens-compressed was fastest" not in case.summary
+        assert (not case.summary.startswith(f"For {case.layer}")
+                or "layersens-compressed was fastest" not in case.summary)
     assert "layersens-compressed, which writes per-channel blocks" in report.overview
 
 
@@ -196,3 +196,80 @@ def test_cli_bench_unknown_layer_is_one_error_line(tiny_dir, tmp_path):
     assert result.stderr.startswith("error: unknown layer 'nope'")
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_bench_checks_its_output_directory_before_any_work(tiny_dir, tmp_path, monkeypatch):
+    """A file at --out, or a report already there, was found only after the whole benchmark had run (the results
+    lost), and a second report silently replaced the first."""
+    import layersens.bench._run as run_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the benchmark ran before its output directory was checked")
+
+    monkeypatch.setattr(run_module, "environment", no_work)
+    monkeypatch.setattr(layersens, "load_model", no_work)
+    args = ["bench", "--layer", "act", "--model", str(tiny_dir), "--methods", "jacrev", "--no-memory",
+            "--allow-import", "--repeats", "1"]
+    (tmp_path / "a_file").write_text("not a directory")
+    result = CliRunner().invoke(_cli(), args + ["--out", str(tmp_path / "a_file")])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == f"error: --out {tmp_path / 'a_file'} is a file, not a directory; give a directory for " \
+                            "report.md, report.json, plot.png.\n"
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.json").write_text("{}")
+    result = CliRunner().invoke(_cli(), args + ["--out", str(report)])
+    assert result.exit_code == 1, result.output
+    assert result.stderr == (f"error: --out {report} already holds a benchmark report (report.json); pass --overwrite "
+                             "(overwrite=True) to replace it, or choose another directory.\n")
+    assert (report / "report.json").read_text() == "{}"
+    with pytest.raises(layersens.OutputError, match="already holds a benchmark report"):
+        run_benchmark(tiny_dir, "act", out_dir=report, **FAST)
+
+
+def test_cli_bench_overwrite_replaces_a_report(tiny_dir, tmp_path):
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "report.md").write_text("an older report")
+    result = CliRunner().invoke(_cli(), [
+        "bench", "--layer", "act", "--model", str(tiny_dir), "--repeats", "1", "--out", str(out), "--overwrite",
+        "--methods", "jacrev", "--no-memory", "--allow-import"])
+    assert result.exit_code == 0, result.output
+    assert (out / "report.md").read_text().startswith("# layersens benchmark")
+
+
+def _synthetic_report(layers, counts):
+    """A report with every method verified and timed, made up (no benchmark run): for the plot's layout."""
+    from layersens.bench import BenchmarkReport, CaseResult, MethodResult, Settings
+
+    methods = available_methods()
+    settings = Settings(repeats=1, loop_budget_s=1.0, loop_sample=8, nojit_sample=4, seed=0, rtol=1e-4, atol=1e-4,
+                        methods=methods)
+    cases = tuple(
+        CaseResult(layer=layer, num_examples=n, num_outputs=32, num_params=20, num_leaves=2, jacobian_bytes=2560,
+                   reference="jacfwd", methods=tuple(
+                       MethodResult(name, "ok", steady_seconds=1e-3 * (k + 1), speedup_vs_loop=1.0 / (k + 1),
+                                    extrapolated=name == "loop-nojit") for k, name in enumerate(methods)))
+        for layer in layers for n in counts)
+    return BenchmarkReport(model_dir="tiny", model_name="Tiny", framework="linen", eval_mode="evaluation mode",
+                           created="", settings=settings, environment=None, bandwidth=None, cases=cases)
+
+
+@pytest.mark.parametrize("layers, counts", [(["act"], [2]), (["act", "hidden"], [1, 2])], ids=["single", "multi"])
+def test_plot_shows_every_legend_label_whole(layers, counts):
+    """The single-case plot cut 5 of its 13 legend labels at the image's edges."""
+    from layersens.bench._plot import report_figure, report_plot
+
+    report = _synthetic_report(layers, counts)
+    fig = report_figure(report)
+    fig.canvas.draw()  # lays the legend out
+    renderer = fig.canvas.get_renderer()
+    canvas = fig.bbox
+    (legend,) = fig.legends
+    texts = legend.get_texts()
+    assert [t.get_text() for t in texts] == list(available_methods())
+    for text in texts + [fig._suptitle]:
+        box = text.get_window_extent(renderer)
+        assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1, (
+            text.get_text(), box, canvas)
+    assert report_plot(report)[:8] == b"\x89PNG\r\n\x1a\n"

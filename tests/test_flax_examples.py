@@ -215,6 +215,7 @@ def test_train_mode_batchnorm_without_its_statistics_says_which_collection(tmp_p
         layersens.list_layers(model)
 
 
+@pytest.mark.filterwarnings("ignore:SelfAttention will be deprecated:DeprecationWarning")  # flax's own, on purpose
 def test_attention_calling_super_is_listed_once_by_its_plain_name():
     import flax.linen as nn
 

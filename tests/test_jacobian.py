@@ -19,7 +19,8 @@ def tiny():
     module = TinyCNN()
     variables = random_linen_variables(module, (6, 6, 1))
     model = layersens.from_linen(module, variables, (6, 6, 1), call_kwargs={"train": False})
-    x = np.random.default_rng(1).normal(size=(3, 6, 6, 1))
+    # in the model's float32: a float64 batch would be cast to it, with an InputWarning (float64 splits upcast it)
+    x = np.random.default_rng(1).normal(size=(3, 6, 6, 1)).astype(np.float32)
     return model, variables, x
 
 

@@ -11,10 +11,11 @@ import dataclasses
 import os
 import platform
 import statistics
-import time
 from importlib import metadata
 
 import numpy as np
+
+from ._timing import time_calls
 
 THREAD_VARIABLES = ("XLA_FLAGS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "JAX_PLATFORMS", "JAX_ENABLE_X64")
@@ -105,12 +106,7 @@ def environment() -> Environment:
 
 
 def _median_rate(nbytes: int, run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return nbytes / statistics.median(times)
+    return nbytes / statistics.median(time_calls(run, repeats))
 
 
 def measure_bandwidth(nbytes: int = DEFAULT_BANDWIDTH_BYTES, repeats: int = 5) -> Bandwidth:

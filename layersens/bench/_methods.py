@@ -10,7 +10,7 @@ Jacobian is computed:
 * ``loop-nojit``: the same gradient without ``jax.jit``, op by op.
 * ``vmap-vjp``: one ``jax.vjp``, its pullback vmapped over the identity basis of the outputs, jitted.
 * ``jacrev`` / ``jacfwd``: ``jax.jit(jax.jacrev(...))`` / ``jax.jit(jax.jacfwd(...))``.
-* ``layersens-<strategy>``: :func:`layersens.jacobian` with each strategy in ``_strategies.STRATEGIES``;
+* ``layersens-<strategy>``: :func:`layersens.jacobian` with each strategy in ``layersens.MODE_NAMES``;
   ``layersens-<strategy>@<size>`` with ``max_memory=<size>`` (peak memory is then read against the budget).
 * ``layersens-compressed``: :func:`layersens.compressed_jacobian` (per-channel blocks, not the dense matrix).
   It is verified through its lossless ``to_dense()``, but timed (and its memory measured) as a user calls it,
@@ -25,63 +25,30 @@ The dense methods differentiate one flat function of the upstream parameters con
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import layersens
-
-from layersens import SpecError
-from layersens import parse_bytes
 from layersens import LayerSplit
+from layersens.compute import program_memory
 
-LOOP_METHODS = ("loop-jit", "loop-nojit")
-DENSE_METHODS = ("vmap-vjp", "jacrev", "jacfwd")
-LAYERSENS_PREFIX = "layersens-"
-COMPRESSED_METHOD = "layersens-compressed"
+from ._names import (
+    BUDGETS,
+    COMPRESSED_METHOD,
+    DENSE_METHODS,
+    LAYERSENS_PREFIX,
+    LOOP_METHODS,
+    available_methods,
+    is_method,
+    layersens_modes,
+    method_budget,
+)
+from ._timing import timed
 
-
-def layersens_modes() -> tuple[str, ...]:
-    """Strategy names to benchmark, read when called: strategies are registered in ``STRATEGIES`` over time."""
-    from layersens import STRATEGIES
-
-    return ("auto",) + tuple(name for name in STRATEGIES if name != "auto")
-
-
-# Working-memory budgets the default benchmark also runs ``layersens-auto`` under (``--max-memory``), so the
-# report shows peak memory against each budget.
-BUDGETS = ("8MiB", "256MiB")
-
-
-def available_methods() -> tuple[str, ...]:
-    """The default method list. Any ``layersens-<mode>@<size>`` (e.g. ``layersens-auto@16MiB``) is accepted too:
-    that strategy with ``max_memory=<size>``."""
-    return (LOOP_METHODS + DENSE_METHODS + tuple(LAYERSENS_PREFIX + m for m in layersens_modes())
-            + tuple(f"{LAYERSENS_PREFIX}auto@{b}" for b in BUDGETS) + (COMPRESSED_METHOD,))
-
-
-def is_method(name: str) -> bool:
-    if name in LOOP_METHODS or name in DENSE_METHODS or name == COMPRESSED_METHOD:
-        return True
-    if not name.startswith(LAYERSENS_PREFIX):
-        return False
-    mode, _, budget = name[len(LAYERSENS_PREFIX):].partition("@")
-    if mode not in layersens_modes():
-        return False
-    if budget:
-        try:
-            parse_bytes(budget)
-        except SpecError:
-            return False
-    return True
-
-
-def method_budget(name: str) -> int | None:
-    """The ``max_memory`` in bytes of a ``layersens-<mode>@<size>`` method, else ``None``."""
-    _, _, budget = name.partition("@")
-    return parse_bytes(budget) if budget else None
+__all__ = ["BUDGETS", "COMPRESSED_METHOD", "DENSE_METHODS", "LAYERSENS_PREFIX", "LOOP_METHODS", "CompressedMethod",
+           "DenseMethod", "LayersensMethod", "LoopMethod", "available_methods", "compare", "flat_parameters",
+           "is_method", "layersens_modes", "make_method", "method_budget", "sample_pairs"]
 
 
 def flat_parameters(split: LayerSplit):
@@ -133,19 +100,13 @@ class DenseMethod:
         self._compiled = None
 
     def compile(self) -> float:
-        start = time.perf_counter()
-        self._compiled = self._jitted.lower(self.theta, self.xs[0]).compile()
-        return time.perf_counter() - start
+        self._compiled, seconds = timed(lambda: self._jitted.lower(self.theta, self.xs[0]).compile())
+        return seconds
 
     def working_bytes(self) -> int | None:
-        """XLA's own count of the compiled program's buffers (temporaries, arguments, output), or ``None``."""
-        try:
-            stats = self._compiled.memory_analysis()
-        except Exception:  # not every backend implements it
-            return None
-        if stats is None:
-            return None
-        return int(stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes)
+        """XLA's own count of the compiled program's buffers (temporaries, arguments, output), or ``None`` where
+        the backend does not say."""
+        return program_memory(self._compiled, with_arguments=True)
 
     def full(self) -> np.ndarray:
         split = self.split
@@ -185,9 +146,8 @@ class LoopMethod:
     def compile(self) -> float | None:
         if self.name != "loop-jit":
             return None
-        start = time.perf_counter()
-        self._call = jax.jit(self._row).lower(self.params, self.xs[0], np.int32(0)).compile()
-        return time.perf_counter() - start
+        self._call, seconds = timed(lambda: jax.jit(self._row).lower(self.params, self.xs[0], np.int32(0)).compile())
+        return seconds
 
     def rows(self, pairs: np.ndarray) -> np.ndarray:
         """Gradients of the given ``(example, output)`` pairs, shape ``(len(pairs), P)``."""

@@ -2,7 +2,7 @@
 
 Every sentence in a report is computed from the measurements of that run: which method won, by how much, how
 close it came to the memory-write floor. Nothing is claimed that the numbers do not show. Files are written
-atomically (a temporary file in the same directory, then ``os.replace``).
+atomically (a temporary file in the same directory, renamed into place: ``layersens._atomic``).
 """
 
 from __future__ import annotations
@@ -11,49 +11,16 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
-from ._methods import COMPRESSED_METHOD, method_budget
-from layersens import LayersensError, format_bytes
+from layersens import LayersensError, OutputError, format_bytes
+
+from . import _format as fmt
+from ._names import COMPRESSED_METHOD, method_budget
 
 FORMAT = "layersens-benchmark/1"
 FILES = ("report.md", "report.json", "plot.png")
 _GB = 1e9
-
-
-def _t(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds * 1e6:.0f} µs"
-
-
-def _r(ratio: float) -> str:
-    """A ratio with as many digits as matter: 1,700, 35.2, 5.59, 0.0121."""
-    if ratio >= 100:
-        return f"{ratio:,.0f}"
-    if ratio >= 10:
-        return f"{ratio:.1f}"
-    return f"{ratio:.3g}"
-
-
-def _x(ratio: float | None) -> str:
-    return "—" if ratio is None else f"{_r(ratio)}×"
-
-
-def _pct(fraction: float | None) -> str:
-    if fraction is None:
-        return "—"
-    return f"{fraction:.1%}" if fraction >= 0.001 else f"{fraction * 100:.2g}%"
-
-
-def _span(values) -> str:
-    lo, hi = min(values), max(values)
-    return _x(lo) if _r(lo) == _r(hi) else f"{_x(lo)} to {_x(hi)}"
 
 
 def _ok(case):
@@ -78,9 +45,9 @@ def _compressed_sentence(case) -> str:
     compressed, dense, ratio = found
     size = (f" ({format_bytes(compressed.result_bytes)} of per-channel blocks instead of the dense "
             f"{format_bytes(case.jacobian_bytes)})" if compressed.result_bytes else "")
-    return (f"{COMPRESSED_METHOD} (compressed_jacobian{size}) took {_t(compressed.steady_seconds)}: "
-            f"{_x(ratio) if ratio >= 1 else _x(1 / ratio)} {'faster' if ratio >= 1 else 'slower'} than the fastest "
-            f"dense layersens strategy ({dense.name}, {_t(dense.steady_seconds)}).")
+    return (f"{COMPRESSED_METHOD} (compressed_jacobian{size}) took {fmt.seconds(compressed.steady_seconds)}: "
+            f"{fmt.speedup(max(ratio, 1 / ratio))} {'faster' if ratio >= 1 else 'slower'} than the fastest "
+            f"dense layersens strategy ({dense.name}, {fmt.seconds(dense.steady_seconds)}).")
 
 
 def describe_case(case, bandwidth) -> str:
@@ -91,12 +58,13 @@ def describe_case(case, bandwidth) -> str:
     if not ok:
         return f"{where}, no method produced a verified result."
     win, loop = ok[0], case.method("loop-jit")
-    text = [f"{where}, {win.name} was fastest: {_t(win.steady_seconds)} after compilation"]
+    text = [f"{where}, {win.name} was fastest: {fmt.seconds(win.steady_seconds)} after compilation"]
     if loop is not None and loop.ok and win is not loop:
         label = ", extrapolated" if loop.extrapolated else ""
-        text[-1] += f", {_x(win.speedup_vs_loop)} the jitted scalar loop ({_t(loop.steady_seconds)}{label})"
+        text[-1] += (f", {fmt.speedup(win.speedup_vs_loop)} the jitted scalar loop "
+                     f"({fmt.seconds(loop.steady_seconds)}{label})")
     if win.speedup_vs_best_jax is not None and win.name not in ("jacrev", "jacfwd"):
-        text[-1] += f" and {_x(win.speedup_vs_best_jax)} the better of jax.jacrev/jax.jacfwd"
+        text[-1] += f" and {fmt.speedup(win.speedup_vs_best_jax)} the better of jax.jacrev/jax.jacfwd"
     text[-1] += "."
     close = [m.name for m in ok[1:] if m.steady_seconds <= 1.1 * win.steady_seconds]
     if close:
@@ -108,7 +76,7 @@ def describe_case(case, bandwidth) -> str:
         agrees = (ratio > 1) == shape_says
         text.append(
             f"Forward mode pushes P = {case.num_params:,} tangents per example and reverse mode pulls back "
-            f"M = {case.num_outputs:,} cotangents; jacfwd was {_x(ratio if ratio >= 1 else 1 / ratio)} "
+            f"M = {case.num_outputs:,} cotangents; jacfwd was {fmt.speedup(ratio if ratio >= 1 else 1 / ratio)} "
             f"{'faster' if ratio >= 1 else 'slower'} than jacrev, "
             f"{'as that count predicts' if agrees else 'against what that count alone predicts'}.")
     elif fwd is not None and fwd.status == "skipped":
@@ -116,29 +84,31 @@ def describe_case(case, bandwidth) -> str:
     if rev is not None and rev.ok and loop is not None and loop.ok:
         r = rev.speedup_vs_loop
         if r < 1:
-            text.append(f"jax.jacrev took {_x(1 / r)} as long as the jitted loop: vectorizing the same pullbacks "
-                        "bought nothing over a compiled loop here.")
+            text.append(f"jax.jacrev took {fmt.speedup(1 / r)} as long as the jitted loop: vectorizing the same "
+                        "pullbacks bought nothing over a compiled loop here.")
         else:
-            text.append(f"jax.jacrev was {_x(r)} as fast as the jitted loop" + (
+            text.append(f"jax.jacrev was {fmt.speedup(r)} as fast as the jitted loop" + (
                 ": vectorizing the same pullbacks gains little over a compiled loop here." if r < 3 else "."))
     nojit = case.method("loop-nojit")
     if nojit is not None and nojit.ok and loop is not None and loop.ok:
-        text.append(f"Without jit the loop took {_x(nojit.steady_seconds / loop.steady_seconds)} as long as with it.")
+        text.append(f"Without jit the loop took {fmt.speedup(nojit.steady_seconds / loop.steady_seconds)} as long as "
+                    "with it.")
     if win.write_fraction is not None:
         floor = case.jacobian_bytes / bandwidth.fill
         fresh = case.jacobian_bytes / bandwidth.first_touch
         text.append(
             f"{win.name} produced the dense matrix at {win.bytes_per_second / _GB:.3g} GB/s: "
-            f"{_pct(win.write_fraction)} of this machine's write bandwidth into memory already in use "
-            f"({bandwidth.fill / _GB:.3g} GB/s; {_t(floor)} for this result) and "
-            f"{_pct(win.bytes_per_second / bandwidth.first_touch)} of its first-touch bandwidth into fresh memory "
-            f"({bandwidth.first_touch / _GB:.3g} GB/s; {_t(fresh)}), which any call returning a new matrix pays" + (
+            f"{fmt.percent(win.write_fraction)} of this machine's write bandwidth into memory already in use "
+            f"({bandwidth.fill / _GB:.3g} GB/s; {fmt.seconds(floor)} for this result) and "
+            f"{fmt.percent(win.bytes_per_second / bandwidth.first_touch)} of its first-touch bandwidth into fresh "
+            f"memory ({bandwidth.first_touch / _GB:.3g} GB/s; {fmt.seconds(fresh)}), which any call returning a new "
+            "matrix pays" + (
                 ". That is within 2× of the floor set by writing the result: further gains on the dense matrix must "
                 "come from writing less of it." if win.steady_seconds <= 2 * fresh else
                 "; computing, not writing, still dominates its time."))
     if win.compile_seconds and win.compile_seconds > win.steady_seconds:
-        text.append(f"Its compilation ({_t(win.compile_seconds)}) takes longer than its computation, so a single "
-                    "call is dominated by compiling.")
+        text.append(f"Its compilation ({fmt.seconds(win.compile_seconds)}) takes longer than its computation, so a "
+                    "single call is dominated by compiling.")
     compressed = _compressed_sentence(case)
     if compressed:
         text.append(compressed)
@@ -169,16 +139,16 @@ def describe_overview(report) -> str:
         if ours:
             best.append((ours[0].speedup_vs_loop, ours[0].speedup_vs_best_jax, case))
     if best:
-        text.append(f"The best layersens strategy per case was {_span([b[0] for b in best])} as fast as the jitted "
+        text.append(f"The best layersens strategy per case was {fmt.span([b[0] for b in best])} as fast as the jitted "
                     "scalar loop")
         jax_ratios = [b[1] for b in best if b[1] is not None]
         if jax_ratios:
-            text[-1] += f" and {_span(jax_ratios)} as fast as the better of jacrev/jacfwd"
+            text[-1] += f" and {fmt.span(jax_ratios)} as fast as the better of jacrev/jacfwd"
         text[-1] += "."
     ratios = [found[2] for case in report.cases if (found := _compressed_ratio(case)) is not None]
     if ratios:
         text.append(f"{COMPRESSED_METHOD}, which writes per-channel blocks instead of the dense matrix, took "
-                    f"{_span([1 / r for r in ratios])} the time of the fastest dense layersens strategy.")
+                    f"{fmt.span([1 / r for r in ratios])} the time of the fastest dense layersens strategy.")
     extrapolated = [c for c in report.cases if (m := c.method("loop-jit")) is not None and m.extrapolated]
     if extrapolated:
         text.append(f"The jitted loop was extrapolated from a sample in {len(extrapolated)} case(s) (marked).")
@@ -229,10 +199,11 @@ def _method_row(m) -> list[str]:
     steady = m.memory.steady_added_bytes if m.memory is not None else None
     if steady is not None:
         memory_text += f" / {format_bytes(steady)}"
-    return [m.name, m.status, _t(m.compile_seconds), _t(m.steady_seconds) + (" *" if m.extrapolated else ""),
-            m.timing or m.reason, _x(m.speedup_vs_loop), _x(m.speedup_vs_best_jax),
+    steady_text = fmt.seconds(m.steady_seconds) + (" *" if m.extrapolated else "")
+    return [m.name, m.status, fmt.seconds(m.compile_seconds), steady_text,
+            m.timing or m.reason, fmt.speedup(m.speedup_vs_loop), fmt.speedup(m.speedup_vs_best_jax),
             "—" if m.bytes_per_second is None else f"{m.bytes_per_second / _GB:.3g}",
-            _pct(m.write_fraction), memory_text,
+            fmt.percent(m.write_fraction), memory_text,
             "—" if m.max_abs_error is None else f"{m.max_abs_error:.2g}"]
 
 
@@ -258,61 +229,79 @@ def report_markdown(report) -> str:
         ["available memory", format_bytes(env.available_memory_bytes)],
         ["versions", ", ".join(f"{k} {v}" for k, v in env.versions) + f", python {env.python}"],
         ["platform", env.platform], ["thread settings", threads], ["memory-write bandwidth", bandwidth]])
+    budget = (f"; a method whose runs are long gets only as many as fit in {s.method_budget_s:g} s (at least one; "
+              "the timing column says so)." if s.method_budget_s is not None else ".")
+    run_limit = [(f"- Run limit: each method but the loops first compiled and ran once in a process of its own; one "
+                  f"that did not finish within {s.run_limit_s:g} s there was stopped and is reported as skipped, "
+                  "not run here.")] if s.run_limit_s is not None else []
     lines += ["", "## How it was measured", "",
-              f"- Every method's result is compared with one reference (named per case) before it is timed: "
-              f"|result − reference| ≤ {s.atol:g} + {s.rtol:g}·|reference| everywhere (loops: on their sampled "
-              "rows, and on the whole matrix when run in full). A method that differs or raises is reported as "
-              "failed and not timed; a dense JAX method whose compiled program (XLA's count) needs more than "
-              f"{s.memory_fraction:.0%} of available memory is skipped.",
-              "- Compile time is `jax.jit(f).lower(...).compile()`; steady-state time is the median of "
-              f"{s.repeats} runs after one warm-up run, for all examples, results copied to host memory"
-              + (f"; a method whose warm-up run was long gets only as many runs as fit in {s.method_budget_s:g} s "
-                 "(at least one; the timing column says so)." if s.method_budget_s is not None else "."),
-              *([f"- Run limit: each method but the loops first compiled and ran once in a process of its own; one "
-                 f"that did not finish within {s.run_limit_s:g} s there was stopped and is reported as skipped, "
-                 "not run here."] if s.run_limit_s is not None else []),
-              "- layersens plans and compiles on its first `layersens.jacobian` call and keeps both on the split; its "
-              "compile time is that call's `.compile_seconds` and its steady state the median wall time of whole later "
-              "calls (input checks, dispatch, computation and the host result included); the `.seconds` those calls "
-              "report are in the JSON (`compute_seconds`).",
-              f"- `{COMPRESSED_METHOD}` is `layersens.compressed_jacobian` (per-channel blocks for channel-diagonal "
-              "leaves): verified through its lossless `to_dense()`, timed and measured as it is called, without "
-              "that conversion. It is ranked apart from the methods that return the dense matrix, and has no "
-              "dense write rate.",
-              f"- loop-jit runs in full while one full loop is estimated to take at most {s.loop_budget_s:g} s (with "
-              f"as many repeats as fit, at least one); beyond that it is timed on {s.loop_sample} random gradients "
-              f"(seed {s.seed}) and extrapolated. loop-nojit is timed on {s.nojit_sample} random gradients. "
-              "Extrapolated times are marked *.",
-              "- Peak memory: each method runs once (compilation included) in a fresh process before it is timed "
-              "here; the column is the growth of its peak resident set over the baseline after loading the model, "
-              "for that first call and (after resetting the high-water mark) for a second call with the compiled "
-              "programs held: what each later call adds, the result included. Loops run their sample into a "
-              "faulted-in full result buffer. `layersens-auto@SIZE` is auto with `max_memory=SIZE`.",
-              "- Ratios are steady-state times: `vs loop-jit` = loop-jit time ÷ method time, `vs best jax` = the "
-              "faster of jacrev/jacfwd ÷ method time. `% write bw` = dense Jacobian bytes per second ÷ the fill "
-              "bandwidth above.", ""]
+              (f"- Every method's result is compared with one reference (named per case) before it is timed: "
+               f"|result − reference| ≤ {s.atol:g} + {s.rtol:g}·|reference| everywhere (loops: on their sampled "
+               "rows, and on the whole matrix when run in full). A method that differs or raises is reported as "
+               "failed and not timed; a dense JAX method whose compiled program (XLA's count) needs more than "
+               f"{s.memory_fraction:.0%} of available memory is skipped."),
+              ("- Compile time is `jax.jit(f).lower(...).compile()`; steady-state time is the median of "
+               f"{s.repeats} runs after one warm-up run, for all examples, results copied to host memory{budget}"),
+              *run_limit,
+              ("- layersens plans and compiles on its first `layersens.jacobian` call and keeps both on the split; "
+               "its compile time is that call's `.compile_seconds` and its steady state the median wall time of "
+               "whole later calls (input checks, dispatch, computation and the host result included); the "
+               "`.seconds` those calls report are in the JSON (`compute_seconds`)."),
+              (f"- `{COMPRESSED_METHOD}` is `layersens.compressed_jacobian` (per-channel blocks for channel-diagonal "
+               "leaves): verified through its lossless `to_dense()`, timed and measured as it is called, without "
+               "that conversion. It is ranked apart from the methods that return the dense matrix, and has no "
+               "dense write rate."),
+              (f"- loop-jit runs in full while one full loop is estimated to take at most {s.loop_budget_s:g} s "
+               f"(with as many repeats as fit, at least one); beyond that it is timed on {s.loop_sample} random "
+               f"gradients (seed {s.seed}) and extrapolated. loop-nojit is timed on {s.nojit_sample} random "
+               "gradients. Extrapolated times are marked *."),
+              ("- Peak memory: each method runs once (compilation included) in a fresh process before it is timed "
+               "here; the column is the growth of its peak resident set over the baseline after loading the model, "
+               "for that first call and (after resetting the high-water mark) for a second call with the compiled "
+               "programs held: what each later call adds, the result included. Loops run their sample into a "
+               "faulted-in full result buffer. `layersens-auto@SIZE` is auto with `max_memory=SIZE`."),
+              ("- Ratios are steady-state times: `vs loop-jit` = loop-jit time ÷ method time, `vs best jax` = the "
+               "faster of jacrev/jacfwd ÷ method time. `% write bw` = dense Jacobian bytes per second ÷ the fill "
+               "bandwidth above."), ""]
     header = ["method", "status", "compile", "steady", "timing", "vs loop-jit", "vs best jax", "GB/s",
               "% write bw", "peak added (first / later call)", "max abs err"]
     for case in report.cases:
         lines += [f"## {case.layer}, {case.num_examples} example(s)", "",
-                  f"Jacobian {case.num_examples} × {case.num_outputs:,} × {case.num_params:,} "
-                  f"({case.num_leaves} upstream leaves) = {format_bytes(case.jacobian_bytes)}; reference: "
-                  f"{case.reference}.", ""]
+                  (f"Jacobian {case.num_examples} × {case.num_outputs:,} × {case.num_params:,} "
+                   f"({case.num_leaves} upstream leaves) = {format_bytes(case.jacobian_bytes)}; reference: "
+                   f"{case.reference}."), ""]
         lines += _table(header, [_method_row(m) for m in case.methods]) + ["", case.summary, ""]
     lines += ["## Plot", "", "![steady-state time per method](plot.png)", ""]
     return "\n".join(lines)
 
 
+def check_report_dir(out_dir, overwrite: bool = False, option: str = "--out") -> Path:
+    """Checks, before a benchmark runs, that its report can be written into ``out_dir``: not a file (nor inside
+    one), and holding no earlier report unless ``overwrite``. Returns the directory."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{option} {out_dir} is a file, not a directory; give a directory for {', '.join(FILES)}.")
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(f"{option} {out_dir}: {existing} is a file, not a directory; choose another path.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(f"{option} {out_dir} cannot be written ({existing} is not writable); choose a writable "
+                          "directory.")
+    found = [name for name in FILES if (out_dir / name).exists()]
+    if found and not overwrite:
+        raise OutputError(f"{option} {out_dir} already holds a benchmark report ({', '.join(found)}); pass "
+                          "--overwrite (overwrite=True) to replace it, or choose another directory.")
+    return out_dir
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """One report file, through the project's one atomic writer (the permissions the user's new files get, a
+    temporary renamed into place, stale temporaries of a killed run removed)."""
+    from .._atomic import write_bytes
+
+    write_bytes(path, data)
 
 
 def write_report(report, out_dir) -> tuple[Path, Path, Path]:

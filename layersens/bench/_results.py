@@ -31,13 +31,6 @@ class Settings:
     run_limit_s: float | None = None  # compile + one run, in its own process, beyond this: skipped (None: no limit)
     memory_fraction: float = MEMORY_FRACTION
 
-    def runs_for(self, warmup_seconds: float) -> int:
-        """Timed runs for a method whose warm-up run took ``warmup_seconds``: ``repeats``, or as many as fit in
-        ``method_budget_s`` (at least one)."""
-        if self.method_budget_s is None or warmup_seconds <= 0:
-            return self.repeats
-        return max(1, min(self.repeats, int(self.method_budget_s // warmup_seconds)))
-
 
 @dataclasses.dataclass(frozen=True)
 class MethodResult:

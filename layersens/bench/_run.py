@@ -1,9 +1,9 @@
 """Benchmarks: layersens against the scalar-gradient loop and JAX's own Jacobians, with every result checked.
 
 ``run_benchmark(model_dir, "relu1")`` computes the same per-example Jacobian with every method of
-``_bench_methods`` on the model's own example inputs. Each method is first checked against one reference
+``_methods`` on the model's own example inputs. Each method is first checked against one reference
 computation and only then timed; compile time and steady-state time are kept apart; peak memory comes from a
-fresh process per method (``_bench_worker``); the machine's memory-write bandwidth is measured in the same run.
+fresh process per method (``_worker``); the machine's memory-write bandwidth is measured in the same run.
 :func:`write_report` (``_report``) turns the result into Markdown, JSON and a plot.
 
 Cost: for each layer and example count, one reference Jacobian, then per method one compilation, one
@@ -17,37 +17,41 @@ import dataclasses
 import datetime
 import gc
 import statistics
-import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 import layersens
+from layersens import (
+    InputShapeError,
+    JacobianTooLargeError,
+    SpecError,
+    available_memory,
+    format_bytes,
+)
 
 from ._env import DEFAULT_BANDWIDTH_BYTES, Bandwidth, environment, measure_bandwidth
-from ._methods import (COMPRESSED_METHOD, DENSE_METHODS, LOOP_METHODS, DenseMethod, available_methods, compare,
-                       is_method, make_method, sample_pairs)
+from ._methods import (
+    COMPRESSED_METHOD,
+    DENSE_METHODS,
+    LOOP_METHODS,
+    DenseMethod,
+    available_methods,
+    compare,
+    is_method,
+    make_method,
+    sample_pairs,
+)
+from ._report import check_report_dir, describe_case, describe_overview, write_report
 from ._results import BenchmarkReport, CaseResult, MethodResult, Settings
+from ._timing import time_calls, timed
 from ._worker import measure_peak_memory
-from layersens import InputShapeError, JacobianTooLargeError, SpecError, format_bytes
-from layersens import available_memory
-from ._report import describe_case, describe_overview, write_report
 
 __all__ = ["BenchmarkReport", "CaseResult", "MethodResult", "Settings", "run_benchmark", "write_report"]
 
 
 def _median(values) -> float:
     return float(statistics.median(values))
-
-
-def _timed(run: Callable[[], object], repeats: int) -> list[float]:
-    """Wall times of ``repeats`` calls. Every method returns host arrays, so a call's end is its result's."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _first_line(e: BaseException) -> str:
@@ -75,27 +79,27 @@ def _bench_loop(name, method, compile_s, split, xs, reference, settings: Setting
     pairs = sample_pairs(len(xs), split.num_outputs, k, settings.seed)
     rows = method.rows(pairs)  # also the warm-up
     ok, error = compare(rows[None], reference[pairs[:, 0], pairs[:, 1]][None], settings.rtol, settings.atol)
-    common = dict(compile_seconds=compile_s, max_abs_error=error, checked_entries=rows.size, total_gradients=total)
+    common = {"compile_seconds": compile_s, "max_abs_error": error, "checked_entries": rows.size,
+              "total_gradients": total}
     if not ok:
         return MethodResult(name, "failed", reason=f"sampled rows differ from the reference (max |error| {error:.3g})",
                             **common)
-    runs = _timed(lambda: method.rows(pairs), settings.repeats)
+    runs = time_calls(lambda: method.rows(pairs), settings.repeats)
     estimate = _median(runs) / len(pairs) * total
     if len(pairs) == total:
         return MethodResult(name, "ok", steady_seconds=_median(runs), runs_seconds=tuple(runs),
                             timing=f"all {total} gradients, median of {len(runs)}", **common)
     if name == "loop-jit" and estimate <= settings.loop_budget_s:
         repeats = max(1, min(settings.repeats, int(settings.loop_budget_s // estimate)))
-        start = time.perf_counter()
-        full = method.full()
-        runs = [time.perf_counter() - start]
+        full, first = timed(method.full)
+        runs = [first]
         ok, error = compare(full, reference, settings.rtol, settings.atol)
         common.update(max_abs_error=error, checked_entries=full.size)
         del full
         if not ok:
             return MethodResult(name, "failed", reason=f"differs from the reference (max |error| {error:.3g})",
                                 **common)
-        runs += _timed(method.full, repeats - 1)
+        runs += time_calls(method.full, repeats - 1)
         return MethodResult(name, "ok", steady_seconds=_median(runs), runs_seconds=tuple(runs),
                             timing=f"all {total} gradients, median of {len(runs)}", **common)
     return MethodResult(name, "ok", steady_seconds=estimate, runs_seconds=tuple(runs), extrapolated=True,
@@ -114,35 +118,43 @@ def _too_big(name, method, compile_s, settings: Settings, memory_budget: float) 
         f"of the {format_bytes(available_memory())} available"))
 
 
+def _capped(times, settings: Settings) -> str:
+    if len(times) >= settings.repeats:
+        return ""
+    return f" (capped by the {settings.method_budget_s:g} s budget)"
+
+
 def _bench_full(name, method, compile_s, split, xs, reference, settings: Settings) -> MethodResult:
     need = method.working_bytes() if name in DENSE_METHODS else None
-    start = time.perf_counter()
     result = method.full()  # also the warm-up
-    runs = settings.runs_for(time.perf_counter() - start)
-    capped = f" (capped by the {settings.method_budget_s:g} s budget)" if runs < settings.repeats else ""
     ok, error = compare(result, reference, settings.rtol, settings.atol)
-    common = dict(max_abs_error=error, checked_entries=result.size, working_bytes=need)
+    common = {"max_abs_error": error, "checked_entries": result.size, "working_bytes": need}
     del result
     if not ok:
         return MethodResult(name, "failed", compile_seconds=compile_s,
                             reason=f"differs from the reference (max |error| {error:.3g})", **common)
     if name in DENSE_METHODS:
-        times = _timed(method.run, runs)
+        times = time_calls(method.run, settings.repeats, settings.method_budget_s)
         return MethodResult(name, "ok", compile_seconds=compile_s, steady_seconds=_median(times),
-                            runs_seconds=tuple(times), timing=f"median of {len(times)}{capped}", **common)
+                            runs_seconds=tuple(times), timing=f"median of {len(times)}{_capped(times, settings)}",
+                            **common)
     # Kernels are compiled by the first (verification) call and kept on the split: that call's compile time is
     # the method's, and the timed calls that follow measure the steady state.
     first_compile = method.first_compile_seconds
-    walls, computes = [], []
-    for _ in range(runs):
-        walls += _timed(method.run, 1)
+    computes = []
+
+    def run():
+        result = method.run()
         computes.append(method.last_seconds)
+        return result
+
+    walls = time_calls(run, settings.repeats, settings.method_budget_s)
     if name == COMPRESSED_METHOD:
         common["result_bytes"] = method.last.nbytes
     method.last = None
     return MethodResult(name, "ok", compile_seconds=first_compile, steady_seconds=_median(walls),
                         runs_seconds=tuple(walls), compute_seconds=_median(computes),
-                        timing=f"median of {len(walls)} whole calls{capped}", **common)
+                        timing=f"median of {len(walls)} whole calls{_capped(walls, settings)}", **common)
 
 
 def _with_ratios(methods: list[MethodResult], jacobian_bytes: int, bandwidth: Bandwidth) -> list[MethodResult]:
@@ -203,7 +215,7 @@ def _bench_case(model, model_dir, layer, n, settings, bandwidth, progress, measu
                     continue
             bench = _bench_loop if name in LOOP_METHODS else _bench_full
             result = bench(name, method, compile_s, split, xs, reference, settings)
-        except Exception as e:  # a method that raises is a failed method, not a failed benchmark
+        except Exception as e:  # noqa: BLE001 - a method that raises is a failed method, not a failed benchmark
             result = MethodResult(name, "failed", reason=_first_line(e))
         method = None  # release its compiled programs and buffers before the next method compiles
         gc.collect()
@@ -249,6 +261,7 @@ def run_benchmark(
     method_budget_s: float | None = None,
     run_limit_s: float | None = None,
     out_dir=None,
+    overwrite: bool = False,
     allow_import: bool = False,
     progress: Callable[[str], None] | None = None,
     measure_memory: bool = True,
@@ -257,7 +270,7 @@ def run_benchmark(
     nojit_sample: int = 20,
     seed: int = 0,
 ) -> BenchmarkReport:
-    """Benchmarks every method (default: all of ``_bench_methods.available_methods()``) on each layer in
+    """Benchmarks every method (default: all of :func:`available_methods`) on each layer in
     ``layer`` and each count in ``num_examples`` of the model's example inputs; see the module docstring.
 
     ``loop_budget_s`` caps the time spent on full runs of the jitted scalar loop; beyond it the loop is timed on
@@ -265,9 +278,13 @@ def run_benchmark(
     method's timed runs likewise (at least one; default: always ``repeats``). With ``run_limit_s``, each method
     but the loops first compiles and runs once in a process of its own; one that does not finish within the limit
     is stopped there and reported as skipped. With
-    ``out_dir`` the report is also written there (:func:`write_report`) and ``files`` lists what was written.
+    ``out_dir`` the report is also written there (:func:`write_report`) and ``files`` lists what was written;
+    ``out_dir`` is checked before anything runs: a file there, or a report already there (unless
+    ``overwrite``), is an :class:`~layersens.OutputError`.
     ``progress(message)`` is told what runs next.
     """
+    if out_dir is not None:
+        check_report_dir(out_dir, overwrite)
     layers = _as_tuple(layer, str)
     counts = _as_tuple(num_examples, int)
     if not layers:

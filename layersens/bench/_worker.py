@@ -26,7 +26,6 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 
 _STARTUP_ALLOWANCE_S = 600
 
@@ -80,6 +79,7 @@ def _work(args) -> dict:
     import layersens
 
     from ._methods import LOOP_METHODS, make_method, sample_pairs
+    from ._timing import timed
 
     model = layersens.load_model(args.model, allow_import=args.allow_import)
     split = layersens.split(model, args.layer)
@@ -91,20 +91,23 @@ def _work(args) -> dict:
         # handler could interrupt; the parent reads the signal as "too slow".
         signal.signal(signal.SIGALRM, signal.SIG_DFL)
         signal.setitimer(signal.ITIMER_REAL, args.time_limit)
-    start = time.perf_counter()
-    method.compile()
-    note = ""
-    if args.method in LOOP_METHODS:
+
+    def first_call():
+        method.compile()
+        if args.method not in LOOP_METHODS:
+            return method.run()
         pairs = sample_pairs(len(xs), split.num_outputs, args.loop_sample, seed=args.seed)
         result = np.empty((len(xs), split.num_outputs, split.num_params), split.activation_dtype)
         result.fill(0.0)  # the full loop writes every row: fault the whole result in
         result[pairs[:, 0], pairs[:, 1]] = method.rows(pairs)
-        if len(pairs) < len(xs) * split.num_outputs:
-            note = f"{len(pairs)} of {len(xs) * split.num_outputs} gradients run, full result buffer faulted in"
-    else:
-        method.run()
-    seconds = time.perf_counter() - start
+        return result
+
+    seconds = timed(first_call)[1]  # the result is let go here, as a caller that only wanted it once would
     signal.setitimer(signal.ITIMER_REAL, 0)
+    total, sampled = len(xs) * split.num_outputs, min(args.loop_sample, len(xs) * split.num_outputs)
+    note = ""
+    if args.method in LOOP_METHODS and sampled < total:
+        note = f"{sampled} of {total} gradients run, full result buffer faulted in"
     peak, source = _peak_rss()
     out = {"baseline_bytes": baseline, "peak_bytes": peak, "source": source, "seconds": seconds, "note": note}
     if args.method not in LOOP_METHODS and _reset_peak_rss():
@@ -151,7 +154,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         result = _work(args)
-    except Exception as e:  # reported to the parent as data: one failed measurement must not end the benchmark
+    except Exception as e:  # noqa: BLE001 - reported to the parent as data: one failed measurement must not end the benchmark
         result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
     print(json.dumps(result), flush=True)
     return 0
@@ -175,7 +178,7 @@ def measure_peak_memory(model_dir, layer: str, num_examples: int, method: str, *
     # A backstop only: the worker's own timer stops the computation; start-up (imports, model) comes on top.
     timeout = None if time_limit_s is None else time_limit_s + _STARTUP_ALLOWANCE_S
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
     except subprocess.TimeoutExpired:
         return PeakMemory(error=f"worker did not finish within {timeout:.0f} s", timed_out=True)
     if done.returncode == -signal.SIGALRM:

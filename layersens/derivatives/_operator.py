@@ -20,12 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import LayersensError, SpecError
+from .._repr import Summarized
+from .._errors import InputShapeError, LayersensError
+from ..analysis import analyze
 from ._flat import as_examples, flat_function
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class LinearizedLayer:
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class LinearizedLayer(Summarized):
     """J_n (M × P) of every example n, as a linear operator.
 
     Attributes:
@@ -43,6 +45,10 @@ class LinearizedLayer:
     _forward: bool = dataclasses.field(repr=False)
     _no_reverse: str | None = dataclasses.field(default=None, repr=False)
 
+    def _summary(self):
+        return [("layer", self.split.layer), ("shape", self.shape), ("params", self.split.param_names),
+                ("mode", "forward" if self._forward else "reverse")]
+
     def _check_reverse(self):
         if self._no_reverse is not None:
             raise LayersensError(
@@ -56,27 +62,33 @@ class LinearizedLayer:
         if isinstance(v, dict):
             missing = set(self.split.param_names) - set(v)
             if missing:
-                raise SpecError(f"the vector lacks leaves {sorted(missing)}; give every one of "
+                raise InputShapeError(f"the vector lacks leaves {sorted(missing)}; give every one of "
                                 f"{list(self.split.param_names)}.")
             v = np.concatenate([np.ravel(v[name]) for name in self.split.param_names])
         v = np.asarray(v, self.activation.dtype)
+        given = v.shape  # errors name the shape the caller gave, not one made from it below
+        if k_axis and v.ndim == 1:  # one vector: a block of k = 1
+            v = v[:, None]
         want = 2 if k_axis else 1
         if v.ndim == want:
             v = np.broadcast_to(v, (n,) + v.shape)
         if v.ndim != want + 1 or v.shape[0] != n or v.shape[1] != p:
-            raise SpecError(f"vectors have shape {v.shape}; expected ({p},{' k' if k_axis else ''}) or "
+            raise InputShapeError(f"vectors have shape {given}; expected ({p},{' k' if k_axis else ''}) or "
                             f"({n}, {p}{', k' if k_axis else ''}).")
         return v
 
     def _cotangents(self, u, k_axis: bool):
         n, m, _ = self.shape
         u = np.asarray(u, self.activation.dtype)
-        if not k_axis and u.shape[1:] == self.activation.shape[1:]:
+        given = u.shape  # errors name the shape the caller gave, not one made from it below
+        if u.shape == self.activation.shape:
             u = u.reshape(n, m)
+        if k_axis and u.shape == (n, m):  # one cotangent per example: a block of k = 1
+            u = u[..., None]
         want = (n, m) + ((u.shape[-1],) if k_axis and u.ndim == 3 else ())
         if u.shape != want or (k_axis and u.ndim != 3):
-            raise SpecError(f"cotangents have shape {u.shape}; expected ({n}, {m}{', k' if k_axis else ''})"
-                            f"{'' if k_axis else ' or (examples,) + activation_shape'}.")
+            raise InputShapeError(f"cotangents have shape {given}; expected ({n}, {m}{', k' if k_axis else ''}) or "
+                            f"(examples,) + activation_shape{' (k = 1)' if k_axis else ''}.")
         return u
 
     def jvp(self, v) -> np.ndarray:
@@ -91,12 +103,14 @@ class LinearizedLayer:
         return np.stack([np.asarray(_VJP(m, jnp.asarray(u[n]))) for n, m in enumerate(self._maps)])
 
     def matmat(self, V) -> np.ndarray:
-        """``(examples, M, k)``: J_n V for a block ``V`` of ``k`` vectors, ``(P, k)`` or ``(examples, P, k)``."""
+        """``(examples, M, k)``: J_n V for a block ``V`` of ``k`` vectors, ``(P, k)`` or ``(examples, P, k)``
+        (one vector ``(P,)``: ``k = 1``)."""
         V = self._flat_vectors(V, True)
         return np.stack([np.asarray(_MATMAT(m, jnp.asarray(V[n]))) for n, m in enumerate(self._maps)])
 
     def rmatmat(self, U) -> np.ndarray:
-        """``(examples, P, k)``: J_nᵀ U_n for a block of ``k`` cotangents ``(examples, M, k)``."""
+        """``(examples, P, k)``: J_nᵀ U_n for a block of ``k`` cotangents ``(examples, M, k)`` (one per example,
+        ``(examples, M)`` or shaped like the activation: ``k = 1``)."""
         self._check_reverse()
         U = self._cotangents(U, True)
         return np.stack([np.asarray(_RMATMAT(m, jnp.asarray(U[n]))) for n, m in enumerate(self._maps)])
@@ -144,7 +158,7 @@ def linearize(split, inputs) -> LinearizedLayer:
     """The Jacobian of ``split``'s layer for each example as a :class:`LinearizedLayer` (see the module
     docstring). Cost: one forward pass per example, and the memory of its residuals."""
     x = as_examples(split, inputs)
-    limits = split.analysis.limits
+    limits = analyze(split).limits
     limits.check(split.param_names)
     forward = not limits.forward_blocked
     params = split.params

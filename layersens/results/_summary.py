@@ -70,6 +70,17 @@ def singular_values(matrix: np.ndarray) -> np.ndarray:
         return scaled * scale
 
 
+def _frobenius(a: np.ndarray) -> float:
+    """The Frobenius norm of ``a``. Entries near the float maximum, whose squares overflow, are scaled first (one
+    example at a time), so the norm is inf only where it is itself beyond the float range, and quietly."""
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(a))
+        if norm == float("inf") and np.isfinite(a).all():
+            scale = float(np.abs(a).max())
+            norm = scale * sum(float(np.linalg.norm(m / scale)) ** 2 for m in a) ** 0.5
+    return norm
+
+
 def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSummary:
     """Per-leaf Frobenius norms, largest entries and exact-zero fractions; rank and condition per example.
 
@@ -84,7 +95,7 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
             LeafSummary(
                 name=name,
                 shape=jac.param_shapes[jac.param_names.index(name)],
-                frobenius=float(np.linalg.norm(block)),
+                frobenius=_frobenius(block),
                 max_abs=float(np.abs(block).max()) if block.size else 0.0,
                 zero_fraction=float(np.mean(block == 0)) if block.size else 1.0,
             )
@@ -114,7 +125,7 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
     return JacobianSummary(
         layer=jac.layer,
         shape=tuple(jac.matrix.shape),
-        frobenius=float(np.linalg.norm(jac.matrix)),
+        frobenius=_frobenius(jac.matrix),
         zero_fraction=float(np.mean(jac.matrix == 0)) if jac.matrix.size else 1.0,
         leaves=tuple(leaves),
         rank=ranks,

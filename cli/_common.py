@@ -1,0 +1,346 @@
+"""What every ``layersens`` command shares: consoles, the click group that answers every error in one line, the
+option decorators, the progress displays and Ctrl-C.
+
+A command is its shared options, one library call and its printout. Errors become one ``error: ...`` line on
+stderr: usage errors (an unknown option, a missing one, a value that does not parse) exit with 2, as click and
+argparse do; errors in the work itself (a ``LayersensError``) with 1; an interrupt with 130, nothing written.
+
+Only click, rich and the JAX-free part of layersens (its errors, ``MODE_NAMES``, ``__version__``) are imported
+here, so ``layersens --help`` starts in a fraction of a second; JAX comes with the first command that computes.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from layersens import MODE_ALIASES, MODE_NAMES, _interrupt
+from layersens._errors import LayersensError, SpecError
+
+from . import STARTED_AS_PROGRAM
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+INTERRUPTED = "interrupted; nothing was written."
+
+
+def say(text: str):
+    out.print(text, markup=False)
+
+
+def error_line(message: str):
+    err.print("error: " + " ".join(str(message).splitlines()), markup=False)  # one line, whatever it quotes
+
+
+# ------------------------------------------------------------------------------------------ errors and Ctrl-C
+
+
+class Interrupted(click.ClickException):
+    """Ctrl-C while click parses (a value whose conversion loads the library): reported like any interrupt,
+    without click's own blank line."""
+
+    exit_code = 130
+
+    def __init__(self):
+        super().__init__(INTERRUPTED)
+
+
+def _exit_interrupted():
+    _interrupt.quiet()  # a second Ctrl-C must not cut the message short
+    error_line(INTERRUPTED)
+    if STARTED_AS_PROGRAM:
+        # Straight out: an orderly interpreter shutdown waits for, or crashes in (SIGSEGV), the threads XLA and
+        # Orbax may still run (a compilation in flight). Nothing is left to clean up: partial files were removed
+        # as the interrupt passed through the writers.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(130)
+
+
+class CommandGroup(click.Group):
+    """Click, with every error answered in one line: usage errors (a missing option, a value that does not
+    parse) become ``error: ...`` with exit code 2, an interrupt exits with 130 and nothing written, and warnings
+    print as one ``warning: ...`` line each. Ctrl-C is recorded from the start (:mod:`layersens._interrupt`)."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        previous_handler = _interrupt.install()  # keeps an interrupt recorded while the command line was imported
+        previous = warnings.showwarning
+        warnings.showwarning = lambda message, *rest, **kw: err.print(f"warning: {message}", markup=False)
+        try:
+            _interrupt.raise_if_interrupted()
+            code = super().main(*args, **kwargs)
+        except getattr(click.exceptions, "NoArgsIsHelpError", ()) as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(0)
+        except click.UsageError as e:
+            command = e.ctx.command_path if e.ctx is not None else "layersens"
+            error_line(f"{e.format_message()} (see `{command} --help`)")
+            sys.exit(2)
+        except (click.Abort, KeyboardInterrupt, Interrupted):
+            _exit_interrupted()
+        except click.ClickException as e:
+            error_line(e.format_message())
+            sys.exit(e.exit_code)
+        finally:
+            warnings.showwarning = previous
+            if STARTED_AS_PROGRAM:
+                _interrupt.quiet()  # the work is done: a Ctrl-C while the interpreter shuts down changes nothing
+            else:
+                _interrupt.uninstall(previous_handler)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def library():
+    """The layersens package with JAX imported, Ctrl-C deferred meanwhile: an interrupt raised in the Python code
+    jaxlib calls while it starts aborts the process (SIGABRT) instead of raising. A Ctrl-C pressed meanwhile is
+    raised when the import is done."""
+    with _interrupt.deferred():
+        import jax  # noqa: F401
+
+        import layersens
+
+        layersens.extract  # noqa: B018  (the rest of the library, imported on first use)
+    return layersens
+
+
+def clean_errors(command):
+    """Runs a command's body: a ``LayersensError`` becomes one line and exit code 1, Ctrl-C exit code 130 (also
+    where a library caught the interrupt and raised an error of its own: Orbax restoring a checkpoint reports an
+    ``ImportError: initialization failed`` when the interrupt lands in an import it makes)."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            library()
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            _exit_interrupted()
+        except Exception as e:
+            if _interrupt.interrupted():  # a library turned the interrupt into an error of its own
+                _exit_interrupted()
+            if not isinstance(e, LayersensError):
+                raise
+            error_line(e)
+            sys.exit(1)
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------------------ progress displays
+
+
+class LazyProgress:
+    """A progress bar on stderr that appears with the first chunk, so early errors print alone; only on a
+    terminal (elsewhere it would leave a line behind). Each call checks for a Ctrl-C that a library swallowed."""
+
+    def __init__(self, description: str):
+        self.description = description
+        self.bar = None
+
+    def __call__(self, done: int, total: int):
+        _interrupt.raise_if_interrupted()
+        if not err.is_terminal:
+            return
+        if self.bar is None:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err,
+                                transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(escape(self.description), total=total)
+        self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def status_line(message: str):
+    """A dim ``… message`` line on stderr: what a long run does next. Checks for a swallowed Ctrl-C."""
+    _interrupt.raise_if_interrupted()
+    err.print(f"[dim]… {escape(message)}[/dim]")
+
+
+# ------------------------------------------------------------------------------------------ value types
+
+
+class _Type(click.ParamType):
+    """A value parsed at the edge; a value that does not parse is a usage error (exit code 2) in the library's
+    words."""
+
+    def parse(self, value, option: str):
+        raise NotImplementedError
+
+    def convert(self, value, param, ctx):
+        if not isinstance(value, str):
+            return value  # a default, or already converted
+        option = param.opts[0] if param is not None else self.name
+        try:
+            return self.parse(value, option)
+        except LayersensError as e:
+            raise click.UsageError(" ".join(str(e).splitlines()), ctx) from None
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+
+
+class ByteSize(_Type):
+    """A size such as ``512MB`` or ``2GiB``, as bytes (``layersens.parse_bytes``)."""
+
+    name = "size"
+
+    def parse(self, value, option):
+        return library().parse_bytes(value, option)
+
+
+class JsonObject(_Type):
+    name = "json"
+
+    def parse(self, value, option):
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError) as e:
+            raise SpecError(f"{option} is {value!r}, which is not JSON ({e}); write e.g. "
+                            "'{\"train\": false}'.") from None
+        if not isinstance(parsed, dict):
+            raise SpecError(f"{option} is {value!r}; it must be a JSON object such as '{{\"features\": 64}}'.")
+        return parsed
+
+
+class Shape(_Type):
+    name = "shape"
+
+    def parse(self, value, option):
+        try:
+            shape = tuple(int(d) for d in value.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            shape = ()
+        if not shape or any(d <= 0 for d in shape):
+            raise SpecError(f"{option} is {value!r}; write the shape of one example as positive integers, e.g. "
+                            "28,28,1.")
+        return shape
+
+
+# ------------------------------------------------------------------------------------------ shared options
+
+
+def options(*decorators):
+    """Several click decorators as one, applied in the order given (the first is listed first in --help)."""
+
+    def apply(command):
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
+
+
+def model_dir_option(help: str = "Model directory: a layersens model (layersens.json + Orbax checkpoint), or a "
+                                 "plain Orbax checkpoint with --module."):
+    return click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help=help)
+
+
+allow_import_option = click.option(
+    "--allow-import", is_flag=True,
+    help="Allow importing the model's own code named by the spec or --module (this runs that code; each import is "
+         "announced). Not needed for Flax/JAX or the shipped examples.")
+
+model_options = options(
+    model_dir_option(),
+    allow_import_option,
+    click.option("--module", "module_path", metavar="PKG.MOD:CLASS",
+                 help="Flax module class that rebuilds a plain Orbax checkpoint (or replaces the spec's); found in "
+                      "the model directory, beside it or in the working directory."),
+    click.option("--factory", "factory_path", metavar="PKG.MOD:FUNCTION",
+                 help="A function of your code returning the module, instead of --module."),
+    click.option("--kwargs", "kwargs", type=JsonObject(), metavar="JSON",
+                 help="Constructor (or factory) arguments as JSON."),
+    click.option("--call-kwargs", "call_kwargs", type=JsonObject(), metavar="JSON",
+                 help="Call arguments selecting evaluation mode, e.g. '{\"train\": false}'."),
+    click.option("--input-shape", "input_shape", type=Shape(), metavar="SHAPE",
+                 help="Shape of one input example for a plain checkpoint, e.g. 28,28,1."),
+    click.option("--input-dtype", help="Input dtype for a plain checkpoint (default float32)."),
+    click.option("--x64", is_flag=True, help="Compute in float64 end to end (enables JAX's 64-bit mode)."),
+)
+"""The options that say which model to load, shared by every command that loads one (see :func:`load`)."""
+
+layer_option = click.option("--layer", required=True, help="Layer name, as listed by `layersens layers`.")
+
+inputs_options = options(
+    click.option("--inputs", type=click.Path(path_type=Path), help="A .npy file of inputs, (examples,) + input shape."),
+    click.option("--num-examples", type=int,
+                 help="How many examples to use (default: 4 of the model's own inputs; with --inputs, all of them)."),
+)
+
+
+def _wrt(ctx, param, patterns):
+    if not patterns:
+        return None
+    if patterns == ("input",):
+        return "input"
+    return list(patterns)
+
+
+wrt_options = options(
+    click.option("--wrt", multiple=True, metavar="PATTERN", callback=_wrt,
+                 help="Differentiate only the upstream leaves matching this glob ('generator/*'; '*' crosses '/'); "
+                      "repeat for several, prefix '!' to exclude. 'input': with respect to each example's input "
+                      "(saliency)."),
+    click.option("--wrt-layer", metavar="LAYER",
+                 help="Differentiate with respect to an earlier layer's activation instead (the model cut at both "
+                      "points)."),
+)
+
+_MODE_HELP = {"auto": "the cheapest plan", "forward": "one JVP per parameter", "reverse": "one pullback per output",
+              "per-leaf": "the cheaper of the two per leaf",
+              "structured": "channel colouring where leaves act per channel"}
+_SHORT = {name: short for short, name in MODE_ALIASES.items()}
+mode_option = click.option(
+    "--mode", type=click.Choice(MODE_NAMES + tuple(MODE_ALIASES)), default="auto", show_default=True,
+    help="; ".join(f"{name}{f' ({_SHORT[name]})' if name in _SHORT else ''}: {_MODE_HELP.get(name, 'see the docs')}"
+                   for name in MODE_NAMES) + ".")
+
+max_memory_option = click.option(
+    "--max-memory", type=ByteSize(), metavar="SIZE",
+    help="Working-memory budget per chunk, e.g. 512MB or 2GiB; chunk sizes follow from it. "
+         "[default: 32 MiB on CPU, 1 GiB on accelerators]")
+
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace --out if it exists (otherwise an existing one is refused).")
+
+verbose_option = click.option("--verbose", is_flag=True, help="List every leaf held constant, not only the first few.")
+
+
+def out_options(default: str):
+    """``--out FILE`` (``.npz``, ``default`` when not given) and ``--overwrite``."""
+    return options(
+        click.option("--out", "out_path", type=click.Path(path_type=Path),
+                     help=f"Output .npz file [default: {default}]"),
+        overwrite_option,
+    )
+
+
+def load(model_dir, allow_import, module_path, factory_path, kwargs, call_kwargs, input_shape, input_dtype, x64):
+    """The model :data:`model_options` describe (announcing each import of the user's code on stderr)."""
+    layersens = library()
+    if x64:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    return layersens.load_model(
+        model_dir, allow_import, module=module_path, factory=factory_path, kwargs=kwargs, call_kwargs=call_kwargs,
+        input_shape=input_shape, input_dtype=input_dtype, announce=lambda message: err.print(message, markup=False),
+    )
