@@ -256,7 +256,7 @@ def products(layer, model_dir, inputs, num_examples, tangents, cotangents, out_p
         model, layer, inputs, tangents=tangents, cotangents=cotangents, num_examples=num_examples,
         dtype="float64" if options["x64"] else None, wrt=wrt, wrt_layer=wrt_layer, out=path,
         overwrite=overwrite)
-    for name, value in results.items():
+    for name, value in results.arrays().items():
         say(f"{name:<11} {tuple(value.shape)}: " + ", ".join(f"{np.linalg.norm(v):.4g}" for v in value)
             + " (norm per example)")
     say(f"wrote       {layersens.results.npz_path(path)}")

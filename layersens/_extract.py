@@ -11,12 +11,12 @@ import numpy as np
 from ._atomic import check_free_space
 from ._errors import InputShapeError, InputWarning
 from .compute import check_size, jacobian, resolve_device
-from .derivatives import ReadoutDerivative, hvp, linearize, readout_function, readout_gradient
+from .derivatives import JacobianProducts, ReadoutDerivative, hvp, products, readout_function, readout_gradient
 from .derivatives import hessian as hessian_of
 from .derivatives import verify as verify_jacobian
 from .models import Model, load_model
 from .planning import Auto, as_strategy, parse_bytes
-from .results import LayerJacobian, check_output, write_npz
+from .results import LayerJacobian, check_output
 from .tracing import split
 
 DEFAULT_NUM_EXAMPLES = 4
@@ -201,27 +201,16 @@ def extract_products(
     allow_import: bool = False,
     out=None,
     overwrite: bool = False,
-) -> dict:
-    """Products with the Jacobian of each example from one linearization (:func:`layersens.linearize`):
+) -> JacobianProducts:
+    """Like :func:`extract`, for products with the Jacobian of each example (:func:`layersens.products`):
     ``tangents`` (an array or ``.npy``: ``(P,)``, ``(P, k)`` or ``(examples, P, k)``) give J V, ``cotangents``
-    (``(examples, M)`` or ``(examples, M, k)``) give Jᵀ U. Returns ``{"jvp": ..., "vjp": ...}`` for those given,
-    and saves them (with the leaf names) to ``out``."""
+    (``(examples, M)`` or ``(examples, M, k)``) give Jᵀ U; saved (with the leaf names) to ``out``."""
     if tangents is None and cotangents is None:
         raise InputShapeError("give tangents (--tangents V.npy) or cotangents (--cotangents U.npy), or both.")
     out = None if out is None else check_output(out, overwrite)
     cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
-    vectors = {name: _array(v) for name, v in (("tangents", tangents), ("cotangents", cotangents)) if v is not None}
-    op = linearize(cut, x)
-    results = {}
-    if "tangents" in vectors:
-        v = vectors["tangents"]
-        results["jvp"] = op.matmat(v if v.ndim in (2, 3) else v[:, None])
-    if "cotangents" in vectors:
-        u = vectors["cotangents"]
-        results["vjp"] = op.rmatmat(u if u.ndim == 3 else u[..., None])
+    result = products(cut, x, None if tangents is None else _array(tangents),
+                      None if cotangents is None else _array(cotangents))
     if out is not None:
-        write_npz(out, results, {"format": "layersens-products/1", "layer": layer,
-                                 "param_names": list(cut.param_names),
-                                 "param_shapes": [list(s) for s in cut.param_shapes],
-                                 "frozen_params": list(cut.frozen)})
-    return results
+        result.save(out)
+    return result

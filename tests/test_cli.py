@@ -173,8 +173,6 @@ def test_products_error_names_the_shape_given():
         op.rmatmat(np.zeros((2, 7), np.float32))
 
 
-@pytest.mark.xfail(strict=True, reason="layersens/_extract.py extract_products adds an axis to tangents "
-                                       "(v[:, None]) before the operator sees them; it should pass them as given")
 def test_cli_products_reports_the_tangents_shape_given(tmp_path):
     np.save(tmp_path / "t.npy", np.zeros((4, 28, 28, 1), np.float32))
     result = run("products", "--layer", "relu1", "--model", LENET_DIGITS, "--tangents", tmp_path / "t.npy",
