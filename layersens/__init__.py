@@ -32,12 +32,12 @@ _LAZY = {
     **dict.fromkeys(("ChannelStructure", "channel_structure"), ".analysis"),
     **dict.fromkeys(("STRATEGIES", "Strategy", "Auto", "Forward", "PerLeaf", "Plan", "PlannedBlock", "Reverse",
                      "Structured", "available_memory", "parse_bytes", "plan"), ".planning"),
-    **dict.fromkeys(("CompressedSink", "DenseSink", "PreparedJacobian", "Sink", "compressed_jacobian", "jacobian",
-                     "prepare"), ".compute"),
-    **dict.fromkeys(("LinearizedLayer", "ReadoutDerivative", "Verification", "hessian", "hvp", "linearize",
-                     "readout_gradient", "verify"), ".derivatives"),
-    **dict.fromkeys(("CompressedJacobian", "JacobianSummary", "LayerJacobian", "LeafSummary", "load_jacobian",
-                     "summarize"), ".results"),
+    **dict.fromkeys(("CompressedSink", "DenseSink", "PreparedJacobian", "SensitivitySink", "Sink",
+                     "compressed_jacobian", "jacobian", "prepare", "sensitivity"), ".compute"),
+    **dict.fromkeys(("JacobianProducts", "LinearizedLayer", "ReadoutDerivative", "Verification", "hessian", "hvp",
+                     "linearize", "products", "readout_gradient", "verify"), ".derivatives"),
+    **dict.fromkeys(("CompressedJacobian", "JacobianSummary", "LayerJacobian", "LeafSummary", "Sensitivity",
+                     "load_jacobian", "summarize"), ".results"),
     **dict.fromkeys(("extract", "extract_products", "extract_readout", "read_inputs"), "._extract"),
 }
 _SUBPACKAGES = ("models", "tracing", "analysis", "planning", "compute", "derivatives", "results", "examples")

@@ -105,16 +105,18 @@ def test_the_public_surface_is_pinned():
     assert layersens.__all__ == [
         "Auto", "BudgetError", "ChannelStructure", "CheckpointError", "CompressedJacobian", "CompressedSink",
         "DenseSink", "DeviceError", "Differentiated", "Forward", "INPUT", "InputShapeError", "InputValueError", "InputWarning",
-        "JacobianSummary", "JacobianTooLargeError", "LayerInfo", "LayerJacobian", "LayerSplit", "LayersensError",
+        "JacobianProducts", "JacobianSummary", "JacobianTooLargeError", "LayerInfo", "LayerJacobian", "LayerSplit", "LayersensError",
         "LeafSummary", "LinearizedLayer", "MODE_ALIASES", "MODE_NAMES", "MemoryBudgetError", "ModeError",
         "Model", "ModelSpec", "OutputError", "PerLeaf", "Plan", "PlannedBlock", "PrecisionWarning",
-        "PreparedJacobian", "ReadoutDerivative", "Reverse", "STRATEGIES", "SelectionError", "Sink", "SpecError",
+        "PreparedJacobian", "ReadoutDerivative", "Reverse", "STRATEGIES", "SelectionError", "Sensitivity",
+        "SensitivitySink", "Sink", "SpecError",
         "Strategy", "Structured", "TrainModeError", "UnknownLayerError", "UntrustedModuleError", "Verification",
         "Wrt", "WrtKind",
         "available_memory", "capture", "channel_structure", "compressed_jacobian", "extract", "extract_products",
         "extract_readout", "format_bytes", "from_function", "from_linen", "from_nnx", "hessian", "hvp",
-        "jacobian", "linearize", "list_layers", "load_jacobian", "load_model", "parse_bytes", "plan", "prepare",
-        "read_inputs", "read_model_spec", "readout_gradient", "save_model", "split", "summarize", "unbox",
+        "jacobian", "linearize", "list_layers", "load_jacobian", "load_model", "parse_bytes", "plan", "prepare", "products",
+        "read_inputs", "read_model_spec", "readout_gradient", "save_model", "sensitivity", "split", "summarize",
+        "unbox",
         "verify",
     ]
     for name in layersens.__all__:

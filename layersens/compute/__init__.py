@@ -7,3 +7,4 @@ from ._prepare import (DEVICE_DENSE_MAX_BYTES, PreparedJacobian, compile_plan, p
                        resolve_device)
 from ._cache import PREPARED_KEPT, kept_plans, prepared_for
 from ._jacobian import check_size, compressed_jacobian, dense_bytes, jacobian, run
+from ._sensitivity import SensitivitySink, sensitivity

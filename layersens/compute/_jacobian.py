@@ -58,7 +58,8 @@ def _run(split: LayerSplit, x: np.ndarray, sink: Sink[Result], mode, max_memory,
         dense = result.dense_part
         return dataclasses.replace(result, dense_part=dataclasses.replace(
             dense, compile_seconds=dense.compile_seconds + prepared.compile_seconds))
-    if isinstance(result, LayerJacobian):
+    if dataclasses.is_dataclass(result) and isinstance(getattr(result, "compile_seconds", None), float):
+        # every result that reports its compile time (LayerJacobian, Sensitivity, ...) gets the first call's
         return dataclasses.replace(result, compile_seconds=result.compile_seconds + prepared.compile_seconds)
     return result
 

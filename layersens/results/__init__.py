@@ -4,3 +4,4 @@ from ._result import LayerJacobian, load_jacobian
 from ._compressed import CompressedJacobian
 from ._summary import JacobianSummary, LeafSummary, summarize
 from ._storage import check_output, npz_path, read_npz, write_npz
+from ._sensitivity import Entry, Sensitivity, load_sensitivity

@@ -206,4 +206,6 @@ OTHER_RESULTS = {
     "layersens-readout-gradient/1": ("a readout gradient", "layersens gradient"),
     "layersens-readout-hessian/1": ("a readout Hessian and gradient", "layersens hessian"),
     "layersens-products/1": ("products with a Jacobian (J V, Jᵀ U)", "layersens products"),
+    "layersens-sensitivity/1": ("per-parameter and per-unit sensitivities (layersens.load_sensitivity reads it)",
+                                "layersens.sensitivity"),
 }
