@@ -46,7 +46,8 @@ class ModeError(LayersensError, ValueError):
 
 
 class BudgetError(LayersensError, ValueError):
-    """A memory budget (``max_memory=``, ``--max-memory``) that cannot be read."""
+    """A budget that cannot be read or met: memory (``max_memory=``, ``--max-memory``), or a benchmark's repeats and
+    time budgets."""
 
 
 class DeviceError(LayersensError, ValueError):

@@ -23,9 +23,11 @@ import numpy as np
 
 import layersens
 from layersens import (
+    BudgetError,
     InputShapeError,
     JacobianTooLargeError,
-    SpecError,
+    ModeError,
+    SelectionError,
     available_memory,
     format_bytes,
 )
@@ -245,7 +247,7 @@ def _check_methods(methods) -> tuple[str, ...]:
     methods = tuple(dict.fromkeys(methods))
     unknown = [m for m in methods if not is_method(m)]
     if unknown or not methods:
-        raise SpecError(f"methods {list(methods)}: unknown {unknown or 'none given'}; choose from {', '.join(known)} "
+        raise ModeError(f"methods {list(methods)}: unknown {unknown or 'none given'}; choose from {', '.join(known)} "
                         "(any layersens-<mode>@<size> too, e.g. layersens-auto@32MiB).")
     return methods
 
@@ -288,10 +290,10 @@ def run_benchmark(
     layers = _as_tuple(layer, str)
     counts = _as_tuple(num_examples, int)
     if not layers:
-        raise SpecError("no layer given; name at least one (run `layersens layers --model DIR` to list them).")
+        raise SelectionError("no layer given; name at least one (run `layersens layers --model DIR` to list them).")
     if (repeats < 1 or loop_budget_s <= 0 or loop_sample < 1 or nojit_sample < 1
             or any(v is not None and v <= 0 for v in (method_budget_s, run_limit_s))):
-        raise SpecError(f"repeats ({repeats}), loop_budget_s ({loop_budget_s}), method_budget_s ({method_budget_s}), "
+        raise BudgetError(f"repeats ({repeats}), loop_budget_s ({loop_budget_s}), method_budget_s ({method_budget_s}), "
                         f"run_limit_s ({run_limit_s}) and the sample sizes ({loop_sample}, {nojit_sample}) must be "
                         "positive; the defaults are 5, 300, none, none, 256 and 20.")
     settings = Settings(repeats=repeats, loop_budget_s=float(loop_budget_s), loop_sample=loop_sample,
