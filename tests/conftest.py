@@ -32,3 +32,14 @@ def lenet_nnx():
     import layersens
 
     return layersens.load_model(LENET_DIGITS_NNX)
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn():
+    """tests.tiny_models.TinyCNN with random weights on 6×6×1 inputs, in evaluation mode."""
+    import layersens
+    from tests.tiny_models import TinyCNN, random_linen_variables
+
+    module = TinyCNN()
+    return layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
+                                call_kwargs={"train": False})

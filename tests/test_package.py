@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import layersens
-from tests.tiny_models import TinyCNN, random_linen_variables
 
 
 def test_import_pulls_in_neither_the_benchmark_nor_matplotlib_nor_optax():
@@ -26,11 +25,8 @@ def test_the_benchmark_plot_leaves_matplotlibs_backend_alone():
 
 
 @pytest.fixture(scope="module")
-def split():
-    module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": False})
-    return layersens.split(model, "act")
+def split(tiny_cnn):
+    return layersens.split(tiny_cnn, "act")
 
 
 def test_plan_takes_what_jacobian_takes_and_is_a_documented_value(split):

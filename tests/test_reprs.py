@@ -4,14 +4,11 @@ import numpy as np
 import pytest
 
 import layersens
-from tests.tiny_models import TinyCNN, random_linen_variables
 
 
 @pytest.fixture(scope="module")
-def objects():
-    module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": False})
+def objects(tiny_cnn):
+    model = tiny_cnn
     split = layersens.split(model, "act")
     x = np.random.default_rng(0).normal(size=(3, 6, 6, 1)).astype(np.float32)
     jac = layersens.jacobian(split, x)

@@ -7,15 +7,11 @@ import pytest
 
 import layersens
 from layersens.compute import Layout
-from tests.tiny_models import TinyCNN, random_linen_variables
 
 
 @pytest.fixture(scope="module")
-def split():
-    module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": False})
-    return layersens.split(model, "act")
+def split(tiny_cnn):
+    return layersens.split(tiny_cnn, "act")
 
 
 X = np.random.default_rng(7).normal(size=(2, 6, 6, 1)).astype(np.float32)
