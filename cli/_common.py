@@ -147,7 +147,7 @@ class LazyProgress:
 
     def __init__(self, description: str):
         self.description = description
-        self.bar = None
+        self.bar: Progress | None = None
 
     def __call__(self, done: int, total: int):
         _interrupt.raise_if_interrupted()
@@ -160,6 +160,38 @@ class LazyProgress:
             self.bar.start()
             self.task = self.bar.add_task(escape(self.description), total=total)
         self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+class StepProgress:
+    """``progress(step, done, total)`` of a run in several steps (the summaries' protocol), on stderr, only on a
+    terminal: the step, a bar (pulsing while ``total`` is ``None``) and the step's elapsed time, on one line that
+    is gone when the run ends. Each call checks for a Ctrl-C that a library swallowed."""
+
+    def __init__(self):
+        self.bar: Progress | None = None
+        self.step: str | None = None
+
+    def __call__(self, step: str, done: int, total: int | None):
+        _interrupt.raise_if_interrupted()
+        if not err.is_terminal:
+            return
+        count = f"{done}/{total}" if total else ""
+        if self.bar is None:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+                                TimeElapsedColumn(), console=err, transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(escape(step), total=total, count=count)
+        elif step != self.step:
+            self.bar.reset(self.task, total=total, description=escape(step), count=count)
+        self.step = step
+        self.bar.update(self.task, completed=done, total=total, count=count)
 
     def __enter__(self):
         return self
@@ -249,8 +281,8 @@ def options(*decorators):
 
 
 def model_dir_option(help: str = "Model directory: a layersens model (layersens.json + Orbax checkpoint), or a "
-                                 "plain Orbax checkpoint with --module."):
-    return click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help=help)
+                                 "plain Orbax checkpoint with --module.", required: bool = True):
+    return click.option("--model", "model_dir", required=required, type=click.Path(path_type=Path), help=help)
 
 
 allow_import_option = click.option(
@@ -258,24 +290,30 @@ allow_import_option = click.option(
     help="Allow importing the model's own code named by the spec or --module (this runs that code; each import is "
          "announced). Not needed for Flax/JAX or the shipped examples.")
 
-model_options = options(
-    model_dir_option(),
-    allow_import_option,
-    click.option("--module", "module_path", metavar="PKG.MOD:CLASS",
-                 help="Flax module class that rebuilds a plain Orbax checkpoint (or replaces the spec's); found in "
-                      "the model directory, beside it or in the working directory."),
-    click.option("--factory", "factory_path", metavar="PKG.MOD:FUNCTION",
-                 help="A function of your code returning the module, instead of --module."),
-    click.option("--kwargs", "kwargs", type=JsonObject(), metavar="JSON",
-                 help="Constructor (or factory) arguments as JSON."),
-    click.option("--call-kwargs", "call_kwargs", type=JsonObject(), metavar="JSON",
-                 help="Call arguments selecting evaluation mode, e.g. '{\"train\": false}'."),
-    click.option("--input-shape", "input_shape", type=Shape(), metavar="SHAPE",
-                 help="Shape of one input example for a plain checkpoint, e.g. 28,28,1."),
-    click.option("--input-dtype", help="Input dtype for a plain checkpoint (default float32)."),
-    click.option("--x64", is_flag=True, help="Compute in float64 end to end (enables JAX's 64-bit mode)."),
-)
+def _model_options(required: bool):
+    return options(
+        model_dir_option(required=required),
+        allow_import_option,
+        click.option("--module", "module_path", metavar="PKG.MOD:CLASS",
+                     help="Flax module class that rebuilds a plain Orbax checkpoint (or replaces the spec's); found in "
+                          "the model directory, beside it or in the working directory."),
+        click.option("--factory", "factory_path", metavar="PKG.MOD:FUNCTION",
+                     help="A function of your code returning the module, instead of --module."),
+        click.option("--kwargs", "kwargs", type=JsonObject(), metavar="JSON",
+                     help="Constructor (or factory) arguments as JSON."),
+        click.option("--call-kwargs", "call_kwargs", type=JsonObject(), metavar="JSON",
+                     help="Call arguments selecting evaluation mode, e.g. '{\"train\": false}'."),
+        click.option("--input-shape", "input_shape", type=Shape(), metavar="SHAPE",
+                     help="Shape of one input example for a plain checkpoint, e.g. 28,28,1."),
+        click.option("--input-dtype", help="Input dtype for a plain checkpoint (default float32)."),
+        click.option("--x64", is_flag=True, help="Compute in float64 end to end (enables JAX's 64-bit mode)."),
+    )
+
+
+model_options = _model_options(required=True)
 """The options that say which model to load, shared by every command that loads one (see :func:`load`)."""
+optional_model_options = _model_options(required=False)
+"""The same, ``--model`` optional (a command that reads a result file instead)."""
 
 layer_option = click.option("--layer", required=True, help="Layer name, as listed by `layersens layers`.")
 

@@ -76,7 +76,7 @@ def channel_structure_of(split: LayerSplit, closed) -> dict[str, ChannelStructur
     for k, (name, shape) in enumerate(zip(split.param_names, split.param_shapes)):
         if not shape:
             continue
-        states = [None] * len(closed.jaxpr.invars)
+        states: list[int | None] = [None] * len(closed.jaxpr.invars)
         states[n_primal + k] = len(shape) - 1
         _, out = structure_of(closed.jaxpr, states)
         if out is not None and out != MIXED and split.activation_shape[out] == shape[-1]:
@@ -87,7 +87,8 @@ def channel_structure_of(split: LayerSplit, closed) -> dict[str, ChannelStructur
 def autodiff_limits(split: LayerSplit, closed) -> AutodiffLimits:
     n_primal = len(closed.jaxpr.invars) - len(split.param_names)
     masks = [0] * n_primal + [1 << k for k in range(len(split.param_names))]
-    forward, reverse = {}, {}
+    forward: dict[str, str] = {}
+    reverse: dict[str, str] = {}
 
     def note(eqn, ins, outs, times):
         reached = 0

@@ -16,11 +16,15 @@ output ``MIXED``, so an unknown operation costs structure (speed), never correct
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import numpy as np
 from jax.extend.core import primitives as P
 
 from ._interpreter import Analysis, interpret
+
+if TYPE_CHECKING:
+    from jax.extend.core import Primitive
 
 MIXED = "mixed"
 
@@ -264,6 +268,7 @@ def _gather(eqn, ins):
     return [dn.offset_dims[kept.index(a)]]
 
 
+_split_p: Primitive | None
 try:  # lax.split is a primitive of its own in recent JAX, not yet exported by jax.extend
     from jax._src.lax.lax import split_p as _split_p
 except ImportError:  # pragma: no cover

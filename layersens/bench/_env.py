@@ -86,8 +86,10 @@ def environment() -> Environment:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = None
+    load: tuple[float, float, float] | None
     try:
-        load = tuple(round(v, 2) for v in os.getloadavg())
+        one, five, fifteen = os.getloadavg()
+        load = (round(one, 2), round(five, 2), round(fifteen, 2))
     except OSError:
         load = None
     return Environment(
@@ -119,7 +121,7 @@ def measure_bandwidth(nbytes: int = DEFAULT_BANDWIDTH_BYTES, repeats: int = 5) -
     src = np.ones(count, np.float32)
     fill = _median_rate(nbytes, lambda: buf.fill(1.0), repeats)
     copy = _median_rate(nbytes, lambda: np.copyto(buf, src), repeats)
-    src = None  # frees it before first touch is measured (the lambdas above are done with it)
+    src = np.empty(0, np.float32)  # frees it before first touch is measured (the lambdas above are done with it)
 
     def first_touch():
         fresh = np.empty(count, np.float32)  # large allocations are fresh pages from the kernel each time

@@ -25,6 +25,8 @@ The dense methods differentiate one flat function of the upstream parameters con
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, Callable, cast
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +47,9 @@ from ._names import (
     method_budget,
 )
 from ._timing import timed
+
+if TYPE_CHECKING:
+    from layersens.results import CompressedJacobian, LayerJacobian
 
 __all__ = ["BUDGETS", "COMPRESSED_METHOD", "DENSE_METHODS", "LAYERSENS_PREFIX", "LOOP_METHODS", "CompressedMethod",
            "DenseMethod", "LayersensMethod", "LoopMethod", "available_methods", "compare", "flat_parameters",
@@ -97,7 +102,7 @@ class DenseMethod:
         self.theta = jax.device_put(theta)
         self.xs = jax.device_put(jnp.asarray(xs))
         self._jitted = jax.jit(_DENSE_TRANSFORMS[name](g))
-        self._compiled = None
+        self._compiled: jax.stages.Compiled | None = None
 
     def compile(self) -> float:
         self._compiled, seconds = timed(lambda: self._jitted.lower(self.theta, self.xs[0]).compile())
@@ -110,6 +115,7 @@ class DenseMethod:
 
     def full(self) -> np.ndarray:
         split = self.split
+        assert self._compiled is not None, "compile() first"
         if len(self.xs) == 1:  # the program's own output, as a user would take it: no copy
             return np.asarray(self._compiled(self.theta, self.xs[0]))[None]
         out = np.empty((len(self.xs), split.num_outputs, split.num_params), split.activation_dtype)
@@ -141,7 +147,7 @@ class LoopMethod:
             return jnp.concatenate([jnp.ravel(gradient[n]) for n in names])
 
         self._row = row
-        self._call = None if name == "loop-jit" else row
+        self._call: Callable[..., Any] | None = None if name == "loop-jit" else row
 
     def compile(self) -> float | None:
         if self.name != "loop-jit":
@@ -151,6 +157,7 @@ class LoopMethod:
 
     def rows(self, pairs: np.ndarray) -> np.ndarray:
         """Gradients of the given ``(example, output)`` pairs, shape ``(len(pairs), P)``."""
+        assert self._call is not None, "compile() first"
         out = np.empty((len(pairs), self.split.num_params), self.split.activation_dtype)
         for k, (n, i) in enumerate(pairs):
             out[k] = np.asarray(self._call(self.params, self.xs[n], np.int32(i)))
@@ -158,6 +165,7 @@ class LoopMethod:
 
     def full(self) -> np.ndarray:
         split = self.split
+        assert self._call is not None, "compile() first"
         out = np.empty((len(self.xs), split.num_outputs, split.num_params), split.activation_dtype)
         for n in range(len(self.xs)):
             x = self.xs[n]
@@ -177,8 +185,8 @@ class LayersensMethod:
         self.name, self.split, self.xs = name, split, xs
         self.mode = name[len(LAYERSENS_PREFIX):].partition("@")[0]
         self.max_memory = method_budget(name)
-        self.last = None
-        self.first_compile_seconds = None
+        self.last: LayerJacobian | CompressedJacobian | None = None  # a CompressedJacobian for CompressedMethod
+        self.first_compile_seconds: float | None = None
 
     def compile(self) -> None:
         return None  # compiled inside each call; see ``last.compile_seconds``
@@ -186,10 +194,11 @@ class LayersensMethod:
     def full(self) -> np.ndarray:
         self.last = None  # let the previous result go before the next is allocated
         # Looked up on the package at call time, so a replaced ``layersens.jacobian`` is what gets measured.
-        self.last = layersens.jacobian(self.split, self.xs, mode=self.mode, max_memory=self.max_memory)
+        last: LayerJacobian = layersens.jacobian(self.split, self.xs, mode=self.mode, max_memory=self.max_memory)
+        self.last = last
         if self.first_compile_seconds is None:
-            self.first_compile_seconds = self.last.compile_seconds
-        return self.last.matrix
+            self.first_compile_seconds = last.compile_seconds
+        return last.matrix
 
     def run(self) -> np.ndarray:
         return self.full()
@@ -197,7 +206,7 @@ class LayersensMethod:
     @property
     def last_seconds(self) -> float | None:
         """What the latest call reported as its compute time (``LayerJacobian.seconds``)."""
-        return None if self.last is None else self.last.seconds
+        return None if self.last is None else cast("LayerJacobian", self.last).seconds
 
 
 class CompressedMethod(LayersensMethod):
@@ -222,7 +231,7 @@ class CompressedMethod(LayersensMethod):
 
     @property
     def last_seconds(self) -> float | None:
-        return None if self.last is None else self.last.dense_part.seconds
+        return None if self.last is None else cast("CompressedJacobian", self.last).dense_part.seconds
 
 
 def make_method(name: str, split: LayerSplit, xs: np.ndarray):

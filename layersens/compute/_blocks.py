@@ -67,5 +67,6 @@ class JacobianBlock:
         if skip <= 0:
             return self
         axis = self.layout.basis_axis
+        assert axis is not None, "a whole matrix comes in one chunk, so it is never trimmed"
         values = np.take(self.values, np.arange(skip, self.values.shape[axis]), axis=axis)
         return dataclasses.replace(self, offset=start, values=values)

@@ -4,7 +4,7 @@ sink."""
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, cast
 
 import numpy as np
 
@@ -58,9 +58,11 @@ def _run(split: LayerSplit, x: np.ndarray, sink: Sink[Result], mode, max_memory,
         dense = result.dense_part
         return dataclasses.replace(result, dense_part=dataclasses.replace(
             dense, compile_seconds=dense.compile_seconds + prepared.compile_seconds))
-    if dataclasses.is_dataclass(result) and isinstance(getattr(result, "compile_seconds", None), float):
+    if (dataclasses.is_dataclass(result) and not isinstance(result, type)
+            and isinstance(seconds := getattr(result, "compile_seconds", None), float)):
         # every result that reports its compile time (LayerJacobian, Sensitivity, ...) gets the first call's
-        return dataclasses.replace(result, compile_seconds=result.compile_seconds + prepared.compile_seconds)
+        # (replace gives back the type it is given; mypy loses the type variable in is_dataclass's narrowing)
+        return cast(Result, dataclasses.replace(result, compile_seconds=seconds + prepared.compile_seconds))
     return result
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, overload
 
 import jax
 import numpy as np
@@ -77,8 +77,8 @@ class _Step:
     """One block's compiled programs: ``linearize`` (None for a block computed in one chunk, by ``compute`` from
     the parameters and the example) and ``compute`` (from the linear map and the chunk's offset otherwise)."""
 
-    linearize: object | None
-    compute: object
+    linearize: jax.stages.Compiled | None
+    compute: jax.stages.Compiled
     blocks: Callable[[int, int, list], list[JacobianBlock]]
     basis: int
     width: int
@@ -97,12 +97,13 @@ def _compile_block(split: LayerSplit, block, params, x0, budget: int, structure)
             compute = jax.jit(k.compute).lower(params, x0, np.int32(0)).compile()
             step, working = _Step(None, compute, k.blocks, block.basis, width), program_memory(compute)
         else:
+            assert k.linearize is not None and k.chunk is not None, "every kernel but a fused one has both"
             linear = jax.eval_shape(k.linearize, params, x0)
             linearize = jax.jit(k.linearize).lower(params, x0).compile()
             chunk = jax.jit(k.chunk).lower(linear, np.int32(0)).compile()
             step = _Step(linearize, chunk, k.blocks, block.basis, width)
-            sizes = (program_memory(linearize), program_memory(chunk, with_arguments=True))
-            working = None if None in sizes else max(sizes)
+            linearize_bytes, chunk_bytes = program_memory(linearize), program_memory(chunk, with_arguments=True)
+            working = None if linearize_bytes is None or chunk_bytes is None else max(linearize_bytes, chunk_bytes)
         narrowable = not block.fixed_width and not (block.method.colouring and len(block.names) > 1)
         if not narrowable or working is None or working <= budget or width == 1:
             return step, dataclasses.replace(block, width=width), working
@@ -132,9 +133,11 @@ class PreparedJacobian:
     structure: dict = dataclasses.field(repr=False)  # the split's channel structure the plan was made with
     params: dict = dataclasses.field(repr=False)
     steps: tuple = dataclasses.field(repr=False)
-    activation: object = dataclasses.field(repr=False)
-    dense: object = dataclasses.field(repr=False)  # jitted whole-matrix program for one small example, or None
-    _compiled: dict = dataclasses.field(default_factory=dict, repr=False)  # the dense program once compiled
+    activation: jax.stages.Compiled = dataclasses.field(repr=False)
+    # jitted whole-matrix program for one small example, or None
+    dense: jax.stages.Wrapped | None = dataclasses.field(repr=False)
+    # the dense program once compiled
+    _compiled: dict[str, jax.stages.Compiled] = dataclasses.field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
         return (f"PreparedJacobian(layer={self.split.layer!r}, plan={self.plan.describe()!r}, "
@@ -147,8 +150,16 @@ class PreparedJacobian:
         """The :class:`CompressedJacobian`: per-channel blocks for the leaves this plan colours."""
         return self.run(inputs, progress=progress, sink=CompressedSink())
 
+    @overload
     def run(self, inputs, *, progress: Callable[[int, int], None] | None = None,
-            sink: Sink[Result] | None = None) -> Result:
+            sink: None = None) -> LayerJacobian: ...
+
+    @overload
+    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None,
+            sink: Sink[Result]) -> Result: ...
+
+    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None,
+            sink: Sink[Any] | None = None) -> Any:
         """Computes every block for ``inputs`` (checked and cast as the model's inputs) into ``sink`` (default: a
         :class:`DenseSink`), calling ``progress(done, total)`` as chunks land, and returns the sink's result."""
         x = self.split.model.check_inputs(inputs, dtype=self.split.input_dtype)

@@ -15,6 +15,7 @@ reverse ones, and reverse products through a ``while_loop`` do not exist (an err
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +25,9 @@ from .._repr import Summarized
 from .._errors import InputShapeError, LayersensError
 from ..analysis import analyze
 from ._flat import as_examples, flat_function
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -37,7 +41,7 @@ class LinearizedLayer(Summarized):
       shape: ``(examples, M, P)``.
     """
 
-    split: object
+    split: LayerSplit
     inputs: np.ndarray
     activation: np.ndarray
     shape: tuple[int, int, int]

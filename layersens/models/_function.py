@@ -78,7 +78,7 @@ def from_function(apply_fn, params, input_shape, input_dtype: str = "float32", *
         return flatten_captured(captured)
 
     return Model(
-        name=name or getattr(apply_fn, "__name__", "function"),
+        name=name if name else getattr(apply_fn, "__name__", "function"),
         framework="function",
         params=unflatten_params(flat),
         constants={},

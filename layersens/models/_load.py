@@ -194,7 +194,8 @@ def _fill_nnx(abstract, state: dict, spec: ModelSpec, state_dir: Path):
     from flax import nnx
 
     state = _unwrap_values(state)
-    graphdef, target, rng = nnx.split(abstract, nnx.Not(nnx.RngState), nnx.RngState)
+    # flax types nnx.split's result as a variadic tuple; with two filters it is exactly three items
+    graphdef, target, rng = nnx.split(abstract, nnx.Not(nnx.RngState), nnx.RngState)  # type: ignore[misc]
     check_shapes(nnx.to_pure_dict(target), state, state_dir, spec)
     nnx.replace_by_pure_dict(target, state)
     rng_values = {}
@@ -202,7 +203,8 @@ def _fill_nnx(abstract, state: dict, spec: ModelSpec, state_dir: Path):
         recorded = spec.rng_state.get(name)
         if recorded is not None and "impl" in recorded:
             data = np.asarray(recorded["data"], np.uint32).reshape(tuple(recorded["shape"]) + (-1,))
-            rng_values[name] = jax.random.wrap_key_data(data, impl=recorded["impl"])
+            # jax annotates key_bits_array as Array, though any uint32 array-like (numpy's too) is accepted
+            rng_values[name] = jax.random.wrap_key_data(data, impl=recorded["impl"])  # type: ignore[arg-type]
         elif recorded is not None:
             rng_values[name] = jnp.asarray(np.asarray(recorded["data"], recorded["dtype"]).reshape(recorded["shape"]))
         elif jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):  # no recorded state: a fixed key

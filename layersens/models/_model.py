@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -127,7 +127,7 @@ def flatten_captured(tree: dict, prefix: str = "") -> dict[str, Any]:
         if isinstance(value, dict):
             out.update(flatten_captured(value, path))
             continue
-        values = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        values: Sequence[Any] = tuple(value) if isinstance(value, (tuple, list)) else (value,)
         values = [v for v in values if hasattr(v, "shape")]
         if all(v is values[0] for v in values[1:]):
             values = values[:1]  # one value recorded twice (a __call__ that calls super().__call__)

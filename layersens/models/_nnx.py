@@ -23,7 +23,8 @@ def from_nnx(module, input_shape, input_dtype: str = "float32", example_inputs=N
     module = nnx.clone(module)
     module.eval()
     nnx.pop(module, nnx.Intermediate)
-    graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)
+    # flax types nnx.split's result as a variadic tuple; with two filters it is exactly three items
+    graphdef, param_state, rest_state = nnx.split(module, nnx.Param, ...)  # type: ignore[misc]
     params = nnx.to_pure_dict(param_state)
 
     def capture_fn(params, constants, x):

@@ -28,6 +28,7 @@ def _call_builder(spec: ModelSpec, resolver: Resolver):
         if not is_flax_module_class(cls):
             raise SpecError(f"spec field 'module' names {spec.module!r}, which is not a Flax module class.")
         return cls, kwargs
+    assert spec.factory is not None, "a spec names exactly one of module and factory (checked on creation)"
     fn = resolver.resolve(spec.factory, "the model's factory")
     if isinstance(fn, type) or not inspect.isfunction(fn) or is_library(fn.__module__):
         raise SpecError(f"spec field 'factory' names {spec.factory!r}, which is not a function of the model's own "

@@ -109,7 +109,9 @@ class ModelSpec(Summarized):
 
     @property
     def builder(self) -> str:
-        return self.module or self.factory
+        builder = self.module or self.factory
+        assert builder is not None, "a spec names exactly one of module and factory (checked on creation)"
+        return builder
 
     def to_json(self) -> dict[str, Any]:
         data = {"format": SPEC_FORMAT, **dataclasses.asdict(self), "input_shape": list(self.input_shape)}

@@ -52,10 +52,11 @@ def import_path(obj, what: str) -> str:
     module = getattr(obj, "__module__", None)
     if not name or not module:
         raise Unrecordable(f"{what} ({obj!r}) has no import path")
+    short = getattr(obj, "__name__", "")
     for public in _PUBLIC:
         mod = sys.modules.get(public)
-        if mod is not None and getattr(mod, getattr(obj, "__name__", ""), None) is obj:
-            return f"{public}:{obj.__name__}"
+        if mod is not None and getattr(mod, short, None) is obj:
+            return f"{public}:{short}"
     if module == "__main__" or "<locals>" in name:
         raise Unrecordable(
             f"{what} ({name}) is defined in a script, notebook or function, so it cannot be imported when the "

@@ -160,7 +160,7 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
     def forward_method(name):
         return COLUMNS if name in structure else FORWARD
 
-    groups = {("rev", None): REVERSE}
+    groups: dict[tuple[str, int | None], Method] = {("rev", None): REVERSE}
     for st in structure.values():
         if st.output_axis == last_axis:
             groups[("rev-colour", st.channels)] = ROWS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -11,6 +12,9 @@ from .._errors import format_bytes
 from .._repr import Summarized
 from .._errors import CheckpointError
 from ._storage import read_npz, write_npz
+
+if TYPE_CHECKING:
+    from ..derivatives import Verification
 
 NPZ_FORMAT = "layersens-jacobian/1"
 
@@ -55,7 +59,7 @@ class LayerJacobian(Summarized):
     notes: tuple[str, ...] = ()
     frozen_params: tuple[str, ...] = ()
     wrt: str = "parameters"
-    verification: object = None  # a layersens.Verification when spot-checked (extract(verify=True))
+    verification: Verification | None = None  # a layersens.Verification when spot-checked (extract(verify=True))
 
     def _summary(self):
         return [("layer", self.layer), ("model", self.model), ("matrix", self.matrix),
@@ -160,8 +164,8 @@ def load_jacobian(path) -> LayerJacobian:
     arrays, meta = read_npz(path, NPZ_FORMAT, ("matrix", "activation", "inputs"), what="a Jacobian",
                             others=OTHER_RESULTS)
     try:
-        fields = {f: _text(meta, f) for f in ("layer", "model", "framework", "mode", "dtype", "device",
-                                               "eval_mode")}
+        fields: dict[str, Any] = {f: _text(meta, f) for f in ("layer", "model", "framework", "mode", "dtype",
+                                                              "device", "eval_mode")}
         fields["wrt"] = _text(meta, "wrt") if "wrt" in meta else "parameters"
         names = _names(meta["param_names"], "param_names")
         shapes = meta["param_shapes"]

@@ -105,13 +105,16 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
     if spectrum is None:
         spectrum = small_side <= RANK_AUTO_LIMIT
     spectrum = spectrum and finite  # singular values of NaN or Inf mean nothing
-    ranks = conditions = values = None
+    ranks: tuple[int, ...] | None = None
+    conditions: tuple[float, ...] | None = None
+    values = None
     if spectrum:
         scaled = [_scaled_singular_values(m) for m in jac.matrix]
         with np.errstate(over="ignore"):
             values = tuple(s * scale for s, scale in scaled)
         eps = np.finfo(jac.matrix.dtype).eps
-        ranks, conditions = [], []
+        rank_list: list[int] = []
+        condition_list: list[float] = []
         n = max(jac.num_outputs, jac.num_params)
         # Eigenvalues of the float64 Gram matrix are exact to about n·eps64·s0², so singular values below
         # √(n·eps64)·s0 cannot be told from zero this way: the threshold is the larger of that and n·eps·s0.
@@ -119,9 +122,9 @@ def summarize(jac: LayerJacobian, spectrum: bool | None = None) -> JacobianSumma
         for s, _ in scaled:  # rank and condition are scale-free: read on the scaled values, which cannot overflow
             tol = relative * (s[0] if s.size else 0.0)
             nonzero = s[s > tol]
-            ranks.append(int(nonzero.size))
-            conditions.append(float(nonzero[0] / nonzero[-1]) if nonzero.size else float("inf"))
-        ranks, conditions = tuple(ranks), tuple(conditions)
+            rank_list.append(int(nonzero.size))
+            condition_list.append(float(nonzero[0] / nonzero[-1]) if nonzero.size else float("inf"))
+        ranks, conditions = tuple(rank_list), tuple(condition_list)
     return JacobianSummary(
         layer=jac.layer,
         shape=tuple(jac.matrix.shape),

@@ -45,7 +45,7 @@ def _is_softmax(eqn, producer) -> bool:
     return spread is not None and spread.primitive is P.reduce_sum_p and spread.invars[0] is numerator
 
 
-def derived_values(jaxpr, taken: set, drop_root_scope: bool) -> list[tuple[str, object]]:
+def derived_values(jaxpr, taken: set, drop_root_scope: bool) -> list[tuple[str, jcore.Var]]:
     """``(name, var)`` for the named values of the top level of ``jaxpr`` that are not in ``taken``."""
     producer: dict = {}
     counts: dict = {}
@@ -59,7 +59,7 @@ def derived_values(jaxpr, taken: set, drop_root_scope: bool) -> list[tuple[str, 
         out = eqn.outvars[0]
         if out in taken or isinstance(out, jcore.DropVar):
             continue
-        scope = []
+        scope: list[str] = []
         for part in str(eqn.source_info.name_stack).split("/"):
             if part and (not scope or scope[-1] != part):  # a __call__ calling super().__call__ nests its own name
                 scope.append(part)

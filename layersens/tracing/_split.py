@@ -257,6 +257,7 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
     notes = []
     if selector.kind is WrtKind.LAYER:
         wrt_layer = selector.layer
+        assert wrt_layer is not None, "a layer selector names its layer (Wrt.at_layer)"
         cut_shape = _checked_layer(trace, model, wrt_layer, dtype, what="wrt_layer")
         jaxpr = _layer_jaxpr(trace, layer, cut=wrt_layer)
         reached = jaxpr_dependence(jaxpr)[0]

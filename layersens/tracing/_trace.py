@@ -125,7 +125,8 @@ def _trace(model: Model, dtype) -> ModelTrace:
         closed = jcore.ClosedJaxpr(jaxpr.replace(outvars=list(jaxpr.outvars) + [v for _, v in derived]),
                                    closed.consts)
         layer_names += [n for n, _ in derived]
-        shapes += [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for _, v in derived]
+        # jax types Var.aval as AbstractValue; a traced value's is a ShapedArray, with shape and dtype
+        shapes += [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for _, v in derived]  # type: ignore[attr-defined]
     return ModelTrace(
         jaxpr=closed,
         leaf_names=names,
