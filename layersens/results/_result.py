@@ -212,4 +212,7 @@ OTHER_RESULTS = {
     "layersens-products/1": ("products with a Jacobian (J V, Jᵀ U)", "layersens products"),
     "layersens-sensitivity/1": ("per-parameter and per-unit sensitivities (layersens.load_sensitivity reads it)",
                                 "layersens.sensitivity"),
+    "layersens-spectrum/1": ("a layer's top singular values and vectors", "layersens.spectrum"),
+    "layersens-ntk/1": ("a layer's empirical NTK", "layersens.layer_ntk"),
+    "layersens-estimate/1": ("an estimate with its standard error", "layersens.estimate_frobenius and its kin"),
 }
