@@ -21,6 +21,7 @@ from ._common import (
     CONTEXT,
     CommandGroup,
     LazyProgress,
+    StepProgress,
     clean_errors,
     err,
     inputs_options,
@@ -29,8 +30,10 @@ from ._common import (
     max_memory_option,
     mode_option,
     model_options,
+    optional_model_options,
     out,
     out_options,
+    overwrite_option,
     say,
     verbose_option,
     wrt_options,
@@ -52,6 +55,7 @@ def main():
     layersens layers  --model DIR                 every layer, its shape and upstream parameters
     layersens extract --model DIR --layer relu1   the Jacobian of relu1, saved to relu1.npz
     layersens summarize relu1.npz                 norms, sparsity, rank and condition
+    layersens summarize --model DIR --layer relu2 sensitivity, spectrum, NTK without the Jacobian
     layersens bench   --model DIR --layer relu1   layersens against the scalar-gradient loop
     """
 
@@ -143,17 +147,99 @@ def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, ou
     say(f"wrote       {path}  (read it back with layersens.load_jacobian)")
 
 
-@main.command(short_help="Norms, sparsity, rank and condition of a saved Jacobian.", epilog="""\b
+@main.command(short_help="Sensitivity, spectrum and NTK of a layer (or every layer); or a saved result.", epilog="""\b
 Examples:
-  layersens summarize relu1.npz
-  layersens summarize relu2.npz --spectrum""")
-@click.argument("path", type=click.Path(path_type=Path))
+  layersens summarize --layer relu2 --model layersens/examples/lenet_digits --num-examples 2 --max-memory 64MB
+  layersens summarize --layer relu1 --model DIR --k 10 --out relu1-summary/
+  layersens summarize --all-layers --model DIR --num-examples 2 --out profile/
+  layersens summarize relu1.npz                    (a Jacobian, sensitivity, gradient, Hessian or products file)""")
+@click.argument("path", required=False, type=click.Path(path_type=Path))
+@click.option("--layer", help="Layer name, as listed by `layersens layers`: summarize it without its Jacobian.")
+@click.option("--all-layers", is_flag=True, help="Profile every layer: ‖J‖_F, σ₁, stable rank, top leaves by depth.")
+@optional_model_options
+@inputs_options
+@max_memory_option
+@click.option("--k", type=click.IntRange(min=0), metavar="K",
+              help="Singular values per example (0: none) [default: 6 with --layer, 1 with --all-layers]")
+@click.option("--no-ntk", is_flag=True, help="Skip the empirical NTK across the examples (--layer).")
+@click.option("--device", help="cpu or gpu [default: JAX's default device] (--layer)")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path),
+              help="Directory for the report: report.md, report.json and PNG figures (a layer's also "
+                   "sensitivity.npz); one that holds a report is refused unless --overwrite. [default: print only]")
+@overwrite_option
 @click.option("--spectrum/--no-spectrum", default=None,
-              help="Compute rank and condition [default: when the smaller side is at most 2,048]")
+              help="For a saved Jacobian: compute rank and condition [default: when the smaller side is at most "
+                   "2,048]")
 @clean_errors
-def summarize(path, spectrum):
-    """Summarize a Jacobian file written by `extract`: norms, sparsity, rank and conditioning."""
-    jac = layersens.load_jacobian(path)
+def summarize(path, layer, all_layers, model_dir, inputs, num_examples, max_memory, k, no_ntk, device, out_dir,
+              overwrite, spectrum, **options):
+    """With --layer and --model: a layer's exact sensitivity (‖J‖_F, each parameter leaf's and output channel's
+    share, each unit's ‖∂h/∂θ‖), its top singular values and directions, effective ranks and the empirical NTK,
+    without forming the Jacobian; with --all-layers, the same quantities for every layer against depth. With a
+    FILE: what a saved result holds (Jacobian, sensitivity, readout gradient or Hessian, products)."""
+    ctx = click.get_current_context()
+    model_only = {"--layer": layer, "--all-layers": all_layers, "--inputs": inputs, "--num-examples": num_examples,
+                  "--max-memory": max_memory, "--k": k, "--no-ntk": no_ntk, "--device": device, "--out": out_dir,
+                  "--overwrite": overwrite}
+    if path is not None:
+        given = [name for name, value in {**model_only, "--model": model_dir}.items() if value not in (None, False)]
+        if given:
+            raise click.UsageError(f"give a result FILE or --model DIR, not both ({', '.join(given)} with {path})",
+                                   ctx)
+        return _summarize_file(path, spectrum)
+    if model_dir is None:
+        raise click.UsageError("give a result FILE to read, or --model DIR with --layer LAYER or --all-layers", ctx)
+    if bool(layer) == bool(all_layers):
+        raise click.UsageError("give --layer LAYER or --all-layers (one of them) with --model", ctx)
+    if spectrum is not None:
+        raise click.UsageError("--spectrum/--no-spectrum is for a saved Jacobian FILE; use --k with --model", ctx)
+    if all_layers and (no_ntk or device):
+        raise click.UsageError("--no-ntk and --device go with --layer; a profile computes no NTK", ctx)
+    dtype = "float64" if options["x64"] else None
+    if out_dir is not None:  # before anything is loaded
+        from layersens.report import check_report_dir
+
+        check_report_dir(out_dir, "summary" if layer else "profile", overwrite)
+    with StepProgress() as progress:
+        progress("loading the model", 0, None)
+        model = load(model_dir, **options)
+        if layer:
+            result, files = layersens.summaries.summarize_model(
+                model, layer, inputs, num_examples=num_examples, k=6 if k is None else k, max_memory=max_memory,
+                device=device, ntk=not no_ntk, progress=progress, dtype=dtype, out=out_dir, overwrite=overwrite)
+        else:
+            result, files = layersens.summaries.profile_model(
+                model, inputs, num_examples=num_examples, k=1 if k is None else k, max_memory=max_memory,
+                progress=progress, dtype=dtype, out=out_dir, overwrite=overwrite)
+    from ._show import show_profile, show_summary  # numpy: not imported by --help
+
+    say(f"model       {model_dir} ({model.name}, {model.framework}; {model.eval_mode})")
+    (show_summary if layer else show_profile)(result)
+    for file in files:
+        say(f"wrote       {file}")
+
+
+def _summarize_file(path, spectrum):
+    """What a result file holds: a Jacobian's norms, sparsity, rank and condition, or another result's numbers."""
+    from ._show import show_other, show_products, show_readout, show_sensitivity
+
+    result = layersens.summaries.read_result(path)
+    if isinstance(result, layersens.LayerJacobian):
+        return _summarize_jacobian(result, spectrum)
+    if spectrum is not None:
+        raise click.UsageError(f"--spectrum/--no-spectrum is for a saved Jacobian; {path} holds another result",
+                               click.get_current_context())
+    if isinstance(result, layersens.Sensitivity):
+        show_sensitivity(result)
+    elif isinstance(result, layersens.ReadoutDerivative):
+        show_readout(result)
+    elif isinstance(result, layersens.JacobianProducts):
+        show_products(result)
+    else:
+        show_other(result)
+
+
+def _summarize_jacobian(jac, spectrum):
     summary = layersens.summarize(jac, spectrum=spectrum)
     say(f"{jac.model} / {jac.layer}: {summary.shape} ({jac.mode}, {jac.dtype}, {jac.device})")
     say(f"Frobenius norm {summary.frobenius:.6g}; exact zeros {summary.zero_fraction:.1%}")

@@ -4,7 +4,9 @@ The stages, in the order data flows: ``models`` (checkpoints and adapters → Mo
 at a layer → LayerSplit), ``analysis`` (dependence, channel structure, cost, autodiff limits of that trace),
 ``planning`` (methods, strategies, chunks → Plan), ``compute`` (compiled plans → blocks → sinks), ``results``
 (LayerJacobian, CompressedJacobian, storage, summaries), ``derivatives`` (the Jacobian as an operator, readout
-gradients and Hessians). ``layersens.bench`` (the benchmark harness) is imported on its own.
+gradients and Hessians), ``summaries`` (a layer's sensitivity, spectrum and NTK in one result; a model's
+profile against depth). ``layersens.bench`` (the benchmark harness) and ``layersens.report`` (figures and
+reports; matplotlib) are imported on their own.
 
 Importing the package is cheap: each name below is imported from its stage on first use (JAX with it), so the
 command line answers ``--help`` without loading JAX.
@@ -36,11 +38,17 @@ _LAZY = {
                      "compressed_jacobian", "jacobian", "prepare", "sensitivity"), ".compute"),
     **dict.fromkeys(("JacobianProducts", "LinearizedLayer", "ReadoutDerivative", "Verification", "hessian", "hvp",
                      "linearize", "products", "readout_gradient", "verify"), ".derivatives"),
+    **dict.fromkeys(("estimate_frobenius", "estimate_parameter_diagonal", "estimate_unit_diagonal", "layer_ntk",
+                     "spectrum"), ".derivatives"),
     **dict.fromkeys(("CompressedJacobian", "JacobianSummary", "LayerJacobian", "LeafSummary", "Sensitivity",
                      "load_jacobian", "summarize"), ".results"),
+    **dict.fromkeys(("Estimate", "LayerNTK", "SingularDirection", "Spectrum"), ".results"),
+    **dict.fromkeys(("LayerSummary", "ProfileRow", "SensitivityProfile"), ".results"),
+    **dict.fromkeys(("profile", "summarize_layer"), ".summaries"),
     **dict.fromkeys(("extract", "extract_products", "extract_readout", "read_inputs"), "._extract"),
 }
-_SUBPACKAGES = ("models", "tracing", "analysis", "planning", "compute", "derivatives", "results", "examples")
+_SUBPACKAGES = ("models", "tracing", "analysis", "planning", "compute", "derivatives", "results", "summaries",
+                "examples")
 
 __all__ = sorted([
     "BudgetError", "CheckpointError", "DeviceError", "InputShapeError", "InputValueError", "InputWarning",

@@ -229,6 +229,35 @@ def check_free_space(path, nbytes: int, option: str = "--out") -> None:
                           f"on {folder}; free space, choose another disk, or use fewer examples (--num-examples).")
 
 
+def check_report_dir(out_dir, files, overwrite: bool = False, option: str = "--out",
+                     what: str = "a report") -> Path:
+    """Checks, before any work, that a report of ``files`` can be written into the directory ``out_dir``: not a
+    file (nor inside one), writable, and holding none of ``files`` (an earlier report, described as ``what``)
+    unless ``overwrite``. Returns the directory. Shared by every report layersens writes (benchmarks,
+    summaries)."""
+    out_dir = Path(out_dir)
+    check_name(out_dir, option)
+    try:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise OutputError(f"{option} {out_dir} is a file, not a directory; give a directory for "
+                              f"{', '.join(files)}.")
+        existing = out_dir
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise OutputError(f"{option} {out_dir}: {existing} is a file, not a directory; choose another path.")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputError(f"{option} {out_dir} cannot be written ({existing} is not writable); choose a writable "
+                              "directory.")
+        found = [name for name in files if os.path.lexists(out_dir / name)]
+    except OSError as e:  # a path too long as a whole, a folder that cannot be searched, ...
+        raise OutputError(f"{option} {out_dir} cannot be written ({e.strerror or e}); choose another path.") from None
+    if found and not overwrite:
+        raise OutputError(f"{option} {out_dir} already holds {what} ({', '.join(found)}); pass "
+                          "--overwrite (overwrite=True) to replace it, or choose another directory.")
+    return out_dir
+
+
 # ------------------------------------------------------------------------------------------------ reading: what a file is
 
 NPY_MAGIC = b"\x93NUMPY"

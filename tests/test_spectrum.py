@@ -162,3 +162,14 @@ def test_bad_arguments(tiny):
     op = layersens.linearize(tiny, X[:1])
     with pytest.raises(layersens.InputShapeError, match="inputs=None"):
         layersens.spectrum(op, X[:1])
+
+
+def test_where_propack_does_not_converge_arpack_answers(lenet):
+    """PROPACK's restarts fail on LeNet's bn1 at k = 1 and 2 ("did not converge within kmax"); ARPACK then answers,
+    and the values still equal the dense SVD's."""
+    split = layersens.split(lenet, "bn1")
+    x = lenet.example_inputs[:1]
+    s = dense_svd(layersens.jacobian(split, x).matrix[0])[1]
+    for k in (1, 2):
+        spec = layersens.spectrum(split, x, k=k, method="krylov")
+        np.testing.assert_allclose(np.asarray(spec.values)[0], s[:k], rtol=1e-5)

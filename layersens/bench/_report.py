@@ -10,10 +10,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
-from layersens import LayersensError, OutputError, format_bytes
+from layersens import LayersensError, format_bytes
 
 from . import _format as fmt
 from ._names import COMPRESSED_METHOD, method_budget
@@ -278,22 +277,9 @@ def report_markdown(report) -> str:
 def check_report_dir(out_dir, overwrite: bool = False, option: str = "--out") -> Path:
     """Checks, before a benchmark runs, that its report can be written into ``out_dir``: not a file (nor inside
     one), and holding no earlier report unless ``overwrite``. Returns the directory."""
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputError(f"{option} {out_dir} is a file, not a directory; give a directory for {', '.join(FILES)}.")
-    existing = out_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(f"{option} {out_dir}: {existing} is a file, not a directory; choose another path.")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(f"{option} {out_dir} cannot be written ({existing} is not writable); choose a writable "
-                          "directory.")
-    found = [name for name in FILES if (out_dir / name).exists()]
-    if found and not overwrite:
-        raise OutputError(f"{option} {out_dir} already holds a benchmark report ({', '.join(found)}); pass "
-                          "--overwrite (overwrite=True) to replace it, or choose another directory.")
-    return out_dir
+    from .._atomic import check_report_dir as check
+
+    return check(out_dir, FILES, overwrite, option, what="a benchmark report")
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

@@ -4,3 +4,6 @@ from ._operator import LinearizedLayer, linearize
 from ._products import PRODUCTS_FORMAT, JacobianProducts, products
 from ._second_order import MAX_HESSIAN_PARAMS, ReadoutDerivative, hessian, hvp, readout_gradient, readout_function
 from ._verify import Verification, verify
+from ._estimate import estimate_frobenius, estimate_parameter_diagonal, estimate_unit_diagonal
+from ._ntk import layer_ntk
+from ._spectrum import spectrum

@@ -134,10 +134,7 @@ class Sensitivity(Summarized):
         """An ``xarray.Dataset``: ``unit`` over ``(example, height, width, channel)`` (3-axis activations) or
         ``(example, unit_axis0, ...)``, ``frobenius`` over ``example``, one variable per leaf over
         ``(example, <leaf>_axis0, ...)``. Needs xarray."""
-        try:
-            import xarray as xr
-        except ImportError:
-            raise LayersensError("Sensitivity.to_xarray needs xarray: pip install xarray") from None
+        xr = _xarray("Sensitivity.to_xarray")
         shape = self.activation_shape
         axes = ("height", "width", "channel") if len(shape) == 3 else tuple(f"unit_axis{k}" for k in range(len(shape)))
         data = {"unit": (("example",) + axes, self.unit), "frobenius": (("example",), self.frobenius)}
@@ -146,6 +143,23 @@ class Sensitivity(Summarized):
             data[name] = (("example",) + tuple(f"{name}_axis{k}" for k in range(values.ndim - 1)), values)
         attrs = {name: getattr(self, name) for name in _META}
         return xr.Dataset(data, coords={"example": np.arange(self.num_examples)}, attrs=attrs)
+
+    def plot(self, kind: str = "parameters"):
+        """A matplotlib ``Figure`` (no pyplot state): ``"parameters"`` (each leaf's share of ‖J‖²_F, and per output
+        channel for leaves with channels) or ``"units"`` (‖∂h/∂θ‖ averaged over examples: one image per channel
+        of an (H, W, C) activation, bars over the units of a vector). Needs matplotlib."""
+        from ..report import sensitivity_figure
+
+        return sensitivity_figure(self, kind)
+
+
+def _xarray(what: str):
+    """The xarray module, or an error saying how to install it."""
+    try:
+        import xarray
+    except ImportError:
+        raise LayersensError(f"{what} needs xarray: pip install xarray (or 'layersens[xarray]')") from None
+    return xarray
 
 
 def _checked(meta: dict, arrays: dict) -> Sensitivity:
