@@ -47,7 +47,7 @@ def fingerprint(matrix: np.ndarray) -> list[float]:
         total += float(row.sum())
         squares += float(row @ row)
         projections += vectors @ row
-    return [total, squares ** 0.5, *map(float, projections)]
+    return [total, squares**0.5, *map(float, projections)]
 
 
 def main(argv=None) -> int:
@@ -69,8 +69,12 @@ def main(argv=None) -> int:
         prints = fingerprint(result.matrix) if args.fingerprint else None
         del result
         times = _timing.time_calls(call, args.repeats)
-        out["cases"][case] = {"first_call_seconds": first, "median_seconds": statistics.median(times),
-                              "seconds": times, "fingerprint": prints}
+        out["cases"][case] = {
+            "first_call_seconds": first,
+            "median_seconds": statistics.median(times),
+            "seconds": times,
+            "fingerprint": prints,
+        }
     print(json.dumps(out))
     return 0
 

@@ -75,7 +75,7 @@ def main(argv=None) -> int:
         _git("worktree", "add", "--detach", str(tree), old)
         try:
             for r in range(args.rounds):
-                for side in (("old", "new") if r % 2 == 0 else ("new", "old")):
+                for side in ("old", "new") if r % 2 == 0 else ("new", "old"):
                     root = tree if side == "old" else ROOT
                     print(f"round {r + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
                     runs[side].append(_run_side(root, args.cases, args.mode, args.repeats, fingerprint=r == 0))
@@ -86,32 +86,64 @@ def main(argv=None) -> int:
     for case in args.cases.split(","):
         a, b = runs["old"][0]["cases"][case]["fingerprint"], runs["new"][0]["cases"][case]["fingerprint"]
         if not _agree(a, b):
-            raise SystemExit(f"error: {case}: the two versions computed different Jacobians ({a} vs {b}); "
-                             "nothing to compare")
+            raise SystemExit(
+                f"error: {case}: the two versions computed different Jacobians ({a} vs {b}); nothing to compare"
+            )
         per_round = {s: [run["cases"][case]["median_seconds"] for run in runs[s]] for s in runs}
         pooled = {s: statistics.median(t for run in runs[s] for t in run["cases"][case]["seconds"]) for s in runs}
         ratio = pooled["old"] / pooled["new"]
-        data.append({"case": case, "round_medians_seconds": per_round, "pooled_median_seconds": pooled,
-                     "old_over_new": ratio, "fingerprints": {"old": a, "new": b}})
+        data.append(
+            {
+                "case": case,
+                "round_medians_seconds": per_round,
+                "pooled_median_seconds": pooled,
+                "old_over_new": ratio,
+                "fingerprints": {"old": a, "new": b},
+            }
+        )
         layer, n = case.split(":")
-        rows.append(f"| {layer} ×{n} | {pooled['old'] * 1e3:.1f} ms | {pooled['new'] * 1e3:.1f} ms | {ratio:.2f}× | "
-                    + ", ".join(f"{o * 1e3:.1f} / {w * 1e3:.1f}" for o, w in zip(per_round["old"], per_round["new"]))
-                    + " |")
+        rows.append(
+            f"| {layer} ×{n} | {pooled['old'] * 1e3:.1f} ms | {pooled['new'] * 1e3:.1f} ms | {ratio:.2f}× | "
+            + ", ".join(f"{o * 1e3:.1f} / {w * 1e3:.1f}" for o, w in zip(per_round["old"], per_round["new"]))
+            + " |"
+        )
     load = os.getloadavg()
-    text = "\n".join([
-        f"# layersens {old} against {new}: `jacobian(mode={args.mode!r})` on the shipped LeNet", "",
-        (f"Created {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} by "
-         f"`python benchmarks/compare_commits.py {args.old}`; {args.rounds} rounds, each one fresh process per "
-         f"version (order alternating), {args.repeats} timed calls per case after a first call that compiles; "
-         f"load average at the end {tuple(round(x, 2) for x in load)}. Both versions' results agreed (sum, norm and "
-         "two random projections) before timing was compared."), "",
-        "| case | old (median of all calls) | new | old ÷ new (> 1: new is faster) | per-round medians, old / new |",
-        "|---|---|---|---|---|", *rows, ""])
+    text = "\n".join(
+        [
+            f"# layersens {old} against {new}: `jacobian(mode={args.mode!r})` on the shipped LeNet",
+            "",
+            (
+                f"Created {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} by "
+                f"`python benchmarks/compare_commits.py {args.old}`; {args.rounds} rounds, each one fresh process per "
+                f"version (order alternating), {args.repeats} timed calls per case after a first call that compiles; "
+                f"load average at the end {tuple(round(x, 2) for x in load)}. Both versions' results agreed (sum, "
+                "norm and two random projections) before timing was compared."
+            ),
+            "",
+            "| case | old (median of all calls) | new | old ÷ new (> 1: new is faster) "
+            "| per-round medians, old / new |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     md, js = args.out / f"compare-{old}.md", args.out / f"compare-{old}.json"
     md.write_text(text)
-    js.write_text(json.dumps({"old": old, "new": new, "mode": args.mode, "rounds": args.rounds,
-                              "repeats": args.repeats, "cases": data, "runs": runs}, indent=1))
+    js.write_text(
+        json.dumps(
+            {
+                "old": old,
+                "new": new,
+                "mode": args.mode,
+                "rounds": args.rounds,
+                "repeats": args.repeats,
+                "cases": data,
+                "runs": runs,
+            },
+            indent=1,
+        )
+    )
     print(text)
     print(f"wrote {md}\nwrote {js}")
     return 0

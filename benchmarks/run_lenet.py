@@ -29,13 +29,25 @@ def main(argv=None) -> int:
     parser.add_argument("--layers", default=",".join(LAYERS))
     parser.add_argument("--num-examples", default=",".join(map(str, NUM_EXAMPLES)))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--loop-budget", type=float, default=120.0,
-                        help="seconds one full run of the jitted scalar loop may take before it is extrapolated")
-    parser.add_argument("--method-budget", type=float, default=20.0,
-                        help="seconds of timed runs per other method; slow methods get fewer than --repeats")
-    parser.add_argument("--run-limit", type=float, default=60.0,
-                        help="seconds compiling and one run of a method may take (tried in its own process); "
-                             "slower methods are reported as skipped")
+    parser.add_argument(
+        "--loop-budget",
+        type=float,
+        default=120.0,
+        help="seconds one full run of the jitted scalar loop may take before it is extrapolated",
+    )
+    parser.add_argument(
+        "--method-budget",
+        type=float,
+        default=20.0,
+        help="seconds of timed runs per other method; slow methods get fewer than --repeats",
+    )
+    parser.add_argument(
+        "--run-limit",
+        type=float,
+        default=60.0,
+        help="seconds compiling and one run of a method may take (tried in its own process); "
+        "slower methods are reported as skipped",
+    )
     parser.add_argument("--methods", help="comma-separated subset (default: all)")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-method peak-memory processes")
     parser.add_argument("--overwrite", action="store_true", help="replace a report already in --out")
@@ -47,10 +59,18 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - start:7.1f} s] {message}", file=sys.stderr, flush=True)
 
     report = run_benchmark(
-        LENET_DIGITS, args.layers.split(","), num_examples=[int(n) for n in args.num_examples.split(",")],
-        methods=args.methods, repeats=args.repeats, loop_budget_s=args.loop_budget,
-        method_budget_s=args.method_budget, run_limit_s=args.run_limit, out_dir=args.out, overwrite=args.overwrite,
-        measure_memory=not args.no_memory, progress=progress,
+        LENET_DIGITS,
+        args.layers.split(","),
+        num_examples=[int(n) for n in args.num_examples.split(",")],
+        methods=args.methods,
+        repeats=args.repeats,
+        loop_budget_s=args.loop_budget,
+        method_budget_s=args.method_budget,
+        run_limit_s=args.run_limit,
+        out_dir=args.out,
+        overwrite=args.overwrite,
+        measure_memory=not args.no_memory,
+        progress=progress,
     )
     print(report.overview)
     for path in report.files:

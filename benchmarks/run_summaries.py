@@ -57,7 +57,7 @@ CNN_LAYER, CNN_BUDGET = "conv2", "128MB"
 SPECTRUM_K = 6
 RTOL = 1e-4  # relative agreement required between a timed result and the verified numbers
 WORKER_TIMEOUT_S = 900
-MiB = 2 ** 20
+MiB = 2**20
 
 # ----------------------------------------------------------------------------------------------------------------
 # Memory: the benchmark harness's own readers of the resident set. They are private helpers of
@@ -67,6 +67,7 @@ MiB = 2 ** 20
 
 def _rss_tools():
     from layersens.bench._worker import _peak_rss, _reset_peak_rss, _status_bytes
+
     return _peak_rss, _reset_peak_rss, _status_bytes
 
 
@@ -104,14 +105,25 @@ class _Meter:
         seconds = time.perf_counter() - start
         peak = self.peak_rss()[0]
         self.process_peak = max(self.process_peak, peak)
-        self.calls.append({"seconds": seconds, "rss_before_bytes": before, "hwm_bytes": peak,
-                           "added_bytes": max(0, peak - before), **extra})
+        self.calls.append(
+            {
+                "seconds": seconds,
+                "rss_before_bytes": before,
+                "hwm_bytes": peak,
+                "added_bytes": max(0, peak - before),
+                **extra,
+            }
+        )
         return result
 
     def report(self, **extra) -> dict:
         self._note_peak()
-        return {"calls": self.calls, "process_peak_bytes": self.process_peak, "hwm_resettable": self.resettable,
-                **extra}
+        return {
+            "calls": self.calls,
+            "process_peak_bytes": self.process_peak,
+            "hwm_resettable": self.resettable,
+            **extra,
+        }
 
 
 def _lenet(layersens):
@@ -149,8 +161,14 @@ def worker(spec: dict) -> dict:
         model, split, x = _lenet(layersens)
         budget = LENET_BUDGET
     setup = meter.setup_done()
-    out: dict = {"kind": kind, **setup, "jax_rss_bytes": jax_rss, "num_examples": len(x), "M": split.num_outputs,
-                 "P": split.num_params}
+    out: dict = {
+        "kind": kind,
+        **setup,
+        "jax_rss_bytes": jax_rss,
+        "num_examples": len(x),
+        "M": split.num_outputs,
+        "P": split.num_params,
+    }
 
     if kind in ("lenet-sensitivity", "cnn-sensitivity"):
         for _ in range(1 + repeats):
@@ -163,25 +181,31 @@ def worker(spec: dict) -> dict:
         ntk = spec.get("ntk", True)
         for _ in range(1 + repeats):
             s = meter.call(lambda: layersens.summarize_layer(split, x, k=SPECTRUM_K, max_memory=budget, ntk=ntk))
-            out["fingerprint"] = {**_sens_fingerprint(s.sensitivity),
-                                  "singular_values": np.asarray(s.singular_values).tolist(),
-                                  "ntk": None if s.ntk is None else np.asarray(s.ntk.values).tolist(),
-                                  "ntk_method": None if s.ntk is None else s.ntk.method}
+            out["fingerprint"] = {
+                **_sens_fingerprint(s.sensitivity),
+                "singular_values": np.asarray(s.singular_values).tolist(),
+                "ntk": None if s.ntk is None else np.asarray(s.ntk.values).tolist(),
+                "ntk_method": None if s.ntk is None else s.ntk.method,
+            }
             del s
     elif kind == "lenet-dense":
         from layersens.results._summary import singular_values  # summarize's own per-example step
 
         sample = spec["spectrum_sample"]
         for call in range(2):  # the first call compiles; the second is the steady state (compiled plan held)
+
             def pipeline(call=call):
                 t0 = time.perf_counter()
                 jac = layersens.extract(model, LENET_LAYER, num_examples=LENET_EXAMPLES, max_memory=budget)
                 extract_seconds = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 summary = layersens.summarize(jac, spectrum=False)
-                phases = {"extract_seconds": extract_seconds,
-                          "summarize_seconds": time.perf_counter() - t0, "dense_bytes": int(jac.matrix.nbytes),
-                          "frobenius": float(summary.frobenius)}
+                phases = {
+                    "extract_seconds": extract_seconds,
+                    "summarize_seconds": time.perf_counter() - t0,
+                    "dense_bytes": int(jac.matrix.nbytes),
+                    "frobenius": float(summary.frobenius),
+                }
                 if call == 0:  # the spectrum step of summarize(spectrum=True), on `sample` examples
                     times, top = [], []
                     for n in range(min(sample, len(jac.matrix))):
@@ -214,8 +238,12 @@ def verify_lenet(spec: dict) -> dict:
     t0 = time.perf_counter()
     jac = layersens.jacobian(split, x, max_memory=LENET_BUDGET)
     ver = layersens.verify(jac, split)
-    checks = {"dense: rows against scalar gradients (layersens.verify), error / max|J|": (ver.row_error,
-                                                                                         ver.row_error <= 1e-4)}
+    checks = {
+        "dense: rows against scalar gradients (layersens.verify), error / max|J|": (
+            ver.row_error,
+            ver.row_error <= 1e-4,
+        )
+    }
     n_ex = jac.matrix.shape[0]
     flat64 = [jac.matrix[n].astype(np.float64) for n in range(n_ex)]
     col = np.stack([(a * a).sum(axis=0) for a in flat64])
@@ -241,15 +269,24 @@ def verify_lenet(spec: dict) -> dict:
         s = layersens.summarize_layer(split, x, k=SPECTRUM_K, max_memory=LENET_BUDGET)
         checks["summarize_layer: ‖J‖_F (rel.)"] = _rel_check(s.frobenius, fro, 1e-5)
         checks["summarize_layer: top-6 singular values vs ARPACK (rel.)"] = _rel_check(
-            np.asarray(s.singular_values), top, 1e-3)
+            np.asarray(s.singular_values), top, 1e-3
+        )
         if s.ntk is not None:
             checks[f"summarize_layer: NTK ({s.ntk.method}) vs dense contraction (rel. to max)"] = _rel_check(
-                np.asarray(s.ntk.values), ntk, 1e-4)
-    return {"checks": {k: {"error": float(e), "ok": bool(ok)} for k, (e, ok) in checks.items()},
-            "frobenius": fro.tolist(), "singular_values": top.tolist(), "ntk": ntk.tolist(),
-            "dense_bytes": int(jac.matrix.nbytes), "M": split.num_outputs, "P": split.num_params,
-            "has_summarize_layer": has_summarize_layer, "seconds": time.perf_counter() - t0,
-            "verify": ver.describe()}
+                np.asarray(s.ntk.values), ntk, 1e-4
+            )
+    return {
+        "checks": {k: {"error": float(e), "ok": bool(ok)} for k, (e, ok) in checks.items()},
+        "frobenius": fro.tolist(),
+        "singular_values": top.tolist(),
+        "ntk": ntk.tolist(),
+        "dense_bytes": int(jac.matrix.nbytes),
+        "M": split.num_outputs,
+        "P": split.num_params,
+        "has_summarize_layer": has_summarize_layer,
+        "seconds": time.perf_counter() - t0,
+        "verify": ver.describe(),
+    }
 
 
 def verify_cnn(spec: dict) -> dict:
@@ -265,28 +302,36 @@ def verify_cnn(spec: dict) -> dict:
     checks = {}
     fro = []
     for n in range(len(x)):
-        jac = layersens.jacobian(split, x[n:n + 1], max_memory=CNN_BUDGET)
+        jac = layersens.jacobian(split, x[n : n + 1], max_memory=CNN_BUDGET)
         ver = layersens.verify(jac, split)
-        checks[f"dense example {n}: rows against scalar gradients, error / max|J|"] = (ver.row_error,
-                                                                                        ver.row_error <= 1e-4)
+        checks[f"dense example {n}: rows against scalar gradients, error / max|J|"] = (
+            ver.row_error,
+            ver.row_error <= 1e-4,
+        )
         m = jac.matrix[0]
         col = np.zeros(m.shape[1])
         row = np.zeros(m.shape[0])
         for a in range(0, m.shape[0], 1024):
-            slab = m[a:a + 1024].astype(np.float64) ** 2
+            slab = m[a : a + 1024].astype(np.float64) ** 2
             col += slab.sum(axis=0)
-            row[a:a + 1024] = slab.sum(axis=1)
+            row[a : a + 1024] = slab.sum(axis=1)
         got = np.concatenate([sens.parameter[k][n].reshape(-1) for k in sens.param_names])
         checks[f"sensitivity example {n}: diag(JᵀJ) (rel. to max)"] = _rel_check(got, col, 1e-5)
-        checks[f"sensitivity example {n}: unit norms (rel. to max)"] = _rel_check(sens.unit[n].reshape(-1),
-                                                                                   np.sqrt(row), 1e-5)
+        checks[f"sensitivity example {n}: unit norms (rel. to max)"] = _rel_check(
+            sens.unit[n].reshape(-1), np.sqrt(row), 1e-5
+        )
         fro.append(float(np.sqrt(col.sum())))
         del jac, m
         gc.collect()
     checks["sensitivity: ‖J‖_F (rel.)"] = _rel_check(sens.frobenius, np.asarray(fro), 1e-5)
-    return {"checks": {k: {"error": float(e), "ok": bool(ok)} for k, (e, ok) in checks.items()},
-            "frobenius": fro, "M": split.num_outputs, "P": split.num_params, "seconds": time.perf_counter() - t0,
-            "param_names": list(split.param_names)}
+    return {
+        "checks": {k: {"error": float(e), "ok": bool(ok)} for k, (e, ok) in checks.items()},
+        "frobenius": fro,
+        "M": split.num_outputs,
+        "P": split.num_params,
+        "seconds": time.perf_counter() - t0,
+        "param_names": list(split.param_names),
+    }
 
 
 def _rel_check(got, want, tol):
@@ -338,15 +383,23 @@ def build_cnn(directory: Path, random_weights: bool, seed: int = 0) -> dict:
 
         order = np.random.default_rng(seed).permutation(len(xt))
         for a in range(0, len(xt) - 63, 64):
-            idx = order[a:a + 64]
+            idx = order[a : a + 64]
             params, state, _ = step(params, state, xt[idx], yt[idx])
         variables = {"params": params}
         accuracy = float(np.mean(np.argmax(model.apply(variables, xv), axis=-1) == yv))
-        info = {"weights": f"briefly fitted: one epoch of Adam (lr 1e-3, batch 64, {len(xt) // 64} steps) on "
-                           f"scikit-learn's digits resized to 28×28; held-out accuracy {accuracy:.3f} on {len(xv)}",
-                "heldout_accuracy": accuracy}
-    layersens.save_model(directory, model, variables, input_shape=INPUT_SHAPE, example_inputs=heldout[:4],
-                         description="Flax MNIST-example CNN (benchmarks/flax_mnist_cnn.py); " + info["weights"])
+        info = {
+            "weights": f"briefly fitted: one epoch of Adam (lr 1e-3, batch 64, {len(xt) // 64} steps) on "
+            f"scikit-learn's digits resized to 28×28; held-out accuracy {accuracy:.3f} on {len(xv)}",
+            "heldout_accuracy": accuracy,
+        }
+    layersens.save_model(
+        directory,
+        model,
+        variables,
+        input_shape=INPUT_SHAPE,
+        example_inputs=heldout[:4],
+        description="Flax MNIST-example CNN (benchmarks/flax_mnist_cnn.py); " + info["weights"],
+    )
     return info
 
 
@@ -381,16 +434,26 @@ def run_worker(spec: dict, timeout=WORKER_TIMEOUT_S) -> dict:
 
 def _time_v(command: list[str]) -> dict:
     """Runs ``command`` under ``/usr/bin/time -v``: wall seconds, maximum resident set, exit code, stdout."""
-    done = subprocess.run(["/usr/bin/time", "-v", *command], capture_output=True, text=True, env=_env(),
-                          timeout=WORKER_TIMEOUT_S, check=False)
+    done = subprocess.run(
+        ["/usr/bin/time", "-v", *command],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=WORKER_TIMEOUT_S,
+        check=False,
+    )
     peak = re.search(r"Maximum resident set size \(kbytes\): (\d+)", done.stderr)
     wall = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", done.stderr)
     seconds = None
     if wall:
         parts = [float(p) for p in wall.group(1).split(":")]
-        seconds = sum(p * 60 ** i for i, p in enumerate(reversed(parts)))
-    out = {"returncode": done.returncode, "peak_rss_bytes": int(peak.group(1)) * 1024 if peak else None,
-           "seconds": seconds, "stdout": done.stdout}
+        seconds = sum(p * 60**i for i, p in enumerate(reversed(parts)))
+    out = {
+        "returncode": done.returncode,
+        "peak_rss_bytes": int(peak.group(1)) * 1024 if peak else None,
+        "seconds": seconds,
+        "stdout": done.stdout,
+    }
     if done.returncode:
         out["error"] = (done.stderr.strip().splitlines() or ["?"])[0][:300]
     return out
@@ -410,8 +473,18 @@ def run_cli(kind: str) -> dict:
     exe = shutil.which("layersens", path=str(Path(sys.executable).parent)) or "layersens"
     model = str(ROOT / "layersens" / "examples" / "lenet_digits")
     if kind == "cli-summarize":
-        command = [exe, "summarize", "--layer", LENET_LAYER, "--model", model, "--num-examples",
-                   str(LENET_EXAMPLES), "--max-memory", LENET_BUDGET]
+        command = [
+            exe,
+            "summarize",
+            "--layer",
+            LENET_LAYER,
+            "--model",
+            model,
+            "--num-examples",
+            str(LENET_EXAMPLES),
+            "--max-memory",
+            LENET_BUDGET,
+        ]
     else:
         command = [exe, "layers", "--model", model]
     return {"kind": kind, "command": " ".join(command[1:]), **_time_v(command)}
@@ -436,13 +509,16 @@ def check_result(result: dict, ref: dict, cnn_ref: dict | None) -> str | None:
         return result["error"]
     kind, fp = result["kind"], result.get("fingerprint", {})
     if kind == "cli-summarize":  # the CLI prints each example's ‖J‖_F (4 significant digits) and σ's in its tables
-        missing = [f"{v:.4g}" for v in ref["frobenius"] + [row[0] for row in ref["singular_values"]]
-                   if f"{v:.4g}" not in result["stdout"]]
+        missing = [
+            f"{v:.4g}"
+            for v in ref["frobenius"] + [row[0] for row in ref["singular_values"]]
+            if f"{v:.4g}" not in result["stdout"]
+        ]
         return f"verified values not in its output: {missing}" if missing else None
     if kind == "cli-layers":
         return None
     if kind == "cnn-sensitivity":
-        want = cnn_ref["frobenius"][:result["num_examples"]]
+        want = cnn_ref["frobenius"][: result["num_examples"]]
         return None if _close(fp["frobenius"], want) else f"‖J‖_F {fp['frobenius']} != verified {want}"
     if kind in ("lenet-sensitivity", "lenet-summarize-layer"):
         if not _close(fp["frobenius"], ref["frobenius"]):
@@ -458,7 +534,7 @@ def check_result(result: dict, ref: dict, cnn_ref: dict | None) -> str | None:
         if not _close(fp["frobenius_total"], total):
             return f"‖J‖_F {fp['frobenius_total']} != verified {total}"
         sv = fp["singular_values"]
-        if sv and not _close(sv, ref["singular_values"][:len(sv)], 1e-3):
+        if sv and not _close(sv, ref["singular_values"][: len(sv)], 1e-3):
             return "singular values differ from the verified ones"
         return None
     return None
@@ -489,22 +565,31 @@ def summarize_method(results: list[dict]) -> dict:
     """Medians over the verified workers of one method: steady-state calls (all after each worker's first) and
     first calls apart; memory: the largest of each quantity over the workers."""
     good = [r for r in results if r.get("ok")]
-    out = {"workers": len(results), "verified_workers": len(good),
-           "errors": sorted({r["why"] for r in results if not r.get("ok") and r.get("why")})}
+    out = {
+        "workers": len(results),
+        "verified_workers": len(good),
+        "errors": sorted({r["why"] for r in results if not r.get("ok") and r.get("why")}),
+    }
     if not good:
         return out
     if "calls" in good[0]:
         steady = [c["seconds"] for r in good for c in r["calls"][1:]]
         first = [r["calls"][0]["seconds"] for r in good]
-        out.update(steady_seconds_median=_med(steady), steady_calls=len(steady), first_seconds_median=_med(first),
-                   setup_rss_bytes=max(r["setup_rss_bytes"] for r in good),
-                   jax_rss_bytes=max(r["jax_rss_bytes"] for r in good),
-                   process_peak_bytes=max(r["process_peak_bytes"] for r in good),
-                   first_added_bytes=max(r["calls"][0]["added_bytes"] for r in good),
-                   steady_added_bytes=max((c["added_bytes"] for r in good for c in r["calls"][1:]), default=None))
+        out.update(
+            steady_seconds_median=_med(steady),
+            steady_calls=len(steady),
+            first_seconds_median=_med(first),
+            setup_rss_bytes=max(r["setup_rss_bytes"] for r in good),
+            jax_rss_bytes=max(r["jax_rss_bytes"] for r in good),
+            process_peak_bytes=max(r["process_peak_bytes"] for r in good),
+            first_added_bytes=max(r["calls"][0]["added_bytes"] for r in good),
+            steady_added_bytes=max((c["added_bytes"] for r in good for c in r["calls"][1:]), default=None),
+        )
     else:  # the CLI: whole processes
-        out.update(process_seconds_median=_med([r["seconds"] for r in good]),
-                   process_peak_bytes=max(r["peak_rss_bytes"] for r in good))
+        out.update(
+            process_seconds_median=_med([r["seconds"] for r in good]),
+            process_peak_bytes=max(r["peak_rss_bytes"] for r in good),
+        )
     return out
 
 
@@ -517,16 +602,20 @@ def dense_totals(results: list[dict], num_examples: int) -> dict:
     spectrum_times = [t for r in good for t in r["calls"][0].get("spectrum_seconds_per_example", [])]
     per_example = _med(spectrum_times)
     spectrum = (per_example or 0.0) * num_examples
-    first = _med([r["calls"][0]["seconds"] - sum(r["calls"][0].get("spectrum_seconds_per_example", []))
-                  for r in good])
+    first = _med([r["calls"][0]["seconds"] - sum(r["calls"][0].get("spectrum_seconds_per_example", [])) for r in good])
     steady = _med([r["calls"][1]["seconds"] for r in good])
-    return {"spectrum_seconds_per_example": per_example, "spectrum_seconds_total": spectrum,
-            "spectrum_examples_timed": len(spectrum_times),
-            "extract_summarize_first_median": first, "extract_summarize_steady_median": steady,
-            "extract_steady_median": _med([r["calls"][1]["extract_seconds"] for r in good]),
-            "summarize_nospectrum_steady_median": _med([r["calls"][1]["summarize_seconds"] for r in good]),
-            "first_total": first + spectrum, "steady_total": steady + spectrum,
-            "dense_bytes": good[0]["calls"][0]["dense_bytes"]}
+    return {
+        "spectrum_seconds_per_example": per_example,
+        "spectrum_seconds_total": spectrum,
+        "spectrum_examples_timed": len(spectrum_times),
+        "extract_summarize_first_median": first,
+        "extract_summarize_steady_median": steady,
+        "extract_steady_median": _med([r["calls"][1]["extract_seconds"] for r in good]),
+        "summarize_nospectrum_steady_median": _med([r["calls"][1]["summarize_seconds"] for r in good]),
+        "first_total": first + spectrum,
+        "steady_total": steady + spectrum,
+        "dense_bytes": good[0]["calls"][0]["dense_bytes"],
+    }
 
 
 def write_report(out_dir: Path, data: dict) -> list[Path]:
@@ -540,36 +629,49 @@ def write_report(out_dir: Path, data: dict) -> list[Path]:
 
 def render_markdown(d: dict) -> str:
     env, s = d["environment"], d["summary"]
-    L = [f"# Answers without the matrix: memory and time ({d['date']})", "",
-         f"Reproduce: `{d['command']}` ({d['total_seconds']:.0f} s for this run).", "",
-         "## Machine", "",
-         f"- {env.get('cpu_model')}, {env.get('cpu_count')} CPUs ({env.get('usable_cpus')} usable), "
-         f"{_fmt_mib(env.get('available_memory_bytes'))} available at start; devices "
-         f"{', '.join(env.get('devices', []))}.",
-         f"- **Shared machine**: load average {env.get('load_average')} at the start and "
-         f"{d.get('load_average_end')} at the end (other engineers' test runs on the same 2 cores). Times are "
-         "noisy; compare the methods of this one interleaved run with each other, not with other reports.",
-         f"- {env.get('platform')}, Python {env.get('python')}; "
-         + ", ".join(f"{k} {v}" for k, v in env.get("versions", [])) + ".",
-         f"- Thread settings: {', '.join(f'{k}={v}' for k, v in env.get('thread_settings', []) if v) or 'none set'}.",
-         "", "## How it was measured", "",
-         "Each method ran in fresh processes, "
-         f"{d['settings']['rounds']} interleaved round(s) (order reversed every other round), each process one first "
-         f"call (compilation included) then {d['settings']['repeats']} steady call(s) (compiled programs held; 1 for "
-         "`summarize_layer` with its NTK and for (b), whose spectrum step runs once, in round 1). "
-         "Peak memory is the resident-set high-water mark (`VmHWM`, reset per call); *fixed overhead* is the "
-         "process's resident set after importing JAX and loading the model; *added* is a call's peak over the "
-         "resident set just before it. Every timed result was checked against numbers verified first against the "
-         "dense Jacobian (below). Times are medians.", ""]
+    L = [
+        f"# Answers without the matrix: memory and time ({d['date']})",
+        "",
+        f"Reproduce: `{d['command']}` ({d['total_seconds']:.0f} s for this run).",
+        "",
+        "## Machine",
+        "",
+        f"- {env.get('cpu_model')}, {env.get('cpu_count')} CPUs ({env.get('usable_cpus')} usable), "
+        f"{_fmt_mib(env.get('available_memory_bytes'))} available at start; devices "
+        f"{', '.join(env.get('devices', []))}.",
+        f"- **Shared machine**: load average {env.get('load_average')} at the start and "
+        f"{d.get('load_average_end')} at the end (other engineers' test runs on the same 2 cores). Times are "
+        "noisy; compare the methods of this one interleaved run with each other, not with other reports.",
+        f"- {env.get('platform')}, Python {env.get('python')}; "
+        + ", ".join(f"{k} {v}" for k, v in env.get("versions", []))
+        + ".",
+        f"- Thread settings: {', '.join(f'{k}={v}' for k, v in env.get('thread_settings', []) if v) or 'none set'}.",
+        "",
+        "## How it was measured",
+        "",
+        "Each method ran in fresh processes, "
+        f"{d['settings']['rounds']} interleaved round(s) (order reversed every other round), each process one first "
+        f"call (compilation included) then {d['settings']['repeats']} steady call(s) (compiled programs held; 1 for "
+        "`summarize_layer` with its NTK and for (b), whose spectrum step runs once, in round 1). "
+        "Peak memory is the resident-set high-water mark (`VmHWM`, reset per call); *fixed overhead* is the "
+        "process's resident set after importing JAX and loading the model; *added* is a call's peak over the "
+        "resident set just before it. Every timed result was checked against numbers verified first against the "
+        "dense Jacobian (below). Times are medians.",
+        "",
+    ]
     lenet = s["lenet"]
     dense = lenet.get("dense_totals", {})
     db = lenet["dense_bytes"]
-    L += ["## 1. LeNet `relu2`, 8 examples, `max_memory=\"64MB\"`", "",
-          f"J is {lenet['M']:,} outputs × {lenet['P']:,} parameters per example: dense "
-          f"8 × {lenet['M']:,} × {lenet['P']:,} × 4 bytes = {db:,} bytes = {db / 2**30:.2f} GiB.", "",
-          "| method | steady time | first call | ratio (b)/method, steady | fixed overhead | added, first call | "
-          "added, steady | process peak RSS | peak vs dense size |",
-          "|---|---|---|---|---|---|---|---|---|"]
+    L += [
+        '## 1. LeNet `relu2`, 8 examples, `max_memory="64MB"`',
+        "",
+        f"J is {lenet['M']:,} outputs × {lenet['P']:,} parameters per example: dense "
+        f"8 × {lenet['M']:,} × {lenet['P']:,} × 4 bytes = {db:,} bytes = {db / 2**30:.2f} GiB.",
+        "",
+        "| method | steady time | first call | ratio (b)/method, steady | fixed overhead | added, first call | "
+        "added, steady | process peak RSS | peak vs dense size |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for name, m in lenet["methods"].items():
         if m.get("verified_workers", 0) == 0:
             L.append(f"| {name} | failed or not run: {'; '.join(m.get('errors', [])) or '–'} | | | | | | | |")
@@ -579,60 +681,86 @@ def render_markdown(d: dict) -> str:
             if name.startswith("(b)"):
                 steady, first = dense.get("steady_total"), dense.get("first_total")
             ratio = m.get("ratio_b_steady")
-            L.append(f"| {name} | {_fmt_s(steady)} | {_fmt_s(first)} | "
-                     f"{'–' if ratio is None else f'{ratio:,.1f}×'} | {_fmt_mib(m['setup_rss_bytes'])} | "
-                     f"{_fmt_mib(m['first_added_bytes'])} | {_fmt_mib(m['steady_added_bytes'])} | "
-                     f"{_fmt_mib(m['process_peak_bytes'])} | {m['process_peak_bytes'] / db:.2f}× |")
+            L.append(
+                f"| {name} | {_fmt_s(steady)} | {_fmt_s(first)} | "
+                f"{'–' if ratio is None else f'{ratio:,.1f}×'} | {_fmt_mib(m['setup_rss_bytes'])} | "
+                f"{_fmt_mib(m['first_added_bytes'])} | {_fmt_mib(m['steady_added_bytes'])} | "
+                f"{_fmt_mib(m['process_peak_bytes'])} | {m['process_peak_bytes'] / db:.2f}× |"
+            )
         else:
             ratio = m.get("ratio_b_steady")
-            L.append(f"| {name} | {_fmt_s(m['process_seconds_median'])} (whole process) | | "
-                     f"{'–' if ratio is None else f'{ratio:,.1f}× ((b) first call + CLI start-up)'} | "
-                     f"{_fmt_mib(s.get('cli_overhead_bytes'))} (`layersens layers`) | | | "
-                     f"{_fmt_mib(m['process_peak_bytes'])} | {m['process_peak_bytes'] / db:.2f}× |")
+            L.append(
+                f"| {name} | {_fmt_s(m['process_seconds_median'])} (whole process) | | "
+                f"{'–' if ratio is None else f'{ratio:,.1f}× ((b) first call + CLI start-up)'} | "
+                f"{_fmt_mib(s.get('cli_overhead_bytes'))} (`layersens layers`) | | | "
+                f"{_fmt_mib(m['process_peak_bytes'])} | {m['process_peak_bytes'] / db:.2f}× |"
+            )
     L.append("")
     if dense:
-        how = (f"timed on {dense['spectrum_examples_timed']} of the 8 examples "
-               f"({_fmt_s(dense['spectrum_seconds_per_example'])} per example, median) and scaled to 8: "
-               f"{_fmt_s(dense['spectrum_seconds_total'])}")
-        L += [f"(b) = `extract` ({_fmt_s(dense['extract_steady_median'])} steady) + `summarize(spectrum=False)` "
-              f"({_fmt_s(dense['summarize_nospectrum_steady_median'])}) + the spectrum step of "
-              f"`summarize(spectrum=True)`, {how}. Its memory columns include the spectrum step (first call) and "
-              "not (steady call).", ""]
+        how = (
+            f"timed on {dense['spectrum_examples_timed']} of the 8 examples "
+            f"({_fmt_s(dense['spectrum_seconds_per_example'])} per example, median) and scaled to 8: "
+            f"{_fmt_s(dense['spectrum_seconds_total'])}"
+        )
+        L += [
+            f"(b) = `extract` ({_fmt_s(dense['extract_steady_median'])} steady) + `summarize(spectrum=False)` "
+            f"({_fmt_s(dense['summarize_nospectrum_steady_median'])}) + the spectrum step of "
+            f"`summarize(spectrum=True)`, {how}. Its memory columns include the spectrum step (first call) and "
+            "not (steady call).",
+            "",
+        ]
     for line in s.get("lenet_notes", []):
         L.append(f"- {line}")
-    L += ["", "## 2. Flax MNIST-example CNN, layer `conv2`, `max_memory=\"128MB\"`", ""]
+    L += ["", '## 2. Flax MNIST-example CNN, layer `conv2`, `max_memory="128MB"`', ""]
     cnn = s["cnn"]
-    L += [f"Weights: {cnn['weights']}. J is {cnn['M']:,} × {cnn['P']:,} per example "
-          f"({' + '.join(cnn.get('param_names', []))}): dense {cnn['M']:,} × {cnn['P']:,} × 4 bytes = "
-          f"{cnn['dense_bytes_per_example']:,} bytes ({cnn['dense_bytes_per_example'] / 1e6:,.0f} MB) per example.", "",
-          "| examples | steady time | first call | fixed overhead (JAX + model) | added, first call | added, steady | "
-          "process peak RSS | dense J of these examples | peak vs dense |", "|---|---|---|---|---|---|---|---|---|"]
+    L += [
+        f"Weights: {cnn['weights']}. J is {cnn['M']:,} × {cnn['P']:,} per example "
+        f"({' + '.join(cnn.get('param_names', []))}): dense {cnn['M']:,} × {cnn['P']:,} × 4 bytes = "
+        f"{cnn['dense_bytes_per_example']:,} bytes ({cnn['dense_bytes_per_example'] / 1e6:,.0f} MB) per example.",
+        "",
+        "| examples | steady time | first call | fixed overhead (JAX + model) | added, first call | added, steady | "
+        "process peak RSS | dense J of these examples | peak vs dense |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for n, m in cnn["methods"].items():
         dense_n = cnn["dense_bytes_per_example"] * int(n)
         if m.get("verified_workers", 0) == 0:
             L.append(f"| {n} | failed or not run: {'; '.join(m.get('errors', [])) or '–'} | | | | | | | |")
             continue
-        L.append(f"| {n} | {_fmt_s(m['steady_seconds_median'])} | {_fmt_s(m['first_seconds_median'])} | "
-                 f"{_fmt_mib(m['setup_rss_bytes'])} | {_fmt_mib(m['first_added_bytes'])} | "
-                 f"{_fmt_mib(m['steady_added_bytes'])} | {_fmt_mib(m['process_peak_bytes'])} | "
-                 f"{dense_n / 1e6:,.0f} MB | {m['process_peak_bytes'] / dense_n:.2f}× |")
+        L.append(
+            f"| {n} | {_fmt_s(m['steady_seconds_median'])} | {_fmt_s(m['first_seconds_median'])} | "
+            f"{_fmt_mib(m['setup_rss_bytes'])} | {_fmt_mib(m['first_added_bytes'])} | "
+            f"{_fmt_mib(m['steady_added_bytes'])} | {_fmt_mib(m['process_peak_bytes'])} | "
+            f"{dense_n / 1e6:,.0f} MB | {m['process_peak_bytes'] / dense_n:.2f}× |"
+        )
     L.append("")
     for line in s.get("cnn_notes", []):
         L.append(f"- {line}")
-    L += ["", "*Added, steady* is a call's peak over the resident set the first call left behind (XLA's compiled "
-          "programs and the buffers it keeps): near zero means the steady call reused that memory. The process peak "
-          "is the number to hold against the dense size; *fixed overhead* includes "
-          f"{_fmt_mib(s.get('jax_rss_bytes'))} for Python, NumPy and JAX with its CPU backend initialized (before "
-          "layersens and the model).", "", "## Verification (before timing)", ""]
+    L += [
+        "",
+        "*Added, steady* is a call's peak over the resident set the first call left behind (XLA's compiled "
+        "programs and the buffers it keeps): near zero means the steady call reused that memory. The process peak "
+        "is the number to hold against the dense size; *fixed overhead* includes "
+        f"{_fmt_mib(s.get('jax_rss_bytes'))} for Python, NumPy and JAX with its CPU backend initialized (before "
+        "layersens and the model).",
+        "",
+        "## Verification (before timing)",
+        "",
+    ]
     for name, v in d["verification"].items():
         if "error" in v:
             L.append(f"- {name}: **failed**: {v['error']}")
             continue
         for check, c in v["checks"].items():
             L.append(f"- {name}: {check}: {c['error']:.2g} {'✓' if c['ok'] else '**✗**'}")
-    L += ["", "Each timed worker's ‖J‖_F (and, where returned, top singular values and NTK) was compared with these "
-          f"verified numbers to a relative {RTOL:g} (1e-3 for singular values); failures are listed in the tables.",
-          "", "## Findings", ""]
+    L += [
+        "",
+        "Each timed worker's ‖J‖_F (and, where returned, top singular values and NTK) was compared with these "
+        f"verified numbers to a relative {RTOL:g} (1e-3 for singular values); failures are listed in the tables.",
+        "",
+        "## Findings",
+        "",
+    ]
     for line in s.get("findings", []):
         L.append(f"- {line}")
     return "\n".join(L) + "\n"
@@ -641,18 +769,29 @@ def render_markdown(d: dict) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--render", action="store_true",
-                        help="only recompute the summary and rewrite the report from --out's report.json")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="only recompute the summary and rewrite the report from --out's report.json",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="steady calls per worker after its first call")
-    parser.add_argument("--spectrum-sample", type=int, default=1,
-                        help="examples (of 8) on which (b)'s spectrum step is timed, in the first round, and "
-                             "scaled to 8 (8: in full, about 8× as long)")
+    parser.add_argument(
+        "--spectrum-sample",
+        type=int,
+        default=1,
+        help="examples (of 8) on which (b)'s spectrum step is timed, in the first round, and "
+        "scaled to 8 (8: in full, about 8× as long)",
+    )
     parser.add_argument("--cnn-examples", default="1,2")
     parser.add_argument("--random-weights", action="store_true", help="do not fit the CNN (random weights)")
-    parser.add_argument("--budget-s", type=float, default=840.0,
-                        help="rounds after the first skip a method whose round-1 time would take the run past this")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=840.0,
+        help="rounds after the first skip a method whose round-1 time would take the run past this",
+    )
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
 
@@ -671,9 +810,15 @@ def main(argv=None) -> int:
         data = json.loads((out_dir / "report.json").read_text())
         verification, cnn_counts = data["verification"], data["settings"]["cnn"][1]
         data["summary"] = build_summary(
-            data["results"], verification["lenet relu2 ×8"], verification[f"cnn conv2 ×{max(cnn_counts)}"],
-            {"weights": data["summary"]["cnn"]["weights"]}, cnn_counts, args,
-            "(a) summarize_layer k=6" in data["results"], "(a) CLI summarize --layer" in data["results"])
+            data["results"],
+            verification["lenet relu2 ×8"],
+            verification[f"cnn conv2 ×{max(cnn_counts)}"],
+            {"weights": data["summary"]["cnn"]["weights"]},
+            cnn_counts,
+            args,
+            "(a) summarize_layer k=6" in data["results"],
+            "(a) CLI summarize --layer" in data["results"],
+        )
         for path in write_report(out_dir, data):
             print(f"wrote {path}")
         return 0
@@ -692,8 +837,10 @@ def main(argv=None) -> int:
 
     has_summarize_layer = "summarize_layer" in layersens.__all__
     has_cli = cli_available()
-    log(f"summarize_layer: {'yes' if has_summarize_layer else 'no'}; CLI summarize --layer: "
-        f"{'yes' if has_cli else 'no'}")
+    log(
+        f"summarize_layer: {'yes' if has_summarize_layer else 'no'}; CLI summarize --layer: "
+        f"{'yes' if has_cli else 'no'}"
+    )
     cnn_counts = [int(n) for n in args.cnn_examples.split(",")]
     tmp = Path(tempfile.mkdtemp(prefix="layersens-cnn-"))
     try:
@@ -706,10 +853,18 @@ def main(argv=None) -> int:
         verification = {"lenet relu2 ×8": run_worker({"kind": "verify-lenet"})}
         log("verifying the CNN sensitivity against the dense Jacobian")
         verification[f"cnn conv2 ×{max(cnn_counts)}"] = run_worker(
-            {"kind": "verify-cnn", "model_dir": str(model_dir), "num_examples": max(cnn_counts)})
+            {"kind": "verify-cnn", "model_dir": str(model_dir), "num_examples": max(cnn_counts)}
+        )
         for name, v in verification.items():
-            log(f"{name}: " + ("; ".join(f"{k} {c['error']:.2g} {'ok' if c['ok'] else 'FAIL'}"
-                                           for k, c in v.get("checks", {}).items()) or v.get("error", "?")))
+            log(
+                f"{name}: "
+                + (
+                    "; ".join(
+                        f"{k} {c['error']:.2g} {'ok' if c['ok'] else 'FAIL'}" for k, c in v.get("checks", {}).items()
+                    )
+                    or v.get("error", "?")
+                )
+            )
         ref = verification["lenet relu2 ×8"]
         cnn_ref = verification[f"cnn conv2 ×{max(cnn_counts)}"]
         lenet_ok = "checks" in ref and all(c["ok"] for c in ref["checks"].values())
@@ -719,16 +874,32 @@ def main(argv=None) -> int:
         if has_summarize_layer:
             # one steady call: a call takes about 40 s on a loaded 2-core machine (its NTK step, see the report)
             methods.append(("(a) summarize_layer k=6", {"kind": "lenet-summarize-layer", "repeats": 1}))
-            methods.append(("(a) summarize_layer k=6, ntk=False", {"kind": "lenet-summarize-layer", "ntk": False,
-                                                                  "repeats": args.repeats}))
+            methods.append(
+                (
+                    "(a) summarize_layer k=6, ntk=False",
+                    {"kind": "lenet-summarize-layer", "ntk": False, "repeats": args.repeats},
+                )
+            )
         if has_cli:
-            methods += [("(a) CLI summarize --layer", {"kind": "cli-summarize"}),
-                        ("CLI overhead (layers)", {"kind": "cli-layers"})]
-        methods.append(("(b) extract + summarize(spectrum=True)",
-                        {"kind": "lenet-dense", "spectrum_sample": args.spectrum_sample}))
+            methods += [
+                ("(a) CLI summarize --layer", {"kind": "cli-summarize"}),
+                ("CLI overhead (layers)", {"kind": "cli-layers"}),
+            ]
+        methods.append(
+            ("(b) extract + summarize(spectrum=True)", {"kind": "lenet-dense", "spectrum_sample": args.spectrum_sample})
+        )
         for n in cnn_counts:
-            methods.append((f"cnn ×{n}", {"kind": "cnn-sensitivity", "model_dir": str(model_dir),
-                                          "num_examples": n, "repeats": args.repeats}))
+            methods.append(
+                (
+                    f"cnn ×{n}",
+                    {
+                        "kind": "cnn-sensitivity",
+                        "model_dir": str(model_dir),
+                        "num_examples": n,
+                        "repeats": args.repeats,
+                    },
+                )
+            )
         results: dict[str, list[dict]] = {name: [] for name, _ in methods}
         durations: dict[str, float] = {}  # each method's process time in round 1 (spectrum step excluded)
         for r in range(args.rounds):
@@ -760,17 +931,32 @@ def main(argv=None) -> int:
 
     load_end = tuple(round(v, 2) for v in os.getloadavg())
     summary = build_summary(results, ref, cnn_ref, cnn_info, cnn_counts, args, has_summarize_layer, has_cli)
-    command = "python benchmarks/run_summaries.py --overwrite" + (
-        f" --rounds {args.rounds}" if args.rounds != 2 else "") + (
-        f" --repeats {args.repeats}" if args.repeats != 3 else "") + (
-        f" --spectrum-sample {args.spectrum_sample}" if args.spectrum_sample != 1 else "") + (
-        " --random-weights" if args.random_weights else "")
-    data = {"format": "layersens-summaries-benchmark/1", "date": time.strftime("%Y-%m-%d"), "command": command,
-            "environment": env, "load_average_end": load_end, "total_seconds": time.perf_counter() - start,
-            "settings": {"rounds": args.rounds, "repeats": args.repeats, "spectrum_sample": args.spectrum_sample,
-                         "lenet": [LENET_LAYER, LENET_EXAMPLES, LENET_BUDGET],
-                         "cnn": [CNN_LAYER, cnn_counts, CNN_BUDGET], "rtol": RTOL},
-            "verification": verification, "results": results, "summary": summary}
+    command = (
+        "python benchmarks/run_summaries.py --overwrite"
+        + (f" --rounds {args.rounds}" if args.rounds != 2 else "")
+        + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
+        + (f" --spectrum-sample {args.spectrum_sample}" if args.spectrum_sample != 1 else "")
+        + (" --random-weights" if args.random_weights else "")
+    )
+    data = {
+        "format": "layersens-summaries-benchmark/1",
+        "date": time.strftime("%Y-%m-%d"),
+        "command": command,
+        "environment": env,
+        "load_average_end": load_end,
+        "total_seconds": time.perf_counter() - start,
+        "settings": {
+            "rounds": args.rounds,
+            "repeats": args.repeats,
+            "spectrum_sample": args.spectrum_sample,
+            "lenet": [LENET_LAYER, LENET_EXAMPLES, LENET_BUDGET],
+            "cnn": [CNN_LAYER, cnn_counts, CNN_BUDGET],
+            "rtol": RTOL,
+        },
+        "verification": verification,
+        "results": results,
+        "summary": summary,
+    }
     for path in write_report(out_dir, data):
         log(f"wrote {path}")
     print((out_dir / "report.md").read_text())
@@ -799,68 +985,105 @@ def build_summary(results, ref, cnn_ref, cnn_info, cnn_counts, args, has_summari
     if not has_summarize_layer:
         lenet_notes.append("`layersens.summarize_layer` was not in `layersens.__all__` at run time: not measured.")
     if not has_cli:
-        lenet_notes.append("`layersens summarize --layer` did not exist at run time (its `--help` has no "
-                           "`--layer`): not measured.")
+        lenet_notes.append(
+            "`layersens summarize --layer` did not exist at run time (its `--help` has no `--layer`): not measured."
+        )
     sens = methods.get("(a) sensitivity", {})
     like = None
     if sens.get("steady_seconds_median") and dense.get("extract_summarize_steady_median"):
         like = dense["extract_summarize_steady_median"] / sens["steady_seconds_median"]
-        lenet_notes.append(f"Like for like (norms only, no spectrum): `extract` + `summarize(spectrum=False)` took "
-                           f"{_fmt_s(dense['extract_summarize_steady_median'])} steady, {like:.1f}× `sensitivity`.")
+        lenet_notes.append(
+            f"Like for like (norms only, no spectrum): `extract` + `summarize(spectrum=False)` took "
+            f"{_fmt_s(dense['extract_summarize_steady_median'])} steady, {like:.1f}× `sensitivity`."
+        )
     if cli_overhead is not None:
-        lenet_notes.append(f"CLI fixed overhead: `layersens layers --model ...` (JAX imported, model loaded and "
-                           f"traced, nothing differentiated) peaked at {_fmt_mib(cli_overhead)} RSS in "
-                           f"{_fmt_s(cli_overhead_s)}.")
+        lenet_notes.append(
+            f"CLI fixed overhead: `layersens layers --model ...` (JAX imported, model loaded and "
+            f"traced, nothing differentiated) peaked at {_fmt_mib(cli_overhead)} RSS in "
+            f"{_fmt_s(cli_overhead_s)}."
+        )
     cnn_methods = {str(n): summarize_method(results[f"cnn ×{n}"]) for n in cnn_counts}
     dense_cnn = cnn_ref.get("M", 12544) * cnn_ref.get("P", 18816) * 4
-    summary = {"lenet": {"M": ref.get("M"), "P": ref.get("P"), "dense_bytes": db, "methods": methods,
-                         "dense_totals": dense, "like_for_like_ratio": like},
-               "cli_overhead_bytes": cli_overhead, "lenet_notes": lenet_notes,
-               "cnn": {"M": cnn_ref.get("M"), "P": cnn_ref.get("P"), "param_names": cnn_ref.get("param_names", []),
-                       "dense_bytes_per_example": dense_cnn, "weights": cnn_info["weights"], "methods": cnn_methods},
-               "cnn_notes": [], "findings": [],
-               "jax_rss_bytes": max((m.get("jax_rss_bytes") or 0 for m in list(methods.values())
-                                     + list(cnn_methods.values())), default=None)}
+    summary = {
+        "lenet": {
+            "M": ref.get("M"),
+            "P": ref.get("P"),
+            "dense_bytes": db,
+            "methods": methods,
+            "dense_totals": dense,
+            "like_for_like_ratio": like,
+        },
+        "cli_overhead_bytes": cli_overhead,
+        "lenet_notes": lenet_notes,
+        "cnn": {
+            "M": cnn_ref.get("M"),
+            "P": cnn_ref.get("P"),
+            "param_names": cnn_ref.get("param_names", []),
+            "dense_bytes_per_example": dense_cnn,
+            "weights": cnn_info["weights"],
+            "methods": cnn_methods,
+        },
+        "cnn_notes": [],
+        "findings": [],
+        "jax_rss_bytes": max(
+            (m.get("jax_rss_bytes") or 0 for m in list(methods.values()) + list(cnn_methods.values())), default=None
+        ),
+    }
     f = summary["findings"]
     if sens.get("verified_workers"):
-        f.append(f"(a) `sensitivity`: process peak {_fmt_mib(sens['process_peak_bytes'])} "
-                 f"({sens['process_peak_bytes'] / db:.2f}× the {db / 2**30:.2f} GiB dense size), of which "
-                 f"{_fmt_mib(sens['setup_rss_bytes'])} ({sens['setup_rss_bytes'] / sens['process_peak_bytes']:.0%}) "
-                 f"is the fixed overhead (JAX alone {_fmt_mib(sens['jax_rss_bytes'])}); the first call adds "
-                 f"{_fmt_mib(sens['first_added_bytes'])} (compilation included), a steady call "
-                 f"{_fmt_mib(sens['steady_added_bytes'])}. "
-                 + (f"(b)/(a) time: {sens['ratio_b_steady']:,.0f}× steady, {sens['ratio_b_first']:,.0f}× first calls "
-                    f"(target ≥ 10×: {'✓' if sens['ratio_b_steady'] >= 10 else '✗'})." if "ratio_b_steady" in sens
-                    else ""))
+        f.append(
+            f"(a) `sensitivity`: process peak {_fmt_mib(sens['process_peak_bytes'])} "
+            f"({sens['process_peak_bytes'] / db:.2f}× the {db / 2**30:.2f} GiB dense size), of which "
+            f"{_fmt_mib(sens['setup_rss_bytes'])} ({sens['setup_rss_bytes'] / sens['process_peak_bytes']:.0%}) "
+            f"is the fixed overhead (JAX alone {_fmt_mib(sens['jax_rss_bytes'])}); the first call adds "
+            f"{_fmt_mib(sens['first_added_bytes'])} (compilation included), a steady call "
+            f"{_fmt_mib(sens['steady_added_bytes'])}. "
+            + (
+                f"(b)/(a) time: {sens['ratio_b_steady']:,.0f}× steady, {sens['ratio_b_first']:,.0f}× first calls "
+                f"(target ≥ 10×: {'✓' if sens['ratio_b_steady'] >= 10 else '✗'})."
+                if "ratio_b_steady" in sens
+                else ""
+            )
+        )
     sl = methods.get("(a) summarize_layer k=6", {})
     if sl.get("verified_workers") and "ratio_b_steady" in sl:
-        f.append(f"(a) `summarize_layer(k=6)`: process peak {_fmt_mib(sl['process_peak_bytes'])} "
-                 f"({sl['process_peak_bytes'] / db:.2f}× dense), steady {_fmt_s(sl['steady_seconds_median'])}; "
-                 f"(b)/it {sl['ratio_b_steady']:,.1f}× steady (target ≥ 10×: "
-                 f"{'✓' if sl['ratio_b_steady'] >= 10 else '✗'}).")
+        f.append(
+            f"(a) `summarize_layer(k=6)`: process peak {_fmt_mib(sl['process_peak_bytes'])} "
+            f"({sl['process_peak_bytes'] / db:.2f}× dense), steady {_fmt_s(sl['steady_seconds_median'])}; "
+            f"(b)/it {sl['ratio_b_steady']:,.1f}× steady (target ≥ 10×: "
+            f"{'✓' if sl['ratio_b_steady'] >= 10 else '✗'})."
+        )
     sl0 = methods.get("(a) summarize_layer k=6, ntk=False", {})
     if sl.get("verified_workers") and sl0.get("verified_workers"):
         share = 1 - sl0["steady_seconds_median"] / sl["steady_seconds_median"]
-        f.append(f"Without its NTK, `summarize_layer(k=6, ntk=False)` took {_fmt_s(sl0['steady_seconds_median'])} "
-                 f"steady and peaked at {_fmt_mib(sl0['process_peak_bytes'])}: the NTK step is {share:.0%} of "
-                 f"`summarize_layer`'s time and {_fmt_mib(sl['process_peak_bytes'] - sl0['process_peak_bytes'])} "
-                 "of its peak.")
+        f.append(
+            f"Without its NTK, `summarize_layer(k=6, ntk=False)` took {_fmt_s(sl0['steady_seconds_median'])} "
+            f"steady and peaked at {_fmt_mib(sl0['process_peak_bytes'])}: the NTK step is {share:.0%} of "
+            f"`summarize_layer`'s time and {_fmt_mib(sl['process_peak_bytes'] - sl0['process_peak_bytes'])} "
+            "of its peak."
+        )
     cli = methods.get("(a) CLI summarize --layer", {})
     if cli.get("verified_workers"):
-        f.append(f"(a) CLI `layersens summarize --layer relu2 ... --max-memory 64MB` (k=6 and the NTK by default): "
-                 f"{_fmt_s(cli['process_seconds_median'])} for the whole process, peak "
-                 f"{_fmt_mib(cli['process_peak_bytes'])} ({cli['process_peak_bytes'] / db:.2f}× dense) against "
-                 f"{_fmt_mib(cli_overhead)} for `layersens layers` on the same model"
-                 + (f"; ((b)'s first call + the CLI's start-up) / it: {cli['ratio_b_steady']:,.1f}×."
-                    if "ratio_b_steady" in cli
-                    else "."))
+        f.append(
+            f"(a) CLI `layersens summarize --layer relu2 ... --max-memory 64MB` (k=6 and the NTK by default): "
+            f"{_fmt_s(cli['process_seconds_median'])} for the whole process, peak "
+            f"{_fmt_mib(cli['process_peak_bytes'])} ({cli['process_peak_bytes'] / db:.2f}× dense) against "
+            f"{_fmt_mib(cli_overhead)} for `layersens layers` on the same model"
+            + (
+                f"; ((b)'s first call + the CLI's start-up) / it: {cli['ratio_b_steady']:,.1f}×."
+                if "ratio_b_steady" in cli
+                else "."
+            )
+        )
     for n, m in cnn_methods.items():
         if m.get("verified_workers"):
-            f.append(f"CNN conv2 ×{n}: process peak {_fmt_mib(m['process_peak_bytes'])} against "
-                     f"{dense_cnn * int(n) / 1e6:,.0f} MB of dense Jacobian; fixed overhead (JAX + model) "
-                     f"{_fmt_mib(m['setup_rss_bytes'])}, a call adds {_fmt_mib(m['steady_added_bytes'])} steady "
-                     f"({_fmt_mib(m['first_added_bytes'])} first, compiling); {_fmt_s(m['steady_seconds_median'])} "
-                     f"steady, {_fmt_s(m['first_seconds_median'])} first.")
+            f.append(
+                f"CNN conv2 ×{n}: process peak {_fmt_mib(m['process_peak_bytes'])} against "
+                f"{dense_cnn * int(n) / 1e6:,.0f} MB of dense Jacobian; fixed overhead (JAX + model) "
+                f"{_fmt_mib(m['setup_rss_bytes'])}, a call adds {_fmt_mib(m['steady_added_bytes'])} steady "
+                f"({_fmt_mib(m['first_added_bytes'])} first, compiling); {_fmt_s(m['steady_seconds_median'])} "
+                f"steady, {_fmt_s(m['first_seconds_median'])} first."
+            )
     return summary
 
 

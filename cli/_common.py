@@ -154,9 +154,14 @@ class LazyProgress:
         if not err.is_terminal:
             return
         if self.bar is None:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(),
-                                TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(), console=err,
-                                transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task(escape(self.description), total=total)
         self.bar.update(self.task, completed=done, total=total)
@@ -184,8 +189,14 @@ class StepProgress:
             return
         count = f"{done}/{total}" if total else ""
         if self.bar is None:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
-                                TimeElapsedColumn(), console=err, transient=True)
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[count]}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
             self.bar.start()
             self.task = self.bar.add_task(escape(step), total=total, count=count)
         elif step != self.step:
@@ -245,8 +256,9 @@ class JsonObject(_Type):
         try:
             parsed = json.loads(value)
         except (ValueError, RecursionError) as e:
-            raise SpecError(f"{option} is {value!r}, which is not JSON ({e}); write e.g. "
-                            "'{\"train\": false}'.") from None
+            raise SpecError(
+                f"{option} is {value!r}, which is not JSON ({e}); write e.g. '{{\"train\": false}}'."
+            ) from None
         if not isinstance(parsed, dict):
             raise SpecError(f"{option} is {value!r}; it must be a JSON object such as '{{\"features\": 64}}'.")
         return parsed
@@ -261,8 +273,9 @@ class Shape(_Type):
         except ValueError:
             shape = ()
         if not shape or any(d <= 0 for d in shape):
-            raise SpecError(f"{option} is {value!r}; write the shape of one example as positive integers, e.g. "
-                            "28,28,1.")
+            raise SpecError(
+                f"{option} is {value!r}; write the shape of one example as positive integers, e.g. 28,28,1."
+            )
         return shape
 
 
@@ -280,31 +293,56 @@ def options(*decorators):
     return apply
 
 
-def model_dir_option(help: str = "Model directory: a layersens model (layersens.json + Orbax checkpoint), or a "
-                                 "plain Orbax checkpoint with --module.", required: bool = True):
+def model_dir_option(
+    help: str = "Model directory: a layersens model (layersens.json + Orbax checkpoint), or a "
+    "plain Orbax checkpoint with --module.",
+    required: bool = True,
+):
     return click.option("--model", "model_dir", required=required, type=click.Path(path_type=Path), help=help)
 
 
 allow_import_option = click.option(
-    "--allow-import", is_flag=True,
+    "--allow-import",
+    is_flag=True,
     help="Allow importing the model's own code named by the spec or --module (this runs that code; each import is "
-         "announced). Not needed for Flax/JAX or the shipped examples.")
+    "announced). Not needed for Flax/JAX or the shipped examples.",
+)
+
 
 def _model_options(required: bool):
     return options(
         model_dir_option(required=required),
         allow_import_option,
-        click.option("--module", "module_path", metavar="PKG.MOD:CLASS",
-                     help="Flax module class that rebuilds a plain Orbax checkpoint (or replaces the spec's); found in "
-                          "the model directory, beside it or in the working directory."),
-        click.option("--factory", "factory_path", metavar="PKG.MOD:FUNCTION",
-                     help="A function of your code returning the module, instead of --module."),
-        click.option("--kwargs", "kwargs", type=JsonObject(), metavar="JSON",
-                     help="Constructor (or factory) arguments as JSON."),
-        click.option("--call-kwargs", "call_kwargs", type=JsonObject(), metavar="JSON",
-                     help="Call arguments selecting evaluation mode, e.g. '{\"train\": false}'."),
-        click.option("--input-shape", "input_shape", type=Shape(), metavar="SHAPE",
-                     help="Shape of one input example for a plain checkpoint, e.g. 28,28,1."),
+        click.option(
+            "--module",
+            "module_path",
+            metavar="PKG.MOD:CLASS",
+            help="Flax module class that rebuilds a plain Orbax checkpoint (or replaces the spec's); found in "
+            "the model directory, beside it or in the working directory.",
+        ),
+        click.option(
+            "--factory",
+            "factory_path",
+            metavar="PKG.MOD:FUNCTION",
+            help="A function of your code returning the module, instead of --module.",
+        ),
+        click.option(
+            "--kwargs", "kwargs", type=JsonObject(), metavar="JSON", help="Constructor (or factory) arguments as JSON."
+        ),
+        click.option(
+            "--call-kwargs",
+            "call_kwargs",
+            type=JsonObject(),
+            metavar="JSON",
+            help="Call arguments selecting evaluation mode, e.g. '{\"train\": false}'.",
+        ),
+        click.option(
+            "--input-shape",
+            "input_shape",
+            type=Shape(),
+            metavar="SHAPE",
+            help="Shape of one input example for a plain checkpoint, e.g. 28,28,1.",
+        ),
         click.option("--input-dtype", help="Input dtype for a plain checkpoint (default float32)."),
         click.option("--x64", is_flag=True, help="Compute in float64 end to end (enables JAX's 64-bit mode)."),
     )
@@ -319,8 +357,11 @@ layer_option = click.option("--layer", required=True, help="Layer name, as liste
 
 inputs_options = options(
     click.option("--inputs", type=click.Path(path_type=Path), help="A .npy file of inputs, (examples,) + input shape."),
-    click.option("--num-examples", type=int,
-                 help="How many examples to use (default: 4 of the model's own inputs; with --inputs, all of them)."),
+    click.option(
+        "--num-examples",
+        type=int,
+        help="How many examples to use (default: 4 of the model's own inputs; with --inputs, all of them).",
+    ),
 )
 
 
@@ -333,31 +374,53 @@ def _wrt(ctx, param, patterns):
 
 
 wrt_options = options(
-    click.option("--wrt", multiple=True, metavar="PATTERN", callback=_wrt,
-                 help="Differentiate only the upstream leaves matching this glob ('generator/*'; '*' crosses '/'); "
-                      "repeat for several, prefix '!' to exclude. 'input': with respect to each example's input "
-                      "(saliency)."),
-    click.option("--wrt-layer", metavar="LAYER",
-                 help="Differentiate with respect to an earlier layer's activation instead (the model cut at both "
-                      "points)."),
+    click.option(
+        "--wrt",
+        multiple=True,
+        metavar="PATTERN",
+        callback=_wrt,
+        help="Differentiate only the upstream leaves matching this glob ('generator/*'; '*' crosses '/'); "
+        "repeat for several, prefix '!' to exclude. 'input': with respect to each example's input "
+        "(saliency).",
+    ),
+    click.option(
+        "--wrt-layer",
+        metavar="LAYER",
+        help="Differentiate with respect to an earlier layer's activation instead (the model cut at both points).",
+    ),
 )
 
-_MODE_HELP = {"auto": "the cheapest plan", "forward": "one JVP per parameter", "reverse": "one pullback per output",
-              "per-leaf": "the cheaper of the two per leaf",
-              "structured": "channel colouring where leaves act per channel"}
+_MODE_HELP = {
+    "auto": "the cheapest plan",
+    "forward": "one JVP per parameter",
+    "reverse": "one pullback per output",
+    "per-leaf": "the cheaper of the two per leaf",
+    "structured": "channel colouring where leaves act per channel",
+}
 _SHORT = {name: short for short, name in MODE_ALIASES.items()}
 mode_option = click.option(
-    "--mode", type=click.Choice(MODE_NAMES + tuple(MODE_ALIASES)), default="auto", show_default=True,
-    help="; ".join(f"{name}{f' ({_SHORT[name]})' if name in _SHORT else ''}: {_MODE_HELP.get(name, 'see the docs')}"
-                   for name in MODE_NAMES) + ".")
+    "--mode",
+    type=click.Choice(MODE_NAMES + tuple(MODE_ALIASES)),
+    default="auto",
+    show_default=True,
+    help="; ".join(
+        f"{name}{f' ({_SHORT[name]})' if name in _SHORT else ''}: {_MODE_HELP.get(name, 'see the docs')}"
+        for name in MODE_NAMES
+    )
+    + ".",
+)
 
 max_memory_option = click.option(
-    "--max-memory", type=ByteSize(), metavar="SIZE",
+    "--max-memory",
+    type=ByteSize(),
+    metavar="SIZE",
     help="Working-memory budget per chunk, e.g. 512MB or 2GiB; chunk sizes follow from it. "
-         "[default: 32 MiB on CPU, 1 GiB on accelerators]")
+    "[default: 32 MiB on CPU, 1 GiB on accelerators]",
+)
 
-overwrite_option = click.option("--overwrite", is_flag=True,
-                                help="Replace --out if it exists (otherwise an existing one is refused).")
+overwrite_option = click.option(
+    "--overwrite", is_flag=True, help="Replace --out if it exists (otherwise an existing one is refused)."
+)
 
 verbose_option = click.option("--verbose", is_flag=True, help="List every leaf held constant, not only the first few.")
 
@@ -365,8 +428,9 @@ verbose_option = click.option("--verbose", is_flag=True, help="List every leaf h
 def out_options(default: str):
     """``--out FILE`` (``.npz``, ``default`` when not given) and ``--overwrite``."""
     return options(
-        click.option("--out", "out_path", type=click.Path(path_type=Path),
-                     help=f"Output .npz file [default: {default}]"),
+        click.option(
+            "--out", "out_path", type=click.Path(path_type=Path), help=f"Output .npz file [default: {default}]"
+        ),
         overwrite_option,
     )
 
@@ -379,6 +443,13 @@ def load(model_dir, allow_import, module_path, factory_path, kwargs, call_kwargs
 
         jax.config.update("jax_enable_x64", True)
     return layersens.load_model(
-        model_dir, allow_import, module=module_path, factory=factory_path, kwargs=kwargs, call_kwargs=call_kwargs,
-        input_shape=input_shape, input_dtype=input_dtype, announce=lambda message: err.print(message, markup=False),
+        model_dir,
+        allow_import,
+        module=module_path,
+        factory=factory_path,
+        kwargs=kwargs,
+        call_kwargs=call_kwargs,
+        input_shape=input_shape,
+        input_dtype=input_dtype,
+        announce=lambda message: err.print(message, markup=False),
     )

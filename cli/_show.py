@@ -39,8 +39,9 @@ def leaves_table(sens, shares: dict[str, float]) -> Table:
     for name, shape in zip(sens.param_names, sens.param_shapes):
         per = sens.per_channel(name).sum(axis=0) / whole
         top = int(np.argmax(per)) if per.size else 0
-        table.add_row(escape(name), str(tuple(shape)), pct(shares[name]),
-                      f"{top}: {pct(per[top])}" if per.size > 1 else "—")
+        table.add_row(
+            escape(name), str(tuple(shape)), pct(shares[name]), f"{top}: {pct(per[top])}" if per.size > 1 else "—"
+        )
     return table
 
 
@@ -51,19 +52,28 @@ def _units(sens, count: int = 5) -> str:
 
 def show_summary(summary) -> None:
     s = summary.sensitivity
-    say(f"layer       {summary.model} / {summary.layer}: {s.activation_shape} per example = "
-        f"{int(np.prod(s.activation_shape)):,} outputs")
-    say(f"upstream    {sum(int(np.prod(p)) for p in s.param_shapes):,} parameters in {len(s.param_names)} leaves; "
-        f"{summary.num_examples} example(s)")
+    say(
+        f"layer       {summary.model} / {summary.layer}: {s.activation_shape} per example = "
+        f"{int(np.prod(s.activation_shape)):,} outputs"
+    )
+    say(
+        f"upstream    {sum(int(np.prod(p)) for p in s.param_shapes):,} parameters in {len(s.param_names)} leaves; "
+        f"{summary.num_examples} example(s)"
+    )
     k = 0 if summary.singular_values is None else summary.singular_values.shape[1]
-    columns = ["example", "‖J‖_F"] + ([f"σ_1 … σ_{k}", "stable rank", f"entropy rank (top {k})", f"σ₁/σ_{k}"]
-                                       if k else [])
+    columns = ["example", "‖J‖_F"] + (
+        [f"σ_1 … σ_{k}", "stable rank", f"entropy rank (top {k})", f"σ₁/σ_{k}"] if k else []
+    )
     table = _table(*columns, left=(f"σ_1 … σ_{k}",))
     for n in range(summary.num_examples):
         row = [str(n), f"{summary.frobenius[n]:.4g}"]
         if k:
-            row += [_values(summary.singular_values[n]), f"{summary.stable_rank[n]:.4g}",
-                    f"{summary.entropy_rank[n]:.4g}", f"{summary.condition_top_k[n]:.4g}"]
+            row += [
+                _values(summary.singular_values[n]),
+                f"{summary.stable_rank[n]:.4g}",
+                f"{summary.entropy_rank[n]:.4g}",
+                f"{summary.condition_top_k[n]:.4g}",
+            ]
         table.add_row(*row)
     out.print(table)
     out.print(leaves_table(s, summary.leaf_shares()))
@@ -72,8 +82,10 @@ def show_summary(summary) -> None:
         top = summary.spectrum.direction(0, 0)
         leaf, share = top.leaf_shares[0]
         channel, cshare = top.top_channels(1)[0]
-        say(f"direction 1 of example 0: σ = {top.value:.4g}, {pct(share)} of it in {leaf}, {pct(cshare)} in "
-            f"channel {channel}")
+        say(
+            f"direction 1 of example 0: σ = {top.value:.4g}, {pct(share)} of it in {leaf}, {pct(cshare)} in "
+            f"channel {channel}"
+        )
     if summary.ntk is not None and summary.ntk.trace_axes:
         say("NTK         tr(J_n J_mᵀ): " + "; ".join(_values(row, 8) for row in summary.ntk.values[:8]))
     for note in tuple(s.notes) + tuple(summary.notes):
@@ -82,14 +94,32 @@ def show_summary(summary) -> None:
 
 
 def show_profile(profile) -> None:
-    say(f"{profile.model}: {len(profile.rows)} layer(s), {profile.num_examples} example(s); values are means "
-        "over the examples")
-    table = _table("depth", "layer", "shape", "params", "‖J‖_F", "σ₁", "stable rank", "top leaves (share of ‖J‖²_F)",
-                   left=("layer", "shape", "top leaves (share of ‖J‖²_F)"))
+    say(
+        f"{profile.model}: {len(profile.rows)} layer(s), {profile.num_examples} example(s); values are means "
+        "over the examples"
+    )
+    table = _table(
+        "depth",
+        "layer",
+        "shape",
+        "params",
+        "‖J‖_F",
+        "σ₁",
+        "stable rank",
+        "top leaves (share of ‖J‖²_F)",
+        left=("layer", "shape", "top leaves (share of ‖J‖²_F)"),
+    )
     for row in profile.rows:
-        table.add_row(str(row.depth), escape(row.layer), str(row.shape), f"{row.num_params:,}",
-                      f"{row.frobenius_mean:.4g}", f"{row.sigma_1_mean:.4g}", f"{row.stable_rank_mean:.4g}",
-                      escape(", ".join(f"{name} {pct(share)}" for name, share in row.top_leaves())))
+        table.add_row(
+            str(row.depth),
+            escape(row.layer),
+            str(row.shape),
+            f"{row.num_params:,}",
+            f"{row.frobenius_mean:.4g}",
+            f"{row.sigma_1_mean:.4g}",
+            f"{row.stable_rank_mean:.4g}",
+            escape(", ".join(f"{name} {pct(share)}" for name, share in row.top_leaves())),
+        )
     out.print(table)
     for name, why in profile.skipped:
         say(f"skipped     {name}: {why}")
@@ -97,8 +127,10 @@ def show_profile(profile) -> None:
 
 
 def show_sensitivity(sens) -> None:
-    say(f"{sens.model} / {sens.layer}: sensitivity of {sens.activation_shape} per example to "
-        f"{len(sens.param_names)} leaves ({sens.mode}, {sens.device}), {sens.num_examples} example(s)")
+    say(
+        f"{sens.model} / {sens.layer}: sensitivity of {sens.activation_shape} per example to "
+        f"{len(sens.param_names)} leaves ({sens.mode}, {sens.device}), {sens.num_examples} example(s)"
+    )
     say(f"‖J‖_F       {_values(sens.frobenius, 8)} (per example)")
     totals = sens.leaf_totals()
     whole = sum(totals.values()) or 1.0
@@ -134,8 +166,10 @@ def show_readout(result) -> None:
 def show_products(result) -> None:
     say(f"products    with the Jacobian of {result.layer} ({len(result.param_names)} leaves)")
     if result.jvp is not None:
-        say(f"jvp         J V {tuple(result.jvp.shape)}: norm per example "
-            f"{_values(np.linalg.norm(result.jvp.reshape(len(result.jvp), -1), axis=1), 8)}")
+        say(
+            f"jvp         J V {tuple(result.jvp.shape)}: norm per example "
+            f"{_values(np.linalg.norm(result.jvp.reshape(len(result.jvp), -1), axis=1), 8)}"
+        )
     if result.vjp is not None:
         say(f"vjp         Jᵀ U {tuple(result.vjp.shape)}; norm of each leaf's rows:")
         out.print(_leaf_norms(result.param_names, result.param_shapes, np.linalg.norm(result.vjp, axis=2)))
@@ -145,6 +179,10 @@ def show_other(result) -> None:
     layer = result.metadata.get("layer")
     say(f"{result.path}: {result.format}" + (f" of layer {layer}" if isinstance(layer, str) else ""))
     for name, value in result.arrays.items():
-        norms = (f": {_values(np.linalg.norm(value.reshape(len(value), -1).astype(np.float64), axis=1), 8)} "
-                 "(norm per example)" if value.ndim >= 1 and len(value) and value.dtype.kind in "fiu" else "")
+        norms = (
+            f": {_values(np.linalg.norm(value.reshape(len(value), -1).astype(np.float64), axis=1), 8)} "
+            "(norm per example)"
+            if value.ndim >= 1 and len(value) and value.dtype.kind in "fiu"
+            else ""
+        )
         say(f"{name:<11} {tuple(value.shape)} {value.dtype}{norms}")

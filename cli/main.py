@@ -60,10 +60,13 @@ def main():
     """
 
 
-@main.command(short_help="List the layers: shapes, upstream parameters, Jacobian sizes.", epilog="""\b
+@main.command(
+    short_help="List the layers: shapes, upstream parameters, Jacobian sizes.",
+    epilog="""\b
 Examples:
   layersens layers --model layersens/examples/lenet_digits
-  layersens layers --model ckpt/ --module mymodels:CNN --input-shape 28,28,1 --allow-import""")
+  layersens layers --model ckpt/ --module mymodels:CNN --input-shape 28,28,1 --allow-import""",
+)
 @model_options
 @clean_errors
 def layers(model_dir, **options):
@@ -80,8 +83,12 @@ def layers(model_dir, **options):
         table.add_column(column, justify="left" if column == "shape" else "right", overflow="fold")
     for info in infos:
         table.add_row(
-            escape(info.name), str(info.shape), f"{info.num_outputs:,}", f"{info.num_upstream_params:,}",
-            str(len(info.upstream)), format_bytes(info.jacobian_bytes_per_example),
+            escape(info.name),
+            str(info.shape),
+            f"{info.num_outputs:,}",
+            f"{info.num_upstream_params:,}",
+            str(len(info.upstream)),
+            format_bytes(info.jacobian_bytes_per_example),
         )
     out.print(table)
     say(f"Mode: {model.eval_mode}.")
@@ -94,11 +101,14 @@ def _leaves(names, shapes=None, verbose=False, limit=8) -> str:
     return ", ".join(items[:limit]) + f", … and {len(items) - limit} more (--verbose lists them all)"
 
 
-@main.command(short_help="Compute a layer's Jacobian and save it as .npz.", epilog="""\b
+@main.command(
+    short_help="Compute a layer's Jacobian and save it as .npz.",
+    epilog="""\b
 Examples:
   layersens extract --layer relu1 --model layersens/examples/lenet_digits
   layersens extract --layer relu2 --model DIR --inputs x.npy --mode structured --max-memory 256MB --out r2.npz
-  layersens extract --layer conv1 --model DIR --x64 --verbose""")
+  layersens extract --layer conv1 --model DIR --x64 --verbose""",
+)
 @layer_option
 @model_options
 @inputs_options
@@ -106,37 +116,70 @@ Examples:
 @max_memory_option
 @click.option("--device", help="cpu or gpu [default: JAX's default device]")
 @out_options("<layer>.npz in the working directory")
-@click.option("--verify", is_flag=True,
-              help="Spot-check the result: sampled rows against scalar gradients, sampled entries against central "
-                   "finite differences; report the largest errors.")
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Spot-check the result: sampled rows against scalar gradients, sampled entries against central "
+    "finite differences; report the largest errors.",
+)
 @verbose_option
 @wrt_options
 @clean_errors
-def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, out_path, overwrite, verify, verbose,
-            wrt, wrt_layer, **options):
+def extract(
+    layer,
+    model_dir,
+    inputs,
+    num_examples,
+    mode,
+    max_memory,
+    device,
+    out_path,
+    overwrite,
+    verify,
+    verbose,
+    wrt,
+    wrt_layer,
+    **options,
+):
     """Compute the per-example Jacobian of LAYER with respect to the parameters upstream of it (or those --wrt
     selects, the input, or an earlier layer), and save it (atomically) as .npz with its metadata."""
     path = out_path or Path(_file_name(layer) + ".npz")
     model = load(model_dir, **options)
     with LazyProgress(f"d{layer}/dθ") as progress:
         jac = layersens.extract(
-            model, layer, inputs, num_examples=num_examples, mode=mode, max_memory=max_memory, device=device,
-            progress=progress, dtype="float64" if options["x64"] else None, wrt=wrt, wrt_layer=wrt_layer,
-            out=path, overwrite=overwrite, verify=verify,
+            model,
+            layer,
+            inputs,
+            num_examples=num_examples,
+            mode=mode,
+            max_memory=max_memory,
+            device=device,
+            progress=progress,
+            dtype="float64" if options["x64"] else None,
+            wrt=wrt,
+            wrt_layer=wrt_layer,
+            out=path,
+            overwrite=overwrite,
+            verify=verify,
         )
     path = layersens.results.npz_path(path)
     say(f"model       {model_dir} ({jac.model}, {jac.framework}; {jac.eval_mode})")
     say(f"layer       {jac.layer}: {jac.activation_shape} per example = {jac.num_outputs:,} outputs")
     say(f"inputs      {jac.num_examples} example(s) of shape {tuple(jac.inputs.shape[1:])}")
     what = {"parameters": "upstream   ", "input": "wrt input  "}.get(jac.wrt, "wrt layer  ")
-    say(f"{what} {jac.num_params:,} {'parameters' if jac.wrt == 'parameters' else 'values'} in "
-        f"{len(jac.param_names)} leaves (differentiated): {_leaves(jac.param_names, jac.param_shapes, verbose)}")
+    say(
+        f"{what} {jac.num_params:,} {'parameters' if jac.wrt == 'parameters' else 'values'} in "
+        f"{len(jac.param_names)} leaves (differentiated): {_leaves(jac.param_names, jac.param_shapes, verbose)}"
+    )
     if jac.frozen_params:
-        say(f"frozen      {len(jac.frozen_params)} upstream leaves held constant: "
-            f"{_leaves(jac.frozen_params, None, verbose)}")
+        say(
+            f"frozen      {len(jac.frozen_params)} upstream leaves held constant: "
+            f"{_leaves(jac.frozen_params, None, verbose)}"
+        )
     if jac.excluded_params:
-        say(f"constant    {len(jac.excluded_params)} leaves not upstream: "
-            f"{_leaves(jac.excluded_params, None, verbose)}")
+        say(
+            f"constant    {len(jac.excluded_params)} leaves not upstream: {_leaves(jac.excluded_params, None, verbose)}"
+        )
     say(f"jacobian    {tuple(jac.matrix.shape)} {jac.dtype} = {format_bytes(jac.nbytes)}")
     say(f"mode        {jac.mode} (asked: {mode}) on {jac.device}")
     for note in jac.notes:
@@ -147,45 +190,80 @@ def extract(layer, model_dir, inputs, num_examples, mode, max_memory, device, ou
     say(f"wrote       {path}  (read it back with layersens.load_jacobian)")
 
 
-@main.command(short_help="Sensitivity, spectrum and NTK of a layer (or every layer); or a saved result.", epilog="""\b
+@main.command(
+    short_help="Sensitivity, spectrum and NTK of a layer (or every layer); or a saved result.",
+    epilog="""\b
 Examples:
   layersens summarize --layer relu2 --model layersens/examples/lenet_digits --num-examples 2 --max-memory 64MB
   layersens summarize --layer relu1 --model DIR --k 10 --out relu1-summary/
   layersens summarize --all-layers --model DIR --num-examples 2 --out profile/
-  layersens summarize relu1.npz                    (a Jacobian, sensitivity, gradient, Hessian or products file)""")
+  layersens summarize relu1.npz                    (a Jacobian, sensitivity, gradient, Hessian or products file)""",
+)
 @click.argument("path", required=False, type=click.Path(path_type=Path))
 @click.option("--layer", help="Layer name, as listed by `layersens layers`: summarize it without its Jacobian.")
 @click.option("--all-layers", is_flag=True, help="Profile every layer: ‖J‖_F, σ₁, stable rank, top leaves by depth.")
 @optional_model_options
 @inputs_options
 @max_memory_option
-@click.option("--k", type=click.IntRange(min=0), metavar="K",
-              help="Singular values per example (0: none) [default: 6 with --layer, 1 with --all-layers]")
+@click.option(
+    "--k",
+    type=click.IntRange(min=0),
+    metavar="K",
+    help="Singular values per example (0: none) [default: 6 with --layer, 1 with --all-layers]",
+)
 @click.option("--no-ntk", is_flag=True, help="Skip the empirical NTK across the examples (--layer).")
 @click.option("--device", help="cpu or gpu [default: JAX's default device] (--layer)")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path),
-              help="Directory for the report: report.md, report.json and PNG figures (a layer's also "
-                   "sensitivity.npz); one that holds a report is refused unless --overwrite. [default: print only]")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Directory for the report: report.md, report.json and PNG figures (a layer's also "
+    "sensitivity.npz); one that holds a report is refused unless --overwrite. [default: print only]",
+)
 @overwrite_option
-@click.option("--spectrum/--no-spectrum", default=None,
-              help="For a saved Jacobian: compute rank and condition [default: when the smaller side is at most "
-                   "2,048]")
+@click.option(
+    "--spectrum/--no-spectrum",
+    default=None,
+    help="For a saved Jacobian: compute rank and condition [default: when the smaller side is at most 2,048]",
+)
 @clean_errors
-def summarize(path, layer, all_layers, model_dir, inputs, num_examples, max_memory, k, no_ntk, device, out_dir,
-              overwrite, spectrum, **options):
+def summarize(
+    path,
+    layer,
+    all_layers,
+    model_dir,
+    inputs,
+    num_examples,
+    max_memory,
+    k,
+    no_ntk,
+    device,
+    out_dir,
+    overwrite,
+    spectrum,
+    **options,
+):
     """With --layer and --model: a layer's exact sensitivity (‖J‖_F, each parameter leaf's and output channel's
     share, each unit's ‖∂h/∂θ‖), its top singular values and directions, effective ranks and the empirical NTK,
     without forming the Jacobian; with --all-layers, the same quantities for every layer against depth. With a
     FILE: what a saved result holds (Jacobian, sensitivity, readout gradient or Hessian, products)."""
     ctx = click.get_current_context()
-    model_only = {"--layer": layer, "--all-layers": all_layers, "--inputs": inputs, "--num-examples": num_examples,
-                  "--max-memory": max_memory, "--k": k, "--no-ntk": no_ntk, "--device": device, "--out": out_dir,
-                  "--overwrite": overwrite}
+    model_only = {
+        "--layer": layer,
+        "--all-layers": all_layers,
+        "--inputs": inputs,
+        "--num-examples": num_examples,
+        "--max-memory": max_memory,
+        "--k": k,
+        "--no-ntk": no_ntk,
+        "--device": device,
+        "--out": out_dir,
+        "--overwrite": overwrite,
+    }
     if path is not None:
         given = [name for name, value in {**model_only, "--model": model_dir}.items() if value not in (None, False)]
         if given:
-            raise click.UsageError(f"give a result FILE or --model DIR, not both ({', '.join(given)} with {path})",
-                                   ctx)
+            raise click.UsageError(f"give a result FILE or --model DIR, not both ({', '.join(given)} with {path})", ctx)
         return _summarize_file(path, spectrum)
     if model_dir is None:
         raise click.UsageError("give a result FILE to read, or --model DIR with --layer LAYER or --all-layers", ctx)
@@ -205,12 +283,31 @@ def summarize(path, layer, all_layers, model_dir, inputs, num_examples, max_memo
         model = load(model_dir, **options)
         if layer:
             result, files = layersens.summaries.summarize_model(
-                model, layer, inputs, num_examples=num_examples, k=6 if k is None else k, max_memory=max_memory,
-                device=device, ntk=not no_ntk, progress=progress, dtype=dtype, out=out_dir, overwrite=overwrite)
+                model,
+                layer,
+                inputs,
+                num_examples=num_examples,
+                k=6 if k is None else k,
+                max_memory=max_memory,
+                device=device,
+                ntk=not no_ntk,
+                progress=progress,
+                dtype=dtype,
+                out=out_dir,
+                overwrite=overwrite,
+            )
         else:
             result, files = layersens.summaries.profile_model(
-                model, inputs, num_examples=num_examples, k=1 if k is None else k, max_memory=max_memory,
-                progress=progress, dtype=dtype, out=out_dir, overwrite=overwrite)
+                model,
+                inputs,
+                num_examples=num_examples,
+                k=1 if k is None else k,
+                max_memory=max_memory,
+                progress=progress,
+                dtype=dtype,
+                out=out_dir,
+                overwrite=overwrite,
+            )
     from ._show import show_profile, show_summary  # numpy: not imported by --help
 
     say(f"model       {model_dir} ({model.name}, {model.framework}; {model.eval_mode})")
@@ -227,8 +324,10 @@ def _summarize_file(path, spectrum):
     if isinstance(result, layersens.LayerJacobian):
         return _summarize_jacobian(result, spectrum)
     if spectrum is not None:
-        raise click.UsageError(f"--spectrum/--no-spectrum is for a saved Jacobian; {path} holds another result",
-                               click.get_current_context())
+        raise click.UsageError(
+            f"--spectrum/--no-spectrum is for a saved Jacobian; {path} holds another result",
+            click.get_current_context(),
+        )
     if isinstance(result, layersens.Sensitivity):
         show_sensitivity(result)
     elif isinstance(result, layersens.ReadoutDerivative):
@@ -247,8 +346,13 @@ def _summarize_jacobian(jac, spectrum):
     for column in ("leaf", "shape", "Frobenius", "max |J|", "zeros"):
         table.add_column(column, justify="left" if column in ("leaf", "shape") else "right", overflow="fold")
     for leaf in summary.leaves:
-        table.add_row(escape(leaf.name), str(leaf.shape), f"{leaf.frobenius:.4g}", f"{leaf.max_abs:.4g}",
-                      f"{leaf.zero_fraction:.1%}")
+        table.add_row(
+            escape(leaf.name),
+            str(leaf.shape),
+            f"{leaf.frobenius:.4g}",
+            f"{leaf.max_abs:.4g}",
+            f"{leaf.zero_fraction:.1%}",
+        )
     out.print(table)
     if summary.rank is not None:
         for n, (rank, cond) in enumerate(zip(summary.rank, summary.condition)):
@@ -263,75 +367,125 @@ def _readout_command(hessian: bool):
     name = "hessian" if hessian else "gradient"
     what = "Hessian (and gradient)" if hessian else "gradient"
 
-    @main.command(name=name, short_help=f"The {what} of a scalar readout of a layer.", help=(
-        f"The {what} of a scalar readout of LAYER (its sum, or one unit) with respect to the upstream "
-        "parameters (or those --wrt selects, the input, or an earlier layer), per example; saved as .npz."),
+    @main.command(
+        name=name,
+        short_help=f"The {what} of a scalar readout of a layer.",
+        help=(
+            f"The {what} of a scalar readout of LAYER (its sum, or one unit) with respect to the upstream "
+            "parameters (or those --wrt selects, the input, or an earlier layer), per example; saved as .npz."
+        ),
         epilog=f"""\b
 Examples:
   layersens {name} --layer output --model layersens/examples/gan_digits --readout unit:0 --wrt 'generator/*'
-  layersens {name} --layer relu1 --model layersens/examples/lenet_digits --readout sum --wrt 'bn1/*'""")
+  layersens {name} --layer relu1 --model layersens/examples/lenet_digits --readout sum --wrt 'bn1/*'""",
+    )
     @layer_option
     @model_options
     @inputs_options
-    @click.option("--readout", default="sum", show_default=True,
-                  help="The scalar read from the layer: sum, or one unit (unit:3,5,0 or a flat unit:17).")
+    @click.option(
+        "--readout",
+        default="sum",
+        show_default=True,
+        help="The scalar read from the layer: sum, or one unit (unit:3,5,0 or a flat unit:17).",
+    )
     @out_options(f"<layer>_{name}.npz")
     @verbose_option
     @wrt_options
     @clean_errors
-    def command(layer, model_dir, inputs, num_examples, readout, out_path, overwrite, verbose, wrt, wrt_layer,
-                vectors=None, **options):
+    def command(
+        layer,
+        model_dir,
+        inputs,
+        num_examples,
+        readout,
+        out_path,
+        overwrite,
+        verbose,
+        wrt,
+        wrt_layer,
+        vectors=None,
+        **options,
+    ):
         import numpy as np
 
         path = out_path or Path(_file_name(layer) + f"_{name}.npz")
         model = load(model_dir, **options)
         result = layersens.extract_readout(
-            model, layer, inputs, readout=readout, hessian=hessian and vectors is None, vectors=vectors,
+            model,
+            layer,
+            inputs,
+            readout=readout,
+            hessian=hessian and vectors is None,
+            vectors=vectors,
             num_examples=num_examples,
-            dtype="float64" if options["x64"] else None, wrt=wrt, wrt_layer=wrt_layer, out=path,
-            overwrite=overwrite)
+            dtype="float64" if options["x64"] else None,
+            wrt=wrt,
+            wrt_layer=wrt_layer,
+            out=path,
+            overwrite=overwrite,
+        )
         path = layersens.results.npz_path(path)
         say(f"model       {model_dir} ({model.name}, {model.framework}; {model.eval_mode})")
         say(f"readout     {result.readout} of {layer}: " + ", ".join(f"{v:.6g}" for v in result.values))
-        say(f"wrt         {len(result.param_names)} leaves (differentiated): "
-            f"{_leaves(result.param_names, result.param_shapes, verbose)}")
+        say(
+            f"wrt         {len(result.param_names)} leaves (differentiated): "
+            f"{_leaves(result.param_names, result.param_shapes, verbose)}"
+        )
         if result.frozen_params:
-            say(f"frozen      {len(result.frozen_params)} upstream leaves held constant: "
-                f"{_leaves(result.frozen_params, None, verbose)}")
+            say(
+                f"frozen      {len(result.frozen_params)} upstream leaves held constant: "
+                f"{_leaves(result.frozen_params, None, verbose)}"
+            )
         for leaf in result.param_names:
             say(f"|grad|      {leaf}: " + ", ".join(f"{np.linalg.norm(g):.4g}" for g in result[leaf]))
         if result.hessian_vectors is not None:
-            say("hvp         |H v| per example: "
-                + ", ".join(f"{np.linalg.norm(h):.4g}" for h in result.hessian_vectors))
+            say(
+                "hvp         |H v| per example: "
+                + ", ".join(f"{np.linalg.norm(h):.4g}" for h in result.hessian_vectors)
+            )
         if result.hessian is not None:
-            say(f"hessian     {tuple(result.hessian.shape)}; largest |eigenvalue| per example: " + ", ".join(
-                f"{np.abs(np.linalg.eigvalsh(h)).max():.4g}" for h in result.hessian))
+            say(
+                f"hessian     {tuple(result.hessian.shape)}; largest |eigenvalue| per example: "
+                + ", ".join(f"{np.abs(np.linalg.eigvalsh(h)).max():.4g}" for h in result.hessian)
+            )
         say(f"wrote       {path}")
 
     if hessian:
         command = click.option(
-            "--vectors", type=click.Path(path_type=Path),
+            "--vectors",
+            type=click.Path(path_type=Path),
             help="A .npy of vectors over the differentiated leaves, (P,) or (examples, P): Hessian-vector products "
-                 "instead of the full Hessian (any number of parameters).")(command)
+            "instead of the full Hessian (any number of parameters).",
+        )(command)
     return command
 
 
-@main.command(short_help="Products with a layer's Jacobian, from one linearization.", epilog="""\b
+@main.command(
+    short_help="Products with a layer's Jacobian, from one linearization.",
+    epilog="""\b
 Examples:
   layersens products --layer relu1 --model layersens/examples/lenet_digits --tangents v.npy
-  layersens products --layer fc1 --model DIR --cotangents u.npy --wrt 'fc1/*' --out p.npz""")
+  layersens products --layer fc1 --model DIR --cotangents u.npy --wrt 'fc1/*' --out p.npz""",
+)
 @layer_option
 @model_options
 @inputs_options
-@click.option("--tangents", type=click.Path(path_type=Path),
-              help="A .npy of vectors over the differentiated leaves: (P,), (P, k) or (examples, P, k); gives J V.")
-@click.option("--cotangents", type=click.Path(path_type=Path),
-              help="A .npy of vectors over the layer: (examples, M) or (examples, M, k); gives Jᵀ U.")
+@click.option(
+    "--tangents",
+    type=click.Path(path_type=Path),
+    help="A .npy of vectors over the differentiated leaves: (P,), (P, k) or (examples, P, k); gives J V.",
+)
+@click.option(
+    "--cotangents",
+    type=click.Path(path_type=Path),
+    help="A .npy of vectors over the layer: (examples, M) or (examples, M, k); gives Jᵀ U.",
+)
 @out_options("<layer>_products.npz")
 @wrt_options
 @clean_errors
-def products(layer, model_dir, inputs, num_examples, tangents, cotangents, out_path, overwrite, wrt, wrt_layer,
-             **options):
+def products(
+    layer, model_dir, inputs, num_examples, tangents, cotangents, out_path, overwrite, wrt, wrt_layer, **options
+):
     """Products of each example's Jacobian of LAYER with blocks of vectors (J V and Jᵀ U), from one linearization
     per example: the matrix is never formed."""
     import numpy as np
@@ -339,12 +493,24 @@ def products(layer, model_dir, inputs, num_examples, tangents, cotangents, out_p
     path = out_path or Path(_file_name(layer) + "_products.npz")
     model = load(model_dir, **options)
     results = layersens.extract_products(
-        model, layer, inputs, tangents=tangents, cotangents=cotangents, num_examples=num_examples,
-        dtype="float64" if options["x64"] else None, wrt=wrt, wrt_layer=wrt_layer, out=path,
-        overwrite=overwrite)
+        model,
+        layer,
+        inputs,
+        tangents=tangents,
+        cotangents=cotangents,
+        num_examples=num_examples,
+        dtype="float64" if options["x64"] else None,
+        wrt=wrt,
+        wrt_layer=wrt_layer,
+        out=path,
+        overwrite=overwrite,
+    )
     for name, value in results.arrays().items():
-        say(f"{name:<11} {tuple(value.shape)}: " + ", ".join(f"{np.linalg.norm(v):.4g}" for v in value)
-            + " (norm per example)")
+        say(
+            f"{name:<11} {tuple(value.shape)}: "
+            + ", ".join(f"{np.linalg.norm(v):.4g}" for v in value)
+            + " (norm per example)"
+        )
     say(f"wrote       {layersens.results.npz_path(path)}")
 
 

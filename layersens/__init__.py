@@ -17,45 +17,164 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._errors import (BudgetError, CheckpointError, DeviceError, InputShapeError, InputValueError, InputWarning,
-                      JacobianTooLargeError, LayersensError, MemoryBudgetError, ModeError, OutputError,
-                      SelectionError, SpecError, TrainModeError, UnknownLayerError, UntrustedModuleError,
-                      format_bytes)
+from ._errors import (
+    BudgetError,
+    CheckpointError,
+    DeviceError,
+    InputShapeError,
+    InputValueError,
+    InputWarning,
+    JacobianTooLargeError,
+    LayersensError,
+    MemoryBudgetError,
+    ModeError,
+    OutputError,
+    SelectionError,
+    SpecError,
+    TrainModeError,
+    UnknownLayerError,
+    UntrustedModuleError,
+    format_bytes,
+)
 from ._modes import MODE_ALIASES, MODE_NAMES
 
 __version__ = "0.1.0"
 
 # name → the module that defines it (relative to this package); one entry per public name.
 _LAZY = {
-    **dict.fromkeys(("Model", "ModelSpec", "capture", "from_function", "from_linen", "from_nnx", "load_model",
-                     "read_model_spec", "save_model", "unbox"), ".models"),
-    **dict.fromkeys(("INPUT", "Differentiated", "LayerInfo", "LayerSplit", "PrecisionWarning", "Wrt", "WrtKind",
-                     "list_layers", "split"), ".tracing"),
+    **dict.fromkeys(
+        (
+            "Model",
+            "ModelSpec",
+            "capture",
+            "from_function",
+            "from_linen",
+            "from_nnx",
+            "load_model",
+            "read_model_spec",
+            "save_model",
+            "unbox",
+        ),
+        ".models",
+    ),
+    **dict.fromkeys(
+        (
+            "INPUT",
+            "Differentiated",
+            "LayerInfo",
+            "LayerSplit",
+            "PrecisionWarning",
+            "Wrt",
+            "WrtKind",
+            "list_layers",
+            "split",
+        ),
+        ".tracing",
+    ),
     **dict.fromkeys(("ChannelStructure", "channel_structure"), ".analysis"),
-    **dict.fromkeys(("STRATEGIES", "Strategy", "Auto", "Forward", "PerLeaf", "Plan", "PlannedBlock", "Reverse",
-                     "Structured", "available_memory", "parse_bytes", "plan"), ".planning"),
-    **dict.fromkeys(("CompressedSink", "DenseSink", "PreparedJacobian", "SensitivitySink", "Sink",
-                     "compressed_jacobian", "jacobian", "prepare", "sensitivity"), ".compute"),
-    **dict.fromkeys(("JacobianProducts", "LinearizedLayer", "ReadoutDerivative", "Verification", "hessian", "hvp",
-                     "linearize", "products", "readout_gradient", "verify"), ".derivatives"),
-    **dict.fromkeys(("estimate_frobenius", "estimate_parameter_diagonal", "estimate_unit_diagonal", "layer_ntk",
-                     "spectrum"), ".derivatives"),
-    **dict.fromkeys(("CompressedJacobian", "JacobianSummary", "LayerJacobian", "LeafSummary", "Sensitivity",
-                     "load_jacobian", "summarize"), ".results"),
+    **dict.fromkeys(
+        (
+            "STRATEGIES",
+            "Strategy",
+            "Auto",
+            "Forward",
+            "PerLeaf",
+            "Plan",
+            "PlannedBlock",
+            "Reverse",
+            "Structured",
+            "available_memory",
+            "parse_bytes",
+            "plan",
+        ),
+        ".planning",
+    ),
+    **dict.fromkeys(
+        (
+            "CompressedSink",
+            "DenseSink",
+            "PreparedJacobian",
+            "SensitivitySink",
+            "Sink",
+            "compressed_jacobian",
+            "jacobian",
+            "prepare",
+            "sensitivity",
+        ),
+        ".compute",
+    ),
+    **dict.fromkeys(
+        (
+            "JacobianProducts",
+            "LinearizedLayer",
+            "ReadoutDerivative",
+            "Verification",
+            "hessian",
+            "hvp",
+            "linearize",
+            "products",
+            "readout_gradient",
+            "verify",
+        ),
+        ".derivatives",
+    ),
+    **dict.fromkeys(
+        ("estimate_frobenius", "estimate_parameter_diagonal", "estimate_unit_diagonal", "layer_ntk", "spectrum"),
+        ".derivatives",
+    ),
+    **dict.fromkeys(
+        (
+            "CompressedJacobian",
+            "JacobianSummary",
+            "LayerJacobian",
+            "LeafSummary",
+            "Sensitivity",
+            "load_jacobian",
+            "summarize",
+        ),
+        ".results",
+    ),
     **dict.fromkeys(("Estimate", "LayerNTK", "SingularDirection", "Spectrum"), ".results"),
     **dict.fromkeys(("LayerSummary", "ProfileRow", "SensitivityProfile"), ".results"),
     **dict.fromkeys(("profile", "summarize_layer"), ".summaries"),
     **dict.fromkeys(("extract", "extract_products", "extract_readout", "read_inputs"), "._extract"),
 }
-_SUBPACKAGES = ("models", "tracing", "analysis", "planning", "compute", "derivatives", "results", "summaries",
-                "examples")
+_SUBPACKAGES = (
+    "models",
+    "tracing",
+    "analysis",
+    "planning",
+    "compute",
+    "derivatives",
+    "results",
+    "summaries",
+    "examples",
+)
 
-__all__ = sorted([
-    "BudgetError", "CheckpointError", "DeviceError", "InputShapeError", "InputValueError", "InputWarning",
-    "JacobianTooLargeError", "LayersensError", "MemoryBudgetError", "ModeError", "OutputError", "SelectionError",
-    "SpecError", "TrainModeError", "UnknownLayerError", "UntrustedModuleError", "format_bytes", "MODE_ALIASES",
-    "MODE_NAMES", *_LAZY,
-])
+__all__ = sorted(
+    [
+        "BudgetError",
+        "CheckpointError",
+        "DeviceError",
+        "InputShapeError",
+        "InputValueError",
+        "InputWarning",
+        "JacobianTooLargeError",
+        "LayersensError",
+        "MemoryBudgetError",
+        "ModeError",
+        "OutputError",
+        "SelectionError",
+        "SpecError",
+        "TrainModeError",
+        "UnknownLayerError",
+        "UntrustedModuleError",
+        "format_bytes",
+        "MODE_ALIASES",
+        "MODE_NAMES",
+        *_LAZY,
+    ]
+)
 
 
 def __getattr__(name: str) -> Any:

@@ -52,8 +52,9 @@ def resolve_target(target) -> Path:
         except OSError:  # ELOOP
             resolved = None
         if resolved is None or resolved.is_symlink():  # the non-strict walk stops at a loop
-            raise OutputError(f"{target} is a symbolic link that leads back to itself (a loop); remove it or give "
-                              "another name.")
+            raise OutputError(
+                f"{target} is a symbolic link that leads back to itself (a loop); remove it or give another name."
+            )
         return resolved
     return target.absolute()
 
@@ -88,8 +89,7 @@ def _fsync_directory(directory: Path) -> None:
 
 def _cannot(target: Path, e: OSError) -> OutputError:
     reason = e.strerror or str(e)
-    return OutputError(f"cannot write {target} ({reason}); nothing was written. Free space or choose another "
-                       "folder.")
+    return OutputError(f"cannot write {target} ({reason}); nothing was written. Free space or choose another folder.")
 
 
 @contextlib.contextmanager
@@ -182,8 +182,10 @@ def check_name(path, option: str = "--out") -> None:
     path = Path(path)
     bad = sorted({repr(c) for c in str(path) if ord(c) < 32 or ord(c) == 127})
     if bad:
-        raise OutputError(f"{option} {str(path)!r} contains control characters ({', '.join(bad)}); choose a "
-                          "printable file name such as relu1.npz.")
+        raise OutputError(
+            f"{option} {str(path)!r} contains control characters ({', '.join(bad)}); choose a "
+            "printable file name such as relu1.npz."
+        )
     try:
         parts = [os.fsencode(part) for part in path.parts]
     except UnicodeError:
@@ -192,8 +194,10 @@ def check_name(path, option: str = "--out") -> None:
     for i, (part, encoded) in enumerate(zip(path.parts, parts)):
         if len(encoded) > limit:
             what = "file name" if i == len(parts) - 1 else "folder name"
-            raise OutputError(f"{option}: the {what} is {len(encoded)} bytes long and this file system allows at "
-                              f"most {limit}; choose a shorter name (it starts {part[:24]!r}).")
+            raise OutputError(
+                f"{option}: the {what} is {len(encoded)} bytes long and this file system allows at "
+                f"most {limit}; choose a shorter name (it starts {part[:24]!r})."
+            )
 
 
 def _name_max(path: Path) -> int:
@@ -225,12 +229,13 @@ def check_free_space(path, nbytes: int, option: str = "--out") -> None:
     except OSError:
         return  # the file system does not say; the write itself reports a full disk
     if nbytes + _SPACE_MARGIN > free:
-        raise OutputError(f"{option} {path} needs about {format_bytes(nbytes)} and only {format_bytes(free)} is free "
-                          f"on {folder}; free space, choose another disk, or use fewer examples (--num-examples).")
+        raise OutputError(
+            f"{option} {path} needs about {format_bytes(nbytes)} and only {format_bytes(free)} is free "
+            f"on {folder}; free space, choose another disk, or use fewer examples (--num-examples)."
+        )
 
 
-def check_report_dir(out_dir, files, overwrite: bool = False, option: str = "--out",
-                     what: str = "a report") -> Path:
+def check_report_dir(out_dir, files, overwrite: bool = False, option: str = "--out", what: str = "a report") -> Path:
     """Checks, before any work, that a report of ``files`` can be written into the directory ``out_dir``: not a
     file (nor inside one), writable, and holding none of ``files`` (an earlier report, described as ``what``)
     unless ``overwrite``. Returns the directory. Shared by every report layersens writes (benchmarks,
@@ -239,31 +244,39 @@ def check_report_dir(out_dir, files, overwrite: bool = False, option: str = "--o
     check_name(out_dir, option)
     try:
         if out_dir.exists() and not out_dir.is_dir():
-            raise OutputError(f"{option} {out_dir} is a file, not a directory; give a directory for "
-                              f"{', '.join(files)}.")
+            raise OutputError(
+                f"{option} {out_dir} is a file, not a directory; give a directory for {', '.join(files)}."
+            )
         existing = out_dir
         while not existing.exists() and existing != existing.parent:
             existing = existing.parent
         if not existing.is_dir():
             raise OutputError(f"{option} {out_dir}: {existing} is a file, not a directory; choose another path.")
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise OutputError(f"{option} {out_dir} cannot be written ({existing} is not writable); choose a writable "
-                              "directory.")
+            raise OutputError(
+                f"{option} {out_dir} cannot be written ({existing} is not writable); choose a writable directory."
+            )
         found = [name for name in files if os.path.lexists(out_dir / name)]
     except OSError as e:  # a path too long as a whole, a folder that cannot be searched, ...
         raise OutputError(f"{option} {out_dir} cannot be written ({e.strerror or e}); choose another path.") from None
     if found and not overwrite:
-        raise OutputError(f"{option} {out_dir} already holds {what} ({', '.join(found)}); pass "
-                          "--overwrite (overwrite=True) to replace it, or choose another directory.")
+        raise OutputError(
+            f"{option} {out_dir} already holds {what} ({', '.join(found)}); pass "
+            "--overwrite (overwrite=True) to replace it, or choose another directory."
+        )
     return out_dir
 
 
-# ------------------------------------------------------------------------------------------------ reading: what a file is
+# -------------------------------------------------------------------------------------------- reading: what a file is
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # an archive with members, an empty archive
-_SPECIAL = ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a named pipe"),
-            (stat.S_ISSOCK, "a socket"))
+_SPECIAL = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+)
 
 
 def sniff(path) -> str:
@@ -293,5 +306,5 @@ def _is_text(head: bytes) -> bool:
     except UnicodeDecodeError as e:
         if e.start < len(head) - 3:  # not only a character cut at the end of the sample
             return False
-        text = head[:e.start].decode("utf-8")
+        text = head[: e.start].decode("utf-8")
     return all(c.isprintable() or c in "\t\n\r\f\v" for c in text)

@@ -37,27 +37,35 @@ def read_inputs(path) -> np.ndarray:
         raise InputShapeError(f"inputs file {path} is a directory; give a .npy file (np.save).") from None
     except (OSError, ValueError, EOFError) as e:
         if "allow_pickle" in str(e):  # an array of Python objects
-            raise InputShapeError(f"inputs file {path} holds Python objects (dtype object), not numbers; "
-                                  f"{how}") from None
-        raise InputShapeError(f"inputs file {path} is not a readable .npy array ({e}); write it with "
-                              "np.save(path, x).") from None
+            raise InputShapeError(
+                f"inputs file {path} holds Python objects (dtype object), not numbers; {how}"
+            ) from None
+        raise InputShapeError(
+            f"inputs file {path} is not a readable .npy array ({e}); write it with np.save(path, x)."
+        ) from None
     if data is None:
         raise InputShapeError(f"inputs file {path} is {kind}, not a .npy array file; {how}")
     if isinstance(data, np.lib.npyio.NpzFile):
         names = list(data.files)
         data.close()
-        raise InputShapeError(f"inputs file {path} is an .npz archive (arrays {names}); give one .npy array: "
-                              f"np.save('inputs.npy', np.load('{path.name}')['{names[0] if names else 'x'}']).")
+        raise InputShapeError(
+            f"inputs file {path} is an .npz archive (arrays {names}); give one .npy array: "
+            f"np.save('inputs.npy', np.load('{path.name}')['{names[0] if names else 'x'}'])."
+        )
     return data
 
 
 def _count(num_examples, available: int, source: str) -> int:
     if num_examples is None:
         return available
-    if isinstance(num_examples, bool) or not isinstance(num_examples, (int, np.integer)) or not (
-            1 <= num_examples <= available):
-        raise InputShapeError(f"--num-examples is {num_examples!r}; {source} hold {available} example(s), so choose "
-                              f"1 to {available}.")
+    if (
+        isinstance(num_examples, bool)
+        or not isinstance(num_examples, (int, np.integer))
+        or not (1 <= num_examples <= available)
+    ):
+        raise InputShapeError(
+            f"--num-examples is {num_examples!r}; {source} hold {available} example(s), so choose 1 to {available}."
+        )
     return int(num_examples)
 
 
@@ -65,15 +73,17 @@ def _check_range(model: Model, x: np.ndarray, name: str):
     """Warns when inputs lie far outside the range of the model's own example inputs (e.g. 0..255 pixels
     against 0..1)."""
     own = model.example_inputs
-    if own is None or not np.issubdtype(np.asarray(own).dtype, np.floating) or not np.issubdtype(x.dtype,
-                                                                                                np.floating):
+    if own is None or not np.issubdtype(np.asarray(own).dtype, np.floating) or not np.issubdtype(x.dtype, np.floating):
         return
     lo, hi = float(np.min(own)), float(np.max(own))
     span = max(hi - lo, 1e-12)
     if float(np.min(x)) < lo - 2 * span or float(np.max(x)) > hi + 2 * span:
-        warnings.warn(f"{name} range over {float(np.min(x)):.4g}..{float(np.max(x)):.4g}, far outside the model's own "
-                      f"example inputs ({lo:.4g}..{hi:.4g}): scale them as its training data was.", InputWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"{name} range over {float(np.min(x)):.4g}..{float(np.max(x)):.4g}, far outside the model's own "
+            f"example inputs ({lo:.4g}..{hi:.4g}): scale them as its training data was.",
+            InputWarning,
+            stacklevel=3,
+        )
 
 
 def select_inputs(model: Model, inputs=None, num_examples: int | None = None, dtype=None) -> np.ndarray:
@@ -85,7 +95,7 @@ def select_inputs(model: Model, inputs=None, num_examples: int | None = None, dt
         x = read_inputs(inputs) if is_path else inputs
         name = f"inputs {inputs}" if is_path else "inputs"
         x = model.check_inputs(x, name, dtype=target)
-        x = x[:_count(num_examples, len(x), name)]
+        x = x[: _count(num_examples, len(x), name)]
         _check_range(model, x, name)
         return x
     if model.example_inputs is None:
@@ -94,8 +104,11 @@ def select_inputs(model: Model, inputs=None, num_examples: int | None = None, dt
             f"(examples,) + {tuple(model.input_shape)}."
         )
     available = len(model.example_inputs)
-    n = _count(min(DEFAULT_NUM_EXAMPLES, available) if num_examples is None else num_examples, available,
-               "the model's own example inputs (pass --inputs FILE.npy for others)")
+    n = _count(
+        min(DEFAULT_NUM_EXAMPLES, available) if num_examples is None else num_examples,
+        available,
+        "the model's own example inputs (pass --inputs FILE.npy for others)",
+    )
     return model.check_inputs(model.example_inputs[:n], "example inputs", dtype=target)
 
 
@@ -209,8 +222,9 @@ def extract_products(
         raise InputShapeError("give tangents (--tangents V.npy) or cotangents (--cotangents U.npy), or both.")
     out = None if out is None else check_output(out, overwrite)
     cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
-    result = products(cut, x, None if tangents is None else _array(tangents),
-                      None if cotangents is None else _array(cotangents))
+    result = products(
+        cut, x, None if tangents is None else _array(tangents), None if cotangents is None else _array(cotangents)
+    )
     if out is not None:
         result.save(out)
     return result

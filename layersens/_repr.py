@@ -24,12 +24,12 @@ def short(value) -> str:
     if isinstance(value, dict):
         value = tuple(value)
     if isinstance(value, (tuple, list)) and len(value) > _MAX_ITEMS:
-        shown = ", ".join(short(v) for v in value[:_MAX_ITEMS - 1])
+        shown = ", ".join(short(v) for v in value[: _MAX_ITEMS - 1])
         return f"({shown}, … {len(value) - _MAX_ITEMS + 1} more)"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(short(v) for v in value) + ("," if len(value) == 1 else "") + ")"
     text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= _MAX_VALUE else text[:_MAX_VALUE - 1] + "…"
+    return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 1] + "…"
 
 
 class Summarized:
@@ -40,9 +40,12 @@ class Summarized:
 
     def __repr__(self) -> str:
         text = f"{type(self).__name__}(" + ", ".join(f"{k}={short(v)}" for k, v in self._summary()) + ")"
-        return text if len(text) <= MAX_REPR else text[:MAX_REPR - 2] + "…)"
+        return text if len(text) <= MAX_REPR else text[: MAX_REPR - 2] + "…)"
 
     def _repr_html_(self) -> str:
-        rows = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                       f"<td style='text-align:left'>{html.escape(short(v))}</td></tr>" for k, v in self._summary())
+        rows = "".join(
+            f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+            f"<td style='text-align:left'>{html.escape(short(v))}</td></tr>"
+            for k, v in self._summary()
+        )
         return f"<table><caption style='text-align:left'><b>{type(self).__name__}</b></caption>{rows}</table>"

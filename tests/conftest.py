@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_enable_x64", True)  # float64 checks; models still default to float32
 
@@ -41,5 +40,6 @@ def tiny_cnn():
     from tests.tiny_models import TinyCNN, random_linen_variables
 
     module = TinyCNN()
-    return layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                call_kwargs={"train": False})
+    return layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )

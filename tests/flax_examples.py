@@ -200,9 +200,7 @@ class ResNet(nn.Module):
         for i, block_size in enumerate(self.stage_sizes):
             for j in range(block_size):
                 strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-                x = self.block_cls(
-                    self.num_filters * 2**i, strides=strides, conv=conv, norm=norm, act=self.act
-                )(x)
+                x = self.block_cls(self.num_filters * 2**i, strides=strides, conv=conv, norm=norm, act=self.act)(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype)(x)
         return jnp.asarray(x, self.dtype)
@@ -221,8 +219,11 @@ def make_resnet(
 ) -> ResNet:
     """The module only (1,934 parameters and 72 batch statistics at the defaults, for 8×8×3 inputs)."""
     return ResNet(
-        stage_sizes=tuple(stage_sizes), block_cls=block_cls, num_classes=num_classes,
-        num_filters=num_filters, dtype=dtype,
+        stage_sizes=tuple(stage_sizes),
+        block_cls=block_cls,
+        num_classes=num_classes,
+        num_filters=num_filters,
+        dtype=dtype,
     )
 
 
@@ -309,14 +310,16 @@ class MlpBlock(nn.Module):
     def __call__(self, inputs):
         cfg = self.config
         x = nn.Dense(
-            cfg.mlp_dim, dtype=cfg.dtype,
+            cfg.mlp_dim,
+            dtype=cfg.dtype,
             kernel_init=_logical(cfg.kernel_init, ("embed", "mlp")),
             bias_init=_logical(cfg.bias_init, ("mlp",)),
         )(inputs)
         x = nn.relu(x)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=cfg.deterministic)
         x = nn.Dense(
-            inputs.shape[-1], dtype=cfg.dtype,
+            inputs.shape[-1],
+            dtype=cfg.dtype,
             kernel_init=_logical(cfg.kernel_init, ("mlp", "embed")),
             bias_init=_logical(cfg.bias_init, ("embed",)),
         )(x)
@@ -325,7 +328,8 @@ class MlpBlock(nn.Module):
 
 def _layer_norm(cfg, name=None):
     return nn.LayerNorm(
-        dtype=cfg.dtype, name=name,
+        dtype=cfg.dtype,
+        name=name,
         bias_init=_logical(nn.initializers.zeros, ("embed",)),
         scale_init=_logical(nn.initializers.ones, ("embed",)),
     )
@@ -341,11 +345,15 @@ class DecoderBlock(nn.Module):
         cfg = self.config
         x = _layer_norm(cfg)(inputs)
         x = nn.MultiHeadDotProductAttention(
-            num_heads=cfg.num_heads, dtype=cfg.dtype, qkv_features=cfg.qkv_dim,
+            num_heads=cfg.num_heads,
+            dtype=cfg.dtype,
+            qkv_features=cfg.qkv_dim,
             kernel_init=_logical(cfg.kernel_init, ("embed", "kv")),
             bias_init=_logical(cfg.bias_init, ("embed",)),
-            use_bias=False, broadcast_dropout=False,
-            dropout_rate=cfg.attention_dropout_rate, deterministic=cfg.deterministic,
+            use_bias=False,
+            broadcast_dropout=False,
+            dropout_rate=cfg.attention_dropout_rate,
+            deterministic=cfg.deterministic,
         )(x, mask=decoder_mask)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=cfg.deterministic)
         x = x + inputs
@@ -367,7 +375,8 @@ class DecoderLM(nn.Module):
             nn.make_causal_mask(inputs, dtype=cfg.dtype),
         )
         embed = nn.Embed(
-            num_embeddings=cfg.output_vocab_size, features=cfg.emb_dim,
+            num_embeddings=cfg.output_vocab_size,
+            features=cfg.emb_dim,
             embedding_init=_logical(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
             name="embed",
         )
@@ -379,7 +388,8 @@ class DecoderLM(nn.Module):
             y = DecoderBlock(config=cfg, name=f"decoderblock_{layer}")(y, decoder_mask=mask)
         y = _layer_norm(cfg, name="decoder_norm")(y)
         logits = nn.Dense(
-            cfg.output_vocab_size, dtype=cfg.dtype,
+            cfg.output_vocab_size,
+            dtype=cfg.dtype,
             kernel_init=_logical(cfg.kernel_init, ("embed", "vocab")),
             bias_init=_logical(cfg.bias_init, ("vocab",)),
             name="logitdense",
@@ -488,8 +498,14 @@ class Decoder(nnx.Module):
 
 class NnxVAE(nnx.Module):
     def __init__(
-        self, din: int, hidden_size: int, latent_size: int, output_shape: Sequence[int], *,
-        kl_store: str = "variable", rngs: nnx.Rngs,
+        self,
+        din: int,
+        hidden_size: int,
+        latent_size: int,
+        output_shape: Sequence[int],
+        *,
+        kl_store: str = "variable",
+        rngs: nnx.Rngs,
     ):
         self.output_shape = tuple(output_shape)
         self.encoder = Encoder(din, hidden_size, latent_size, kl_store=kl_store, rngs=rngs)
@@ -507,8 +523,12 @@ class NnxVAE(nnx.Module):
 def make_nnx_vae(seed: int = 0, kl_store: str = "variable") -> NnxVAE:
     """2,344 parameters; ``nnx.Rngs(seed, noise=seed + 1)`` as in the example."""
     return NnxVAE(
-        din=int(np.prod(VAE_IMAGE_SHAPE)), hidden_size=16, latent_size=4, output_shape=VAE_IMAGE_SHAPE,
-        kl_store=kl_store, rngs=nnx.Rngs(seed, noise=seed + 1),
+        din=int(np.prod(VAE_IMAGE_SHAPE)),
+        hidden_size=16,
+        latent_size=4,
+        output_shape=VAE_IMAGE_SHAPE,
+        kl_store=kl_store,
+        rngs=nnx.Rngs(seed, noise=seed + 1),
     )
 
 
@@ -584,9 +604,7 @@ def linen_reference(module, layer: str, *, index: int = 0, **call_kwargs) -> Cal
     """
 
     def f(variables, x):
-        y, state = module.apply(
-            variables, x, capture_intermediates=True, mutable=["intermediates"], **call_kwargs
-        )
+        y, state = module.apply(variables, x, capture_intermediates=True, mutable=["intermediates"], **call_kwargs)
         if layer == OUTPUT:
             return y
         return _pick(state["intermediates"], layer, index)
@@ -673,29 +691,64 @@ class FlaxExample:
 
 EXAMPLES = {
     "mnist_cnn": FlaxExample(
-        "mnist_cnn", "linen", init_mnist_cnn, MNIST_INPUT_SHAPE, MNIST_INPUT_DTYPE, {},
+        "mnist_cnn",
+        "linen",
+        init_mnist_cnn,
+        MNIST_INPUT_SHAPE,
+        MNIST_INPUT_DTYPE,
+        {},
         ("Conv_0", "Conv_1", "Dense_0", "Dense_1"),
     ),
     "resnet": FlaxExample(
-        "resnet", "linen", init_resnet, RESNET_INPUT_SHAPE, RESNET_INPUT_DTYPE, RESNET_CALL_KWARGS,
-        ("conv_init", "bn_init", "ResNetBlock_0", "ResNetBlock_1/BatchNorm_0", "ResNetBlock_1/norm_proj",
-         "Dense_0"),
+        "resnet",
+        "linen",
+        init_resnet,
+        RESNET_INPUT_SHAPE,
+        RESNET_INPUT_DTYPE,
+        RESNET_CALL_KWARGS,
+        ("conv_init", "bn_init", "ResNetBlock_0", "ResNetBlock_1/BatchNorm_0", "ResNetBlock_1/norm_proj", "Dense_0"),
     ),
     "decoder_lm": FlaxExample(
-        "decoder_lm", "linen", init_decoder_lm, LM_INPUT_SHAPE, LM_INPUT_DTYPE, {},
-        ("embed", "decoderblock_0/MultiHeadDotProductAttention_0", "decoderblock_0/MlpBlock_0",
-         "decoderblock_1", "decoder_norm", "logitdense"),
+        "decoder_lm",
+        "linen",
+        init_decoder_lm,
+        LM_INPUT_SHAPE,
+        LM_INPUT_DTYPE,
+        {},
+        (
+            "embed",
+            "decoderblock_0/MultiHeadDotProductAttention_0",
+            "decoderblock_0/MlpBlock_0",
+            "decoderblock_1",
+            "decoder_norm",
+            "logitdense",
+        ),
     ),
     "nnx_mnist_cnn": FlaxExample(
-        "nnx_mnist_cnn", "nnx", make_nnx_mnist_cnn, NNX_MNIST_INPUT_SHAPE, NNX_MNIST_INPUT_DTYPE, {},
+        "nnx_mnist_cnn",
+        "nnx",
+        make_nnx_mnist_cnn,
+        NNX_MNIST_INPUT_SHAPE,
+        NNX_MNIST_INPUT_DTYPE,
+        {},
         ("conv1", "batch_norm1", "conv2", "batch_norm2", "linear1", "linear2"),
     ),
     "nnx_vae": FlaxExample(
-        "nnx_vae", "nnx", make_nnx_vae, VAE_INPUT_SHAPE, VAE_INPUT_DTYPE, {},
+        "nnx_vae",
+        "nnx",
+        make_nnx_vae,
+        VAE_INPUT_SHAPE,
+        VAE_INPUT_DTYPE,
+        {},
         ("encoder/linear1", "encoder/linear_mean", "encoder", "decoder/linear1", "decoder"),
     ),
     "nnx_scan_mlp": FlaxExample(
-        "nnx_scan_mlp", "nnx", make_nnx_scan_mlp, SCAN_INPUT_SHAPE, SCAN_INPUT_DTYPE, {},
+        "nnx_scan_mlp",
+        "nnx",
+        make_nnx_scan_mlp,
+        SCAN_INPUT_SHAPE,
+        SCAN_INPUT_DTYPE,
+        {},
         (OUTPUT, "layers/linear", "layers/bn", "layers"),
         {"layers/linear": 1, "layers/bn": 1, "layers": 1},  # stacked (n_layers, batch, dim)
     ),

@@ -52,8 +52,7 @@ def place(tmp_path_factory):
     copy("no_import", spec_change=lambda s: s.update(module="no_such_package.models:Net"))
     copy("not_flax", spec_change=lambda s: s.update(module="tests.bad_models:NotFlax"))
     copy("wrong_kwargs", spec_change=lambda s: s.update(kwargs={"fc1_features": 64}))
-    copy("nnx_as_linen", spec_change=lambda s: s.update(module="tests.bad_models:NnxNet", kwargs={},
-                                                           leaf_hashes={}))
+    copy("nnx_as_linen", spec_change=lambda s: s.update(module="tests.bad_models:NnxNet", kwargs={}, leaf_hashes={}))
 
     def truncate(t):
         data = max((p for p in (t / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
@@ -65,15 +64,19 @@ def place(tmp_path_factory):
 
     module = InputOnly()
     variables = module.init(jax.random.key(0), np.ones((1, 3), np.float32))
-    layersens.save_model(root / "input_only", module, variables, input_shape=(3,),
-                         example_inputs=np.ones((2, 3), np.float32))
+    layersens.save_model(
+        root / "input_only", module, variables, input_shape=(3,), example_inputs=np.ones((2, 3), np.float32)
+    )
     nan_params = jax.tree.map(np.array, variables)
     nan_params["params"]["dense"]["kernel"][0, 0] = np.nan
-    layersens.save_model(root / "nan_params", module, nan_params, input_shape=(3,),
-                         example_inputs=np.ones((2, 3), np.float32))
+    layersens.save_model(
+        root / "nan_params", module, nan_params, input_shape=(3,), example_inputs=np.ones((2, 3), np.float32)
+    )
 
-    jac = layersens.jacobian(layersens.split(layersens.load_model(LENET_DIGITS), "fc2"),
-                             layersens.load_model(LENET_DIGITS).example_inputs[:1])
+    jac = layersens.jacobian(
+        layersens.split(layersens.load_model(LENET_DIGITS), "fc2"),
+        layersens.load_model(LENET_DIGITS).example_inputs[:1],
+    )
     good = jac.save(root / "good.npz")
     raw = good.read_bytes()
     (root / "truncated.npz").write_bytes(raw[: len(raw) // 2])
@@ -82,8 +85,13 @@ def place(tmp_path_factory):
     (root / "crc.npz").write_bytes(bytes(damaged))
     meta = jac.metadata()
     meta["param_shapes"] = [[7]] + meta["param_shapes"][1:]
-    np.savez(root / "inconsistent.npz", matrix=jac.matrix, activation=jac.activation, inputs=jac.inputs,
-             metadata=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
+    np.savez(
+        root / "inconsistent.npz",
+        matrix=jac.matrix,
+        activation=jac.activation,
+        inputs=jac.inputs,
+        metadata=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
+    )
     return root
 
 
@@ -92,57 +100,121 @@ EXTRACT = ["extract", "--model", M, "--layer", "relu1", "--num-examples", "1"]
 
 # (id, command line with {root} and {out} placeholders, a regex the one error line must match)
 TABLE = [
-    ("unknown layer", ["extract", "--model", M, "--layer", "relu_1"],
-     r"unknown layer 'relu_1'\. Did you mean 'relu1'\? Available layers: conv1, bn1, relu1"),
+    (
+        "unknown layer",
+        ["extract", "--model", M, "--layer", "relu_1"],
+        r"unknown layer 'relu_1'\. Did you mean 'relu1'\? Available layers: conv1, bn1, relu1",
+    ),
     ("missing option", ["extract", "--model", M], r"Missing option '--layer'\. \(see `layersens extract --help`\)"),
-    ("filter selects nothing", EXTRACT + ["--wrt", "fc9/*"],
-     r"wrt fc9/\* selects none of the leaves upstream of the layer; they are: conv1/kernel"),
-    ("wrong input shape", EXTRACT + ["--inputs", "{root}/wrong_shape.npy"],
-     r"have shape \(3, 28, 28\); the model expects \(examples,\) \+ \(28, 28, 1\)"),
+    (
+        "filter selects nothing",
+        EXTRACT + ["--wrt", "fc9/*"],
+        r"wrt fc9/\* selects none of the leaves upstream of the layer; they are: conv1/kernel",
+    ),
+    (
+        "wrong input shape",
+        EXTRACT + ["--inputs", "{root}/wrong_shape.npy"],
+        r"have shape \(3, 28, 28\); the model expects \(examples,\) \+ \(28, 28, 1\)",
+    ),
     ("npz instead of npy", EXTRACT + ["--inputs", "{root}/archive.npz"], r"is an \.npz archive \(arrays \['x'\]\)"),
-    ("not an array", EXTRACT + ["--inputs", "{root}/garbage.npy"],
-     r"garbage\.npy is a text file, not a \.npy array file; write the inputs with np\.save\('inputs\.npy', x\)"),
+    (
+        "not an array",
+        EXTRACT + ["--inputs", "{root}/garbage.npy"],
+        r"garbage\.npy is a text file, not a \.npy array file; write the inputs with np\.save\('inputs\.npy', x\)",
+    ),
     # numpy's own message advised loading these "unsafely with allow_pickle" (defect 7)
-    ("text file as inputs", EXTRACT + ["--inputs", "{root}/notes.txt"],
-     r"^(?!.*pickle).*notes\.txt is a text file, not a \.npy array file; write the inputs with np\.save"),
-    ("device as inputs", EXTRACT + ["--inputs", "/dev/zero"],
-     r"^(?!.*pickle).*inputs file /dev/zero is a character device, not a \.npy array file; write the inputs with "
-     r"np\.save"),
+    (
+        "text file as inputs",
+        EXTRACT + ["--inputs", "{root}/notes.txt"],
+        r"^(?!.*pickle).*notes\.txt is a text file, not a \.npy array file; write the inputs with np\.save",
+    ),
+    (
+        "device as inputs",
+        EXTRACT + ["--inputs", "/dev/zero"],
+        r"^(?!.*pickle).*inputs file /dev/zero is a character device, not a \.npy array file; write the inputs with "
+        r"np\.save",
+    ),
     ("missing inputs", EXTRACT + ["--inputs", "{root}/nowhere.npy"], r"inputs file .*nowhere\.npy does not exist"),
     ("complex inputs", EXTRACT + ["--inputs", "{root}/complex.npy"], r"are complex \(complex64\)"),
-    ("NaN inputs", EXTRACT + ["--inputs", "{root}/nan.npy", "--num-examples", "2"],
-     r"hold NaN or Inf: 1 value\(s\) in example\(s\) 1; replace or drop those examples"),
-    ("NaN parameters", ["extract", "--model", "{root}/nan_params", "--layer", "dense", "--allow-import"],
-     r"parameter leaf dense/kernel of InputOnly holds 1 NaN or Inf value\(s\) of 6"),
-    ("too many examples", EXTRACT[:-2] + ["--num-examples", "17"], r"--num-examples is 17; .* hold 16 example\(s\), "
-     r"so choose 1 to 16"),
-    ("too many examples of the user's", EXTRACT[:-2] + ["--inputs", "{root}/two.npy", "--num-examples", "3"],
-     r"--num-examples is 3; inputs .*two\.npy hold 2 example\(s\), so choose 1 to 2"),
+    (
+        "NaN inputs",
+        EXTRACT + ["--inputs", "{root}/nan.npy", "--num-examples", "2"],
+        r"hold NaN or Inf: 1 value\(s\) in example\(s\) 1; replace or drop those examples",
+    ),
+    (
+        "NaN parameters",
+        ["extract", "--model", "{root}/nan_params", "--layer", "dense", "--allow-import"],
+        r"parameter leaf dense/kernel of InputOnly holds 1 NaN or Inf value\(s\) of 6",
+    ),
+    (
+        "too many examples",
+        EXTRACT[:-2] + ["--num-examples", "17"],
+        r"--num-examples is 17; .* hold 16 example\(s\), "
+        r"so choose 1 to 16",
+    ),
+    (
+        "too many examples of the user's",
+        EXTRACT[:-2] + ["--inputs", "{root}/two.npy", "--num-examples", "3"],
+        r"--num-examples is 3; inputs .*two\.npy hold 2 example\(s\), so choose 1 to 2",
+    ),
     ("negative examples", EXTRACT[:-2] + ["--num-examples", "-1"], r"--num-examples is -1"),
-    ("missing model", ["extract", "--model", "{root}/nowhere", "--layer", "relu1"],
-     r"model directory .*nowhere does not exist"),
-    ("empty model folder", ["extract", "--model", "{root}/empty_model", "--layer", "relu1"],
-     r"holds neither a layersens model \(layersens\.json\) nor an Orbax checkpoint"),
-    ("truncated checkpoint", ["extract", "--model", "{root}/truncated", "--layer", "relu1"],
-     r"(cannot restore the checkpoint|does not match the hash recorded)"),
+    (
+        "missing model",
+        ["extract", "--model", "{root}/nowhere", "--layer", "relu1"],
+        r"model directory .*nowhere does not exist",
+    ),
+    (
+        "empty model folder",
+        ["extract", "--model", "{root}/empty_model", "--layer", "relu1"],
+        r"holds neither a layersens model \(layersens\.json\) nor an Orbax checkpoint",
+    ),
+    (
+        "truncated checkpoint",
+        ["extract", "--model", "{root}/truncated", "--layer", "relu1"],
+        r"(cannot restore the checkpoint|does not match the hash recorded)",
+    ),
     ("malformed spec", ["extract", "--model", "{root}/bad_json", "--layer", "relu1"], r"is not valid JSON"),
-    ("unknown spec key", ["extract", "--model", "{root}/unknown_key", "--layer", "relu1"],
-     r"unknown field\(s\) \['colour'\]"),
-    ("module that does not import", ["extract", "--model", "{root}/no_import", "--layer", "relu1",
-                                     "--allow-import"], r"cannot import 'no_such_package\.models'"),
-    ("not a Flax module", ["extract", "--model", "{root}/not_flax", "--layer", "relu1", "--allow-import"],
-     r"names 'tests\.bad_models:NotFlax', which is not a Flax module class"),
-    ("user module without consent", ["extract", "--model", "{root}/not_flax", "--layer", "relu1"],
-     r"importing module 'tests\.bad_models' runs its code\. Pass --allow-import"),
-    ("NNX class under linen", ["extract", "--model", "{root}/nnx_as_linen", "--layer", "relu1", "--allow-import"],
-     r"the spec says framework 'linen', but tests\.bad_models:NnxNet builds a nnx module; set \"framework\": "
-     r"\"nnx\""),
-    ("constructor arguments that do not fit", ["extract", "--model", "{root}/wrong_kwargs", "--layer", "relu1"],
-     r"does not fit layersens\.examples\.lenet:LeNet .*fc1/kernel: checkpoint \(1568, 128\), module \(1568, 64\)"),
-    ("no upstream parameters", ["extract", "--model", "{root}/input_only", "--layer", "scaled", "--allow-import"],
-     r"no parameter reaches 'scaled': it is computed from the input alone.*wrt='input', --wrt input"),
-    ("budget too small", EXTRACT + ["--max-memory", "1KB"],
-     r"max_memory is 1000 B, but the narrowest chunk of .* Raise --max-memory"),
+    (
+        "unknown spec key",
+        ["extract", "--model", "{root}/unknown_key", "--layer", "relu1"],
+        r"unknown field\(s\) \['colour'\]",
+    ),
+    (
+        "module that does not import",
+        ["extract", "--model", "{root}/no_import", "--layer", "relu1", "--allow-import"],
+        r"cannot import 'no_such_package\.models'",
+    ),
+    (
+        "not a Flax module",
+        ["extract", "--model", "{root}/not_flax", "--layer", "relu1", "--allow-import"],
+        r"names 'tests\.bad_models:NotFlax', which is not a Flax module class",
+    ),
+    (
+        "user module without consent",
+        ["extract", "--model", "{root}/not_flax", "--layer", "relu1"],
+        r"importing module 'tests\.bad_models' runs its code\. Pass --allow-import",
+    ),
+    (
+        "NNX class under linen",
+        ["extract", "--model", "{root}/nnx_as_linen", "--layer", "relu1", "--allow-import"],
+        r"the spec says framework 'linen', but tests\.bad_models:NnxNet builds a nnx module; set \"framework\": "
+        r"\"nnx\"",
+    ),
+    (
+        "constructor arguments that do not fit",
+        ["extract", "--model", "{root}/wrong_kwargs", "--layer", "relu1"],
+        r"does not fit layersens\.examples\.lenet:LeNet .*fc1/kernel: checkpoint \(1568, 128\), module \(1568, 64\)",
+    ),
+    (
+        "no upstream parameters",
+        ["extract", "--model", "{root}/input_only", "--layer", "scaled", "--allow-import"],
+        r"no parameter reaches 'scaled': it is computed from the input alone.*wrt='input', --wrt input",
+    ),
+    (
+        "budget too small",
+        EXTRACT + ["--max-memory", "1KB"],
+        r"max_memory is 1000 B, but the narrowest chunk of .* Raise --max-memory",
+    ),
     ("budget in words", EXTRACT + ["--max-memory", "2gigs"], r"--max-memory is '2gigs'; write a size such as"),
     ("unknown device", EXTRACT + ["--device", "tpu"], r"device 'tpu' is not available"),
     ("existing output", EXTRACT + ["--out", "{root}/good.npz"], r"good\.npz already exists; pass --overwrite"),
@@ -151,31 +223,68 @@ TABLE = [
     ("unwritable output", EXTRACT + ["--out", "/proc/layersens.npz"], r"cannot be written"),
     ("output is a folder", EXTRACT + ["--out", "{root}"], r"is a directory; give a file name"),
     # a 41-line traceback, OSError: [Errno 36] File name too long (defect 2)
-    ("output name too long", EXTRACT + ["--out", "{root}/" + "x" * 300 + ".npz"],
-     r"--out: the file name is 304 bytes long and this file system allows at most \d+; choose a shorter name"),
+    (
+        "output name too long",
+        EXTRACT + ["--out", "{root}/" + "x" * 300 + ".npz"],
+        r"--out: the file name is 304 bytes long and this file system allows at most \d+; choose a shorter name",
+    ),
     # written, and then not readable by the name reported (defects 2 and 14)
-    ("control character as output name", EXTRACT + ["--out", "{root}/\r"],
-     r"--out '.*/\\r\.npz' contains control characters \('\\r'\); choose a printable file name"),
+    (
+        "control character as output name",
+        EXTRACT + ["--out", "{root}/\r"],
+        r"--out '.*/\\r\.npz' contains control characters \('\\r'\); choose a printable file name",
+    ),
     # a symbolic link at --out was replaced without --overwrite (defect 9)
-    ("dangling symlink as output", EXTRACT + ["--out", "{root}/dangling.npz"],
-     r"dangling\.npz \(a symbolic link to .*no_folder/target\.npz\) already exists; pass --overwrite"),
-    ("symlink loop as output", EXTRACT + ["--out", "{root}/loop.npz", "--overwrite"],
-     r"loop\.npz is a symbolic link that leads back to itself \(a loop\); remove it or give another name"),
-    ("bad readout", ["gradient", "--model", M, "--layer", "relu1", "--readout", "unit:99999"],
-     r"readout is 'unit:99999'; use 'sum', a unit of the activation \(28, 28, 20\)"),
+    (
+        "dangling symlink as output",
+        EXTRACT + ["--out", "{root}/dangling.npz"],
+        r"dangling\.npz \(a symbolic link to .*no_folder/target\.npz\) already exists; pass --overwrite",
+    ),
+    (
+        "symlink loop as output",
+        EXTRACT + ["--out", "{root}/loop.npz", "--overwrite"],
+        r"loop\.npz is a symbolic link that leads back to itself \(a loop\); remove it or give another name",
+    ),
+    (
+        "bad readout",
+        ["gradient", "--model", M, "--layer", "relu1", "--readout", "unit:99999"],
+        r"readout is 'unit:99999'; use 'sum', a unit of the activation \(28, 28, 20\)",
+    ),
     ("bad kwargs JSON", ["layers", "--model", M, "--kwargs", "{x"], r"--kwargs is '\{x', which is not JSON"),
-    ("bad input shape", ["layers", "--model", "{root}/empty_model", "--module", "tests.bad_models:InputOnly",
-                         "--input-shape", "3,-1", "--allow-import"], r"--input-shape is '3,-1'"),
+    (
+        "bad input shape",
+        [
+            "layers",
+            "--model",
+            "{root}/empty_model",
+            "--module",
+            "tests.bad_models:InputOnly",
+            "--input-shape",
+            "3,-1",
+            "--allow-import",
+        ],
+        r"--input-shape is '3,-1'",
+    ),
     ("summarize a truncated file", ["summarize", "{root}/truncated.npz"], r"is not a readable layersens result file"),
-    ("summarize a damaged file", ["summarize", "{root}/crc.npz"], r"(not a readable layersens result file|"
-                                                                  r"inconsistent metadata)"),
+    (
+        "summarize a damaged file",
+        ["summarize", "{root}/crc.npz"],
+        r"(not a readable layersens result file|"
+        r"inconsistent metadata)",
+    ),
     ("summarize inconsistent metadata", ["summarize", "{root}/inconsistent.npz"], r"has inconsistent metadata"),
     ("summarize an .npy", ["summarize", "{root}/two.npy"], r"is not a readable layersens result file"),
-    ("summarize a text file", ["summarize", "{root}/README.md"],
-     r"^(?!.*pickle).*README\.md is not a readable layersens result file: it is a text file, not an \.npz archive "
-     r"with layersens metadata\. Results are written by `layersens extract --out FILE\.npz`"),
-    ("summarize a device", ["summarize", "/dev/zero"],
-     r"^(?!.*pickle).*/dev/zero is not a readable layersens result file: it is a character device"),
+    (
+        "summarize a text file",
+        ["summarize", "{root}/README.md"],
+        r"^(?!.*pickle).*README\.md is not a readable layersens result file: it is a text file, not an \.npz archive "
+        r"with layersens metadata\. Results are written by `layersens extract --out FILE\.npz`",
+    ),
+    (
+        "summarize a device",
+        ["summarize", "/dev/zero"],
+        r"^(?!.*pickle).*/dev/zero is not a readable layersens result file: it is a character device",
+    ),
 ]
 
 
@@ -204,8 +313,9 @@ def test_bad_input_gets_one_line_and_nothing_written(place, tmp_path, case, args
 def test_warnings_are_one_line_each_and_the_run_goes_on(tmp_path):
     pixels = (np.random.default_rng(0).random((1, 28, 28, 1)) * 255).astype(np.uint8)
     np.save(tmp_path / "pixels.npy", pixels)
-    result = CliRunner().invoke(main, EXTRACT[:-2] + ["--inputs", str(tmp_path / "pixels.npy"), "--out",
-                                                      str(tmp_path / "r.npz")])
+    result = CliRunner().invoke(
+        main, EXTRACT[:-2] + ["--inputs", str(tmp_path / "pixels.npy"), "--out", str(tmp_path / "r.npz")]
+    )
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     assert any("are uint8 (values 0..2" in w and "without scaling" in w for w in warnings), result.stderr
@@ -225,8 +335,10 @@ def test_an_interrupt_leaves_nothing_behind(tmp_path, monkeypatch):
 def test_an_interrupted_write_and_a_killed_one_leave_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "r.npz"
     (tmp_path / ".r.npz.killed.partial").write_bytes(b"left by kill -9")  # what a killed run leaves
-    jac = layersens.jacobian(layersens.split(layersens.load_model(LENET_DIGITS), "fc2"),
-                             layersens.load_model(LENET_DIGITS).example_inputs[:1])
+    jac = layersens.jacobian(
+        layersens.split(layersens.load_model(LENET_DIGITS), "fc2"),
+        layersens.load_model(LENET_DIGITS).example_inputs[:1],
+    )
 
     def half_written(file, **arrays):
         file.write(b"half")
@@ -246,8 +358,10 @@ def test_outputs_follow_the_umask(tmp_path):
 
     old = os.umask(0o022)
     try:
-        jac = layersens.jacobian(layersens.split(layersens.load_model(LENET_DIGITS), "fc2"),
-                                 layersens.load_model(LENET_DIGITS).example_inputs[:1])
+        jac = layersens.jacobian(
+            layersens.split(layersens.load_model(LENET_DIGITS), "fc2"),
+            layersens.load_model(LENET_DIGITS).example_inputs[:1],
+        )
         path = jac.save(tmp_path / "r.npz")
         assert path.stat().st_mode & 0o777 == 0o644
     finally:

@@ -23,15 +23,23 @@ def tiny_dir(tmp_path_factory):
     module = Tiny()
     variables = module.init(jax.random.key(0), jnp.zeros((1, 4, 4, 1), jnp.float32))
     inputs = np.random.default_rng(0).normal(size=(3, 4, 4, 1)).astype(np.float32)
-    return layersens.save_model(tmp_path_factory.mktemp("models") / "tiny", module, variables, input_shape=(4, 4, 1),
-                                example_inputs=inputs)
+    return layersens.save_model(
+        tmp_path_factory.mktemp("models") / "tiny", module, variables, input_shape=(4, 4, 1), example_inputs=inputs
+    )
 
 
 @pytest.fixture(scope="module")
 def full_report(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return run_benchmark(tiny_dir, ["act", "hidden"], num_examples=2, out_dir=out, loop_sample=8, nojit_sample=4,
-                         **{**FAST, "repeats": 1}), out
+    return run_benchmark(
+        tiny_dir,
+        ["act", "hidden"],
+        num_examples=2,
+        out_dir=out,
+        loop_sample=8,
+        nojit_sample=4,
+        **{**FAST, "repeats": 1},
+    ), out
 
 
 def test_report_files_and_json_fields(full_report):
@@ -50,8 +58,17 @@ def test_report_files_and_json_fields(full_report):
     assert (case["num_outputs"], case["num_params"]) == (32, 20)
     assert case["jacobian_bytes"] == 2 * 32 * 20 * 4
     method = case["methods"][0]
-    for key in ("name", "status", "compile_seconds", "steady_seconds", "speedup_vs_loop", "speedup_vs_best_jax",
-                "write_fraction", "max_abs_error", "timing"):
+    for key in (
+        "name",
+        "status",
+        "compile_seconds",
+        "steady_seconds",
+        "speedup_vs_loop",
+        "speedup_vs_best_jax",
+        "write_fraction",
+        "max_abs_error",
+        "timing",
+    ):
         assert key in method
     markdown = (out / "report.md").read_text()
     assert "## act, 2 example(s)" in markdown and "plot.png" in markdown and case["summary"] in markdown
@@ -76,14 +93,24 @@ def test_every_method_verified_and_timed(full_report):
         compressed = case.method("layersens-compressed")
         assert 0 < compressed.result_bytes <= case.jacobian_bytes and compressed.bytes_per_second is None
         assert "layersens-compressed (compressed_jacobian" in case.summary
-        assert (not case.summary.startswith(f"For {case.layer}")
-                or "layersens-compressed was fastest" not in case.summary)
+        assert (
+            not case.summary.startswith(f"For {case.layer}") or "layersens-compressed was fastest" not in case.summary
+        )
     assert "layersens-compressed, which writes per-channel blocks" in report.overview
 
 
 def test_tiny_loop_budget_extrapolates_and_says_so(tiny_dir, tmp_path):
-    report = run_benchmark(tiny_dir, "act", num_examples=2, loop_budget_s=1e-9, loop_sample=5, nojit_sample=3,
-                           methods="loop-jit,loop-nojit,jacfwd", out_dir=tmp_path, **FAST)
+    report = run_benchmark(
+        tiny_dir,
+        "act",
+        num_examples=2,
+        loop_budget_s=1e-9,
+        loop_sample=5,
+        nojit_sample=3,
+        methods="loop-jit,loop-nojit,jacfwd",
+        out_dir=tmp_path,
+        **FAST,
+    )
     case = report.cases[0]
     for name, k in (("loop-jit", 5), ("loop-nojit", 3)):
         m = case.method(name)
@@ -121,8 +148,7 @@ def test_method_that_raises_is_failed(tiny_dir, monkeypatch):
 
 
 def test_run_limit_stops_a_slow_method_and_says_so(tiny_dir):
-    report = run_benchmark(tiny_dir, "act", num_examples=2, methods="jacrev,layersens-auto", run_limit_s=1e-6,
-                           **FAST)
+    report = run_benchmark(tiny_dir, "act", num_examples=2, methods="jacrev,layersens-auto", run_limit_s=1e-6, **FAST)
     for m in report.cases[0].methods:
         assert m.status == "skipped" and m.reason.startswith("too slow: compiling and one run"), m
         assert m.steady_seconds is None and m.runs_seconds == ()
@@ -133,11 +159,15 @@ def test_dense_method_too_big_for_memory_is_skipped_not_run(tiny_dir, monkeypatc
 
     monkeypatch.setattr(DenseMethod, "working_bytes", lambda self: 10**15)  # as jacfwd of a wide layer would be
     monkeypatch.setattr(DenseMethod, "full", lambda self: pytest.fail("a skipped method must not run"))
-    monkeypatch.setattr("layersens.bench._run._reference", lambda split, xs, budget: (
-        layersens.jacobian(split, xs, mode="fwd").matrix, "layersens fwd"))
+    monkeypatch.setattr(
+        "layersens.bench._run._reference",
+        lambda split, xs, budget: (layersens.jacobian(split, xs, mode="fwd").matrix, "layersens fwd"),
+    )
     workers = []
-    monkeypatch.setattr("layersens.bench._run.measure_peak_memory",
-                        lambda model_dir, layer, n, name, **kw: workers.append(name) or PeakMemory(1, 2))
+    monkeypatch.setattr(
+        "layersens.bench._run.measure_peak_memory",
+        lambda model_dir, layer, n, name, **kw: workers.append(name) or PeakMemory(1, 2),
+    )
     report = run_benchmark(tiny_dir, "act", methods="jacfwd,layersens-rev", **{**FAST, "measure_memory": True})
     jacfwd, ours = report.cases[0].methods
     assert jacfwd.status == "skipped" and "its compiled program needs" in jacfwd.reason and jacfwd.memory is None
@@ -146,8 +176,9 @@ def test_dense_method_too_big_for_memory_is_skipped_not_run(tiny_dir, monkeypatc
 
 
 def test_peak_memory_from_own_process(tiny_dir):
-    report = run_benchmark(tiny_dir, "act", methods=["loop-jit", "jacfwd", "layersens-auto@1MiB"],
-                           **{**FAST, "measure_memory": True})
+    report = run_benchmark(
+        tiny_dir, "act", methods=["loop-jit", "jacfwd", "layersens-auto@1MiB"], **{**FAST, "measure_memory": True}
+    )
     for m in report.cases[0].methods:
         assert m.memory is not None and m.memory.error is None, m.memory
         assert m.memory.peak_bytes >= m.memory.baseline_bytes > 10 * 2**20  # Python + JAX are already resident
@@ -155,16 +186,20 @@ def test_peak_memory_from_own_process(tiny_dir):
     budgeted = report.cases[0].method("layersens-auto@1MiB").memory
     assert budgeted.steady_added_bytes is not None  # a second call, measured after resetting the high-water mark
     assert "layersens-auto@1MiB added" in report.cases[0].summary and "1.0 MiB working-memory budget" in (
-        report.cases[0].summary)
+        report.cases[0].summary
+    )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(layer="nope"), "unknown layer 'nope'"),
-    (dict(layer="act", methods="jacrev,fastest"), "unknown ['fastest']"),
-    (dict(layer="act", methods="layersens-auto@lots"), "unknown ['layersens-auto@lots']"),
-    (dict(layer="act", num_examples=9), "ships 3 example inputs"),
-    (dict(layer="act", repeats=0), "must be positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(layer="nope"), "unknown layer 'nope'"),
+        (dict(layer="act", methods="jacrev,fastest"), "unknown ['fastest']"),
+        (dict(layer="act", methods="layersens-auto@lots"), "unknown ['layersens-auto@lots']"),
+        (dict(layer="act", num_examples=9), "ships 3 example inputs"),
+        (dict(layer="act", repeats=0), "must be positive"),
+    ],
+)
 def test_bad_input_is_a_layersens_error(tiny_dir, kwargs, message):
     layer = kwargs.pop("layer")
     with pytest.raises(layersens.LayersensError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -181,17 +216,35 @@ def _cli():
 
 def test_cli_bench_writes_report(tiny_dir, tmp_path):
     out = tmp_path / "bench"
-    result = CliRunner().invoke(_cli(), [
-        "bench", "--layer", "act", "--model", str(tiny_dir), "--num-examples", "2", "--repeats", "1",
-        "--out", str(out), "--methods", "jacrev,layersens-auto", "--no-memory", "--allow-import"])
+    result = CliRunner().invoke(
+        _cli(),
+        [
+            "bench",
+            "--layer",
+            "act",
+            "--model",
+            str(tiny_dir),
+            "--num-examples",
+            "2",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            "--methods",
+            "jacrev,layersens-auto",
+            "--no-memory",
+            "--allow-import",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "layersens-auto" in result.stdout and f"wrote       {out / 'report.json'}" in result.stdout
     assert json.loads((out / "report.json").read_text())["cases"][0]["num_examples"] == 2
 
 
 def test_cli_bench_unknown_layer_is_one_error_line(tiny_dir, tmp_path):
-    result = CliRunner().invoke(_cli(), [
-        "bench", "--layer", "nope", "--model", str(tiny_dir), "--out", str(tmp_path / "x"), "--allow-import"])
+    result = CliRunner().invoke(
+        _cli(), ["bench", "--layer", "nope", "--model", str(tiny_dir), "--out", str(tmp_path / "x"), "--allow-import"]
+    )
     assert result.exit_code == 1
     assert result.stderr.startswith("error: unknown layer 'nope'")
     assert len(result.stderr.strip().splitlines()) == 1
@@ -208,20 +261,35 @@ def test_cli_bench_checks_its_output_directory_before_any_work(tiny_dir, tmp_pat
 
     monkeypatch.setattr(run_module, "environment", no_work)
     monkeypatch.setattr(layersens, "load_model", no_work)
-    args = ["bench", "--layer", "act", "--model", str(tiny_dir), "--methods", "jacrev", "--no-memory",
-            "--allow-import", "--repeats", "1"]
+    args = [
+        "bench",
+        "--layer",
+        "act",
+        "--model",
+        str(tiny_dir),
+        "--methods",
+        "jacrev",
+        "--no-memory",
+        "--allow-import",
+        "--repeats",
+        "1",
+    ]
     (tmp_path / "a_file").write_text("not a directory")
     result = CliRunner().invoke(_cli(), args + ["--out", str(tmp_path / "a_file")])
     assert result.exit_code == 1, result.output
-    assert result.stderr == f"error: --out {tmp_path / 'a_file'} is a file, not a directory; give a directory for " \
-                            "report.md, report.json, plot.png.\n"
+    assert (
+        result.stderr == f"error: --out {tmp_path / 'a_file'} is a file, not a directory; give a directory for "
+        "report.md, report.json, plot.png.\n"
+    )
     report = tmp_path / "report"
     report.mkdir()
     (report / "report.json").write_text("{}")
     result = CliRunner().invoke(_cli(), args + ["--out", str(report)])
     assert result.exit_code == 1, result.output
-    assert result.stderr == (f"error: --out {report} already holds a benchmark report (report.json); pass --overwrite "
-                             "(overwrite=True) to replace it, or choose another directory.\n")
+    assert result.stderr == (
+        f"error: --out {report} already holds a benchmark report (report.json); pass --overwrite "
+        "(overwrite=True) to replace it, or choose another directory.\n"
+    )
     assert (report / "report.json").read_text() == "{}"
     with pytest.raises(layersens.OutputError, match="already holds a benchmark report"):
         run_benchmark(tiny_dir, "act", out_dir=report, **FAST)
@@ -231,9 +299,25 @@ def test_cli_bench_overwrite_replaces_a_report(tiny_dir, tmp_path):
     out = tmp_path / "bench"
     out.mkdir()
     (out / "report.md").write_text("an older report")
-    result = CliRunner().invoke(_cli(), [
-        "bench", "--layer", "act", "--model", str(tiny_dir), "--repeats", "1", "--out", str(out), "--overwrite",
-        "--methods", "jacrev", "--no-memory", "--allow-import"])
+    result = CliRunner().invoke(
+        _cli(),
+        [
+            "bench",
+            "--layer",
+            "act",
+            "--model",
+            str(tiny_dir),
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+            "--overwrite",
+            "--methods",
+            "jacrev",
+            "--no-memory",
+            "--allow-import",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert (out / "report.md").read_text().startswith("# layersens benchmark")
 
@@ -243,16 +327,43 @@ def _synthetic_report(layers, counts):
     from layersens.bench import BenchmarkReport, CaseResult, MethodResult, Settings
 
     methods = available_methods()
-    settings = Settings(repeats=1, loop_budget_s=1.0, loop_sample=8, nojit_sample=4, seed=0, rtol=1e-4, atol=1e-4,
-                        methods=methods)
+    settings = Settings(
+        repeats=1, loop_budget_s=1.0, loop_sample=8, nojit_sample=4, seed=0, rtol=1e-4, atol=1e-4, methods=methods
+    )
     cases = tuple(
-        CaseResult(layer=layer, num_examples=n, num_outputs=32, num_params=20, num_leaves=2, jacobian_bytes=2560,
-                   reference="jacfwd", methods=tuple(
-                       MethodResult(name, "ok", steady_seconds=1e-3 * (k + 1), speedup_vs_loop=1.0 / (k + 1),
-                                    extrapolated=name == "loop-nojit") for k, name in enumerate(methods)))
-        for layer in layers for n in counts)
-    return BenchmarkReport(model_dir="tiny", model_name="Tiny", framework="linen", eval_mode="evaluation mode",
-                           created="", settings=settings, environment=None, bandwidth=None, cases=cases)
+        CaseResult(
+            layer=layer,
+            num_examples=n,
+            num_outputs=32,
+            num_params=20,
+            num_leaves=2,
+            jacobian_bytes=2560,
+            reference="jacfwd",
+            methods=tuple(
+                MethodResult(
+                    name,
+                    "ok",
+                    steady_seconds=1e-3 * (k + 1),
+                    speedup_vs_loop=1.0 / (k + 1),
+                    extrapolated=name == "loop-nojit",
+                )
+                for k, name in enumerate(methods)
+            ),
+        )
+        for layer in layers
+        for n in counts
+    )
+    return BenchmarkReport(
+        model_dir="tiny",
+        model_name="Tiny",
+        framework="linen",
+        eval_mode="evaluation mode",
+        created="",
+        settings=settings,
+        environment=None,
+        bandwidth=None,
+        cases=cases,
+    )
 
 
 @pytest.mark.parametrize("layers, counts", [(["act"], [2]), (["act", "hidden"], [1, 2])], ids=["single", "multi"])
@@ -271,5 +382,8 @@ def test_plot_shows_every_legend_label_whole(layers, counts):
     for text in texts + [fig._suptitle]:
         box = text.get_window_extent(renderer)
         assert canvas.x0 <= box.x0 and box.x1 <= canvas.x1 and canvas.y0 <= box.y0 and box.y1 <= canvas.y1, (
-            text.get_text(), box, canvas)
+            text.get_text(),
+            box,
+            canvas,
+        )
     assert report_plot(report)[:8] == b"\x89PNG\r\n\x1a\n"

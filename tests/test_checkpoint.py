@@ -19,8 +19,15 @@ def tiny_linen_dir(tmp_path_factory):
     variables = random_linen_variables(module, (6, 6, 1))
     path = tmp_path_factory.mktemp("models") / "tiny_linen"
     x = np.random.default_rng(0).normal(size=(5, 6, 6, 1)).astype(np.float32)
-    layersens.save_model(path, module, variables, input_shape=(6, 6, 1), call_kwargs={"train": False},
-                         example_inputs=x, description="tiny")
+    layersens.save_model(
+        path,
+        module,
+        variables,
+        input_shape=(6, 6, 1),
+        call_kwargs={"train": False},
+        example_inputs=x,
+        description="tiny",
+    )
     return path, module, variables, x
 
 
@@ -28,10 +35,23 @@ def test_linen_round_trip_gives_the_same_jacobian(tiny_linen_dir):
     path, module, variables, x = tiny_linen_dir
     spec = json.loads((path / "layersens.json").read_text())
     assert spec["module"] == "tests.tiny_models:TinyCNN" and spec["kwargs"] == {}  # features=3 is the default
-    assert set(spec["leaf_hashes"]) == {f"{c}/{k}" for c, k in [("params", "conv/kernel"), ("params", "conv/bias"),
-        ("params", "bn/scale"), ("params", "bn/bias"), ("params", "res/kernel"), ("params", "res/bias"),
-        ("params", "side/kernel"), ("params", "side/bias"), ("params", "head/kernel"), ("params", "head/bias"),
-        ("batch_stats", "bn/mean"), ("batch_stats", "bn/var")]}
+    assert set(spec["leaf_hashes"]) == {
+        f"{c}/{k}"
+        for c, k in [
+            ("params", "conv/kernel"),
+            ("params", "conv/bias"),
+            ("params", "bn/scale"),
+            ("params", "bn/bias"),
+            ("params", "res/kernel"),
+            ("params", "res/bias"),
+            ("params", "side/kernel"),
+            ("params", "side/bias"),
+            ("params", "head/kernel"),
+            ("params", "head/bias"),
+            ("batch_stats", "bn/mean"),
+            ("batch_stats", "bn/var"),
+        ]
+    }
     assert spec["call_kwargs"] == {"train": False} and spec["framework"] == "linen"
     loaded = layersens.load_model(path, allow_import=True)
     direct = layersens.from_linen(module, variables, (6, 6, 1), call_kwargs={"train": False})
@@ -105,7 +125,9 @@ def test_checkpoint_that_does_not_fit_the_spec_says_which_leaves(tiny_linen_dir,
     spec = json.loads((copy / "layersens.json").read_text())
     spec["kwargs"] = {"features": 5}
     (copy / "layersens.json").write_text(json.dumps(spec))
-    with pytest.raises(layersens.CheckpointError, match=r"conv/kernel: checkpoint \(3, 3, 1, 3\), module \(3, 3, 1, 5\)"):
+    with pytest.raises(
+        layersens.CheckpointError, match=r"conv/kernel: checkpoint \(3, 3, 1, 3\), module \(3, 3, 1, 5\)"
+    ):
         layersens.load_model(copy, allow_import=True)
 
 
@@ -162,14 +184,22 @@ def test_a_damaged_checkpoint_prints_only_the_error_line(damage, tmp_path):
     import sys
 
     target = _damaged_copy(tmp_path, damage)
-    done = subprocess.run([sys.executable, "-m", "layersens", "layers", "--model", str(target)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "layersens", "layers", "--model", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        check=False,
+    )
     assert done.returncode == 1 and done.stdout == "", done.stdout
     lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"error: cannot restore the checkpoint in {target / 'state'} ("), \
+    assert len(lines) == 1 and lines[0].startswith(f"error: cannot restore the checkpoint in {target / 'state'} ("), (
         done.stderr
-    assert "tensorstore_spec" not in lines[0] and lines[0].endswith("Is it an Orbax StandardCheckpointer "
-                                                                      "checkpoint, completely written?")
+    )
+    assert "tensorstore_spec" not in lines[0] and lines[0].endswith(
+        "Is it an Orbax StandardCheckpointer checkpoint, completely written?"
+    )
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -203,6 +233,7 @@ def test_a_model_directory_with_an_unusual_name_loads_and_saves(name, tmp_path, 
     directory failed to load (a traceback; a cryptic pybind11 cast error), and saving into one wrote the arrays
     into another folder (defect 4)."""
     from click.testing import CliRunner
+
     from layersens_cli.main import main
 
     copy = tmp_path / name
@@ -225,6 +256,5 @@ def test_a_model_directory_with_an_unusual_name_loads_and_saves(name, tmp_path, 
     assert set(got) == set(want)
     for leaf in want:
         np.testing.assert_array_equal(np.asarray(got[leaf]), np.asarray(want[leaf]), err_msg=leaf)
-    layersens.save_model(saved, module, variables, input_shape=(6, 6, 1), call_kwargs={"train": False},
-                         overwrite=True)
+    layersens.save_model(saved, module, variables, input_shape=(6, 6, 1), call_kwargs={"train": False}, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [name]

@@ -44,8 +44,15 @@ def test_extract_relu1_equals_jacrev_of_the_flat_function(tmp_path, model_dir):
     out = tmp_path / "relu1.npz"
     result = run("extract", "--layer", "relu1", "--model", model_dir, "--num-examples", 1, "--out", out)
     assert result.exit_code == 0, result.output
-    for expected in ("relu1: (28, 28, 20) per example = 15,680 outputs", "240 parameters in 4 leaves",
-                     "(1, 15680, 240) float32", "fwd-colour (asked: auto)", "cpu:0", "evaluation mode", str(out)):
+    for expected in (
+        "relu1: (28, 28, 20) per example = 15,680 outputs",
+        "240 parameters in 4 leaves",
+        "(1, 15680, 240) float32",
+        "fwd-colour (asked: auto)",
+        "cpu:0",
+        "evaluation mode",
+        str(out),
+    ):
         assert expected in result.output
     jac = layersens.load_jacobian(out)
     model = layersens.load_model(model_dir)
@@ -55,8 +62,11 @@ def test_extract_relu1_equals_jacrev_of_the_flat_function(tmp_path, model_dir):
 
     def flat_fn(theta):
         leaves = jnp.split(theta, sizes)
-        return jnp.ravel(split.apply({k: v.reshape(np.shape(split.params[k])) for k, v in zip(names, leaves)},
-                                     model.example_inputs[0]))
+        return jnp.ravel(
+            split.apply(
+                {k: v.reshape(np.shape(split.params[k])) for k, v in zip(names, leaves)}, model.example_inputs[0]
+            )
+        )
 
     theta = jnp.concatenate([jnp.ravel(split.params[k]) for k in names])
     np.testing.assert_allclose(jac.matrix[0], jax.jit(jax.jacrev(flat_fn))(theta), **TOL[np.float32])
@@ -65,8 +75,18 @@ def test_extract_relu1_equals_jacrev_of_the_flat_function(tmp_path, model_dir):
 def test_extract_default_output_name_and_user_inputs(tmp_path):
     x = layersens.load_model(LENET_DIGITS).example_inputs[3:5]
     np.save(tmp_path / "x.npy", x)
-    result = run("extract", "--layer", "fc1", "--model", LENET_DIGITS, "--inputs", tmp_path / "x.npy",
-                 "--mode", "rev", cwd=tmp_path)
+    result = run(
+        "extract",
+        "--layer",
+        "fc1",
+        "--model",
+        LENET_DIGITS,
+        "--inputs",
+        tmp_path / "x.npy",
+        "--mode",
+        "rev",
+        cwd=tmp_path,
+    )
     assert result.exit_code == 0, result.output
     jac = layersens.load_jacobian(tmp_path / "fc1.npz")
     assert jac.matrix.shape == (2, 128, 206928) and jac.mode == "rev"
@@ -77,11 +97,15 @@ def test_extract_default_output_name_and_user_inputs(tmp_path):
     "args, message",
     [
         (["--layer", "relu_1"], "error: unknown layer 'relu_1'. Did you mean 'relu1'? Available layers: conv1, bn1,"),
-        (["--layer", "relu1", "--inputs", "x.npy"],
-         "error: inputs x.npy have shape (2, 28, 28); the model expects (examples,) + (28, 28, 1)"),
+        (
+            ["--layer", "relu1", "--inputs", "x.npy"],
+            "error: inputs x.npy have shape (2, 28, 28); the model expects (examples,) + (28, 28, 1)",
+        ),
         (["--layer", "relu1", "--inputs", "missing.npy"], "error: inputs file missing.npy does not exist."),
-        (["--layer", "relu1", "--num-examples", "99"],
-         "--num-examples is 99; the model's own example inputs (pass --inputs FILE.npy for others) hold 16"),
+        (
+            ["--layer", "relu1", "--num-examples", "99"],
+            "--num-examples is 99; the model's own example inputs (pass --inputs FILE.npy for others) hold 16",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_exit_1_and_writes_nothing(tmp_path, args, message):
@@ -113,28 +137,67 @@ def test_python_dash_m_runs_without_x64(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("JAX_ENABLE_X64", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "layersens", "extract", "--layer", "relu1", "--model", str(LENET_DIGITS),
-         "--num-examples", "2", "--out", str(tmp_path / "r.npz")],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "layersens",
+            "extract",
+            "--layer",
+            "relu1",
+            "--model",
+            str(LENET_DIGITS),
+            "--num-examples",
+            "2",
+            "--out",
+            str(tmp_path / "r.npz"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "(2, 15680, 240) float32" in proc.stdout
     assert layersens.load_jacobian(tmp_path / "r.npz").matrix.dtype == np.float32
 
 
-@pytest.mark.parametrize("args, message", [
-    (["extract", "--model", LENET_DIGITS], "error: Missing option '--layer'. (see `layersens extract --help`)"),
-    (["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--bogus"], "error: No such option '--bogus'."),
-    (["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--num-examples", "abc"], "'abc' is not a valid integer"),
-    (["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--mode", "fastest"], "'fastest' is not one of 'auto'"),
-    (["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--max-memory", "lots"],
-     "error: --max-memory is 'lots'; write a size such as '512MB'"),
-    (["layers", "--model", LENET_DIGITS, "--kwargs", "{x"], "error: --kwargs is '{x', which is not JSON"),
-    (["layers", "--model", LENET_DIGITS, "--input-shape", "3,-1"], "error: --input-shape is '3,-1'; write the shape"),
-    (["bench", "--model", LENET_DIGITS], "error: Missing option '--layer'. (see `layersens bench --help`)"),
-    (["nonsense"], "error: No such command 'nonsense'."),
-], ids=["missing-option", "unknown-option", "not-an-int", "not-a-choice", "size", "json", "shape", "bench-missing",
-        "command"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["extract", "--model", LENET_DIGITS], "error: Missing option '--layer'. (see `layersens extract --help`)"),
+        (["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--bogus"], "error: No such option '--bogus'."),
+        (
+            ["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--num-examples", "abc"],
+            "'abc' is not a valid integer",
+        ),
+        (
+            ["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--mode", "fastest"],
+            "'fastest' is not one of 'auto'",
+        ),
+        (
+            ["extract", "--model", LENET_DIGITS, "--layer", "relu1", "--max-memory", "lots"],
+            "error: --max-memory is 'lots'; write a size such as '512MB'",
+        ),
+        (["layers", "--model", LENET_DIGITS, "--kwargs", "{x"], "error: --kwargs is '{x', which is not JSON"),
+        (
+            ["layers", "--model", LENET_DIGITS, "--input-shape", "3,-1"],
+            "error: --input-shape is '3,-1'; write the shape",
+        ),
+        (["bench", "--model", LENET_DIGITS], "error: Missing option '--layer'. (see `layersens bench --help`)"),
+        (["nonsense"], "error: No such command 'nonsense'."),
+    ],
+    ids=[
+        "missing-option",
+        "unknown-option",
+        "not-an-int",
+        "not-a-choice",
+        "size",
+        "json",
+        "shape",
+        "bench-missing",
+        "command",
+    ],
+)
 def test_usage_errors_exit_2_with_one_line(tmp_path, args, message):
     """A command line that does not parse exits with 2 (click's and argparse's convention), a failed run with 1."""
     result = CliRunner().invoke(main, [str(a) for a in args], prog_name="layersens")
@@ -175,8 +238,17 @@ def test_products_error_names_the_shape_given():
 
 def test_cli_products_reports_the_tangents_shape_given(tmp_path):
     np.save(tmp_path / "t.npy", np.zeros((4, 28, 28, 1), np.float32))
-    result = run("products", "--layer", "relu1", "--model", LENET_DIGITS, "--tangents", tmp_path / "t.npy",
-                 "--out", tmp_path / "p.npz")
+    result = run(
+        "products",
+        "--layer",
+        "relu1",
+        "--model",
+        LENET_DIGITS,
+        "--tangents",
+        tmp_path / "t.npy",
+        "--out",
+        tmp_path / "p.npz",
+    )
     assert result.exit_code == 1
     assert "error: vectors have shape (4, 28, 28, 1); expected (240, k) or (4, 240, k)." in result.stderr
     assert not (tmp_path / "p.npz").exists()

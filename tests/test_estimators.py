@@ -35,8 +35,9 @@ class Mixer(nn.Module):
 @pytest.fixture(scope="module")
 def tiny():
     module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": False})
+    model = layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
     split = layersens.split(model, "act")
     return split, layersens.linearize(split, X[:1]), layersens.jacobian(split, X[:1]).matrix.astype(np.float64)
 
@@ -52,8 +53,9 @@ def mixer():
 
 def truth(matrix, quantity):
     sq = np.square(matrix)
-    return {"frobenius_sq": sq.sum(axis=(1, 2)), "parameter_diagonal": sq.sum(axis=1),
-            "unit_diagonal": sq.sum(axis=2)}[quantity]
+    return {"frobenius_sq": sq.sum(axis=(1, 2)), "parameter_diagonal": sq.sum(axis=1), "unit_diagonal": sq.sum(axis=2)}[
+        quantity
+    ]
 
 
 ESTIMATORS = {
@@ -104,9 +106,11 @@ def test_the_switch_rule():
 def test_exact_when_that_is_cheapest_from_the_start(tiny):
     split, op, matrix = tiny
     assert exact_passes(op) <= PILOT  # colouring: a few passes for conv+bn, fewer than the pilot's probes
-    for quantity, f in [("frobenius_sq", layersens.estimate_frobenius),
-                        ("parameter_diagonal", layersens.estimate_parameter_diagonal),
-                        ("unit_diagonal", layersens.estimate_unit_diagonal)]:
+    for quantity, f in [
+        ("frobenius_sq", layersens.estimate_frobenius),
+        ("parameter_diagonal", layersens.estimate_parameter_diagonal),
+        ("unit_diagonal", layersens.estimate_unit_diagonal),
+    ]:
         est = f(split, X)
         assert est.exact.all() and est.method == "exact" and np.all(est.samples == 0) and np.all(est.stderr == 0)
         exact = truth(layersens.jacobian(split, X).matrix.astype(np.float64), quantity)

@@ -2,7 +2,6 @@
 loaded through the command line, listed, and extracted, each Jacobian against jax.jacrev of the model's own
 apply (linen) or call (NNX)."""
 
-
 import jax
 import numpy as np
 import pytest
@@ -61,16 +60,19 @@ def _attention_weights(captured, block):
 # Values between modules, written by hand from the module outputs the framework captures itself.
 DERIVED = {
     "relu_0": lambda c: jax.nn.relu(c["Conv_0"][0]),
-    "decoderblock_0/MultiHeadDotProductAttention_0/softmax_0":
-        lambda c: _attention_weights(c, "decoderblock_0/MultiHeadDotProductAttention_0"),
+    "decoderblock_0/MultiHeadDotProductAttention_0/softmax_0": lambda c: _attention_weights(
+        c, "decoderblock_0/MultiHeadDotProductAttention_0"
+    ),
 }
 
 LINEN = {
     # example -> (layers to extract, names that `layers` must list)
     "mnist_cnn": (("Conv_0", "relu_0"), ("Conv_0", "relu_0", "relu_1", "Conv_1", "Dense_1", "output")),
     "resnet": (("bn_init", "ResNetBlock_1/norm_proj"), ("conv_init", "ResNetBlock_0", "Dense_0")),
-    "decoder_lm": (("decoderblock_0/MultiHeadDotProductAttention_0/softmax_0", "decoderblock_0/MlpBlock_0"),
-                   ("embed", "decoderblock_0/MultiHeadDotProductAttention_0", "logitdense")),
+    "decoder_lm": (
+        ("decoderblock_0/MultiHeadDotProductAttention_0/softmax_0", "decoderblock_0/MlpBlock_0"),
+        ("embed", "decoderblock_0/MultiHeadDotProductAttention_0", "logitdense"),
+    ),
 }
 
 
@@ -78,9 +80,15 @@ LINEN = {
 def test_linen_example_saved_as_built_then_listed_and_extracted_by_the_cli(name, tmp_path):
     example, module, variables = _linen_case(name)
     x = _inputs(example)
-    directory = layersens.save_model(tmp_path / name, module, variables, input_shape=example.input_shape,
-                                     input_dtype=example.input_dtype, call_kwargs=example.call_kwargs,
-                                     example_inputs=x)
+    directory = layersens.save_model(
+        tmp_path / name,
+        module,
+        variables,
+        input_shape=example.input_shape,
+        input_dtype=example.input_dtype,
+        call_kwargs=example.call_kwargs,
+        example_inputs=x,
+    )
     listed = cli("layers", "--model", directory, "--allow-import")
     assert "importing tests.flax_examples" not in listed  # announced on stderr, apart from the table
     extract_layers, listed_names = LINEN[name]
@@ -106,8 +114,11 @@ def test_linen_example_saved_as_built_then_listed_and_extracted_by_the_cli(name,
 
 NNX = {
     "nnx_mnist_cnn": (dict(), ("conv1", "linear1"), ("conv1", "batch_norm1", "linear2", "output")),
-    "nnx_vae": (dict(factory=fx.make_nnx_vae, kwargs={"seed": 0}), ("encoder/linear_mean", "output"),
-                ("encoder/linear1", "decoder", "output")),
+    "nnx_vae": (
+        dict(factory=fx.make_nnx_vae, kwargs={"seed": 0}),
+        ("encoder/linear_mean", "output"),
+        ("encoder/linear1", "decoder", "output"),
+    ),
     "nnx_scan_mlp": (dict(kwargs={"dim": fx.SCAN_DIM, "n_layers": fx.SCAN_LAYERS}), ("output",), ("output",)),
 }
 
@@ -119,16 +130,23 @@ def test_nnx_example_saved_as_built_then_listed_and_extracted_by_the_cli(name, t
     x = _inputs(example)
     model(x[:1]) if name != "nnx_mnist_cnn" else None  # a forward call first, as the examples do (sows kl_loss)
     save_options, extract_layers, listed_names = NNX[name]
-    directory = layersens.save_model(tmp_path / name, model, input_shape=example.input_shape,
-                                     input_dtype=example.input_dtype, example_inputs=x, **save_options)
+    directory = layersens.save_model(
+        tmp_path / name,
+        model,
+        input_shape=example.input_shape,
+        input_dtype=example.input_dtype,
+        example_inputs=x,
+        **save_options,
+    )
     listed = cli("layers", "--model", directory, "--allow-import")
     for layer in listed_names:
         assert layer in listed, layer
     loaded = layersens.load_model(directory, allow_import=True)
     for layer in extract_layers:
         out = tmp_path / f"{layer.replace('/', '_')}.npz"
-        printed = cli("extract", "--layer", layer, "--model", directory, "--allow-import", "--num-examples", 2,
-                      "--out", out)
+        printed = cli(
+            "extract", "--layer", layer, "--model", directory, "--allow-import", "--num-examples", 2, "--out", out
+        )
         if name == "nnx_vae":  # the noise is drawn after the encoder's linear layers, before the output
             assert ("draws random numbers" in printed and "reproducible" in printed) == (layer == "output")
         jac = layersens.load_jacobian(out)
@@ -142,8 +160,12 @@ def test_nnx_example_saved_as_built_then_listed_and_extracted_by_the_cli(name, t
     # the loaded model is the saved one: same parameters, and the same noise for the VAE
     np.testing.assert_array_equal(
         np.asarray(layersens.split(loaded, "output").apply(layersens.split(loaded, "output").params, x[0])),
-        np.asarray(layersens.split(layersens.from_nnx(model, example.input_shape), "output").apply(
-            layersens.split(layersens.from_nnx(model, example.input_shape), "output").params, x[0])))
+        np.asarray(
+            layersens.split(layersens.from_nnx(model, example.input_shape), "output").apply(
+                layersens.split(layersens.from_nnx(model, example.input_shape), "output").params, x[0]
+            )
+        ),
+    )
 
 
 def test_reference_jacobian_is_the_models_own_apply_for_linen():
@@ -158,8 +180,10 @@ def test_reference_jacobian_is_the_models_own_apply_for_linen():
 
 def test_boxed_parameters_straight_from_init_work_everywhere(tmp_path):
     example, module, variables = _linen_case("decoder_lm")
-    assert any("LogicallyPartitioned" in type(v).__name__ for v in
-               jax.tree.leaves(variables, is_leaf=lambda v: hasattr(v, "names")))
+    assert any(
+        "LogicallyPartitioned" in type(v).__name__
+        for v in jax.tree.leaves(variables, is_leaf=lambda v: hasattr(v, "names"))
+    )
     model = layersens.from_linen(module, variables, example.input_shape, example.input_dtype)
     jac = layersens.jacobian(layersens.split(model, "decoderblock_0/MlpBlock_0"), _inputs(example, 1))
     assert jac.matrix.dtype == np.float32 and np.isfinite(jac.matrix).all()
@@ -167,14 +191,18 @@ def test_boxed_parameters_straight_from_init_work_everywhere(tmp_path):
 
 def test_resnet_with_block_class_and_config_transformer_are_recorded_by_import_path(tmp_path):
     _, resnet, variables = _linen_case("resnet")
-    spec = layersens.read_model_spec(layersens.save_model(
-        tmp_path / "resnet", resnet, variables, input_shape=fx.RESNET_INPUT_SHAPE, call_kwargs={"train": False}))
+    spec = layersens.read_model_spec(
+        layersens.save_model(
+            tmp_path / "resnet", resnet, variables, input_shape=fx.RESNET_INPUT_SHAPE, call_kwargs={"train": False}
+        )
+    )
     assert spec.module == "tests.flax_examples:ResNet"
     assert spec.kwargs["block_cls"] == {"__class__": "tests.flax_examples:ResNetBlock"}
     assert spec.kwargs["stage_sizes"] == {"__tuple__": [1, 1]}
     _, lm, variables = _linen_case("decoder_lm")
-    spec = layersens.read_model_spec(layersens.save_model(
-        tmp_path / "lm", lm, variables, input_shape=fx.LM_INPUT_SHAPE, input_dtype="int32"))
+    spec = layersens.read_model_spec(
+        layersens.save_model(tmp_path / "lm", lm, variables, input_shape=fx.LM_INPUT_SHAPE, input_dtype="int32")
+    )
     assert spec.kwargs["config"]["__dataclass__"] == "tests.flax_examples:TransformerConfig"
     assert spec.kwargs["config"]["fields"] == {"deterministic": True}
 
@@ -188,8 +216,11 @@ def test_a_notebook_class_says_what_could_not_be_recorded(tmp_path):
             return nn.Dense(2)(x)
 
     variables = Local().init(jax.random.key(0), np.ones((1, 3), np.float32))
-    with pytest.raises(layersens.SpecError, match=r"cannot record module class Local: .*defined in a script, "
-                       r"notebook or function.*move it to a module file"):
+    with pytest.raises(
+        layersens.SpecError,
+        match=r"cannot record module class Local: .*defined in a script, "
+        r"notebook or function.*move it to a module file",
+    ):
         layersens.save_model(tmp_path / "m", Local(), variables, input_shape=(3,))
     assert not (tmp_path / "m").exists()
     model = layersens.from_linen(Local(), variables, (3,))  # in memory it works
@@ -199,8 +230,11 @@ def test_a_notebook_class_says_what_could_not_be_recorded(tmp_path):
 def test_dtype_float64_on_a_float32_module_warns_naming_the_module():
     _, module, variables = _linen_case("resnet")
     model = layersens.from_linen(module, variables, fx.RESNET_INPUT_SHAPE, call_kwargs={"train": False})
-    with pytest.warns(layersens.PrecisionWarning, match=r"float64 was asked for, but 'conv_init' computes in "
-                      r"float32"):
+    with pytest.warns(
+        layersens.PrecisionWarning,
+        match=r"float64 was asked for, but 'conv_init' computes in "
+        r"float32",
+    ):
         split = layersens.split(model, "bn_init", dtype="float64")
     assert any("conv_init" in note for note in split.notes)
     jac = layersens.jacobian(split, np.ones((1,) + fx.RESNET_INPUT_SHAPE))
@@ -209,8 +243,9 @@ def test_dtype_float64_on_a_float32_module_warns_naming_the_module():
 
 def test_train_mode_batchnorm_without_its_statistics_says_which_collection(tmp_path):
     _, module, variables = _linen_case("resnet")
-    model = layersens.from_linen(module, {"params": variables["params"]}, fx.RESNET_INPUT_SHAPE,
-                                 call_kwargs={"train": False})
+    model = layersens.from_linen(
+        module, {"params": variables["params"]}, fx.RESNET_INPUT_SHAPE, call_kwargs={"train": False}
+    )
     with pytest.raises(layersens.TrainModeError, match=r"reads a variable its variables lack.*'batch_stats'"):
         layersens.list_layers(model)
 

@@ -3,8 +3,8 @@
 The contract under test:
 
 * the command line (``layersens layers|extract|summarize|gradient``) answers any arguments with exit code 0, or
-  exit code 1 (2 for a command line that does not parse) and one ``error: ...`` line on stderr (``warning: ...`` lines may precede it), never a Python
-  traceback, never a hang, and on error it writes nothing;
+  exit code 1 (2 for a command line that does not parse) and one ``error: ...`` line on stderr (``warning: ...``
+  lines may precede it), never a Python traceback, never a hang, and on error it writes nothing;
 * the readers (model specs, checkpoints, input files, result files) either succeed or raise a
   :class:`layersens.LayersensError` whose message is one line; never another exception type, never a hang.
 
@@ -40,9 +40,9 @@ from hypothesis import strategies as st
 from hypothesis.control import currently_in_test_context
 
 import layersens
+import layersens_cli.main as cli
 from layersens import LayersensError
 from layersens.examples import LENET_DIGITS
-import layersens_cli.main as cli
 from layersens_cli.main import main
 
 
@@ -124,8 +124,10 @@ def invoke(args: list[str], cwd: Path | None = None, watch: Path | None = None):
         os.chdir(here)
     exc = result.exception
     if exc is not None and not isinstance(exc, SystemExit):
-        pytest.fail(f"`layersens {shown}` raised {type(exc).__name__} (a traceback, exit code {result.exit_code}):\n"
-                    f"{_traceback(exc)}\nstdout: {result.stdout[-2000:]!r}\nstderr: {result.stderr[-2000:]!r}")
+        pytest.fail(
+            f"`layersens {shown}` raised {type(exc).__name__} (a traceback, exit code {result.exit_code}):\n"
+            f"{_traceback(exc)}\nstdout: {result.stdout[-2000:]!r}\nstderr: {result.stderr[-2000:]!r}"
+        )
     lines = [line for line in result.stderr.split("\n") if line.strip()]  # a terminal breaks lines at \n only
     assert "Traceback (most recent call last)" not in result.output, (shown, result.output)
     if result.exit_code == 0:
@@ -139,7 +141,8 @@ def invoke(args: list[str], cwd: Path | None = None, watch: Path | None = None):
     errors = [line for line in lines if line.startswith("error: ")]
     others = [line for line in lines if not line.startswith(("error: ", "warning: "))]
     assert len(errors) == 1 and not others and lines[-1] == errors[0], (
-        f"`layersens {shown}` exited with 1 but stderr is not one 'error: ...' line: {result.stderr!r}")
+        f"`layersens {shown}` exited with 1 but stderr is not one 'error: ...' line: {result.stderr!r}"
+    )
     assert len(errors[0]) > len("error: ") + 10, (shown, errors[0])
     if before is not None:
         new = _files(watch) - before
@@ -158,7 +161,8 @@ def call(fn, *args, **kwargs):
     except LayersensError as e:
         message = str(e)
         assert message.strip() and "\n" not in message, (
-            f"{what}: {type(e).__name__} message is not one line: {message!r}")
+            f"{what}: {type(e).__name__} message is not one line: {message!r}"
+        )
         _event(f"{fn.__name__}: {type(e).__name__}")
         return None
     except Hang:
@@ -243,10 +247,32 @@ def input_files(fuzz_root):
 
 
 VALID_INPUTS = ("good1.npy", "good2.npy", "single.npy", "float64.npy", "int.npy", "float16.npy", "bigendian.npy")
-BAD_INPUTS = ("bool.npy", "complex.npy", "nan.npy", "inf.npy", "huge.npy", "str.npy", "structured.npy", "datetime.npy",
-              "empty.npy", "scalar.npy", "flat.npy", "channels.npy", "noaxis.npy", "extra_axis.npy", "object.npy",
-              "random.npy", "zerobytes.npy", "truncated.npy", "header_lie.npy", "text.npy", "archive.npz",
-              "archive_as.npy", "a_directory", "missing.npy")
+BAD_INPUTS = (
+    "bool.npy",
+    "complex.npy",
+    "nan.npy",
+    "inf.npy",
+    "huge.npy",
+    "str.npy",
+    "structured.npy",
+    "datetime.npy",
+    "empty.npy",
+    "scalar.npy",
+    "flat.npy",
+    "channels.npy",
+    "noaxis.npy",
+    "extra_axis.npy",
+    "object.npy",
+    "random.npy",
+    "zerobytes.npy",
+    "truncated.npy",
+    "header_lie.npy",
+    "text.npy",
+    "archive.npz",
+    "archive_as.npy",
+    "a_directory",
+    "missing.npy",
+)
 
 
 @pytest.fixture(scope="session")
@@ -267,18 +293,40 @@ def _deep(n: int, kind: str = "list") -> str:
 
 
 json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=8),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=8),
     st.sampled_from([10**100, -(2**63), 2**64, 1e308, -0.0, "\u202e", "\ud800", "𝟘"]),
 )
 json_values = st.recursive(
-    json_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner,
-                                                                                       max_size=3)), max_leaves=6)
+    json_scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 json_texts = st.one_of(
     json_values.map(lambda v: json.dumps(v)),
     st.dictionaries(st.text(max_size=12), json_values, max_size=3).map(json.dumps),
     texts,
-    st.sampled_from([_deep(100_000), _deep(50_000, "dict"), "{", "{}}", '{"a": NaN}', '{"a": Infinity}',
-                     '{"a": 1e999}', '{"a": 1, "a": 2}', "\ufeff{}", "null", "[]", '""', "1", "true"]),
+    st.sampled_from(
+        [
+            _deep(100_000),
+            _deep(50_000, "dict"),
+            "{",
+            "{}}",
+            '{"a": NaN}',
+            '{"a": Infinity}',
+            '{"a": 1e999}',
+            '{"a": 1, "a": 2}',
+            "\ufeff{}",
+            "null",
+            "[]",
+            '""',
+            "1",
+            "true",
+        ]
+    ),
 )
 
 
@@ -288,54 +336,208 @@ def _maybe(valid):
 
 LAYER_TEXT = st.one_of(
     texts,
-    st.sampled_from(["relu_1", "RELU1", " relu1", "relu1 ", "relu1#0", "conv1/kernel", "output/0", "", "#", "/",
-                     "input", "relu1/", "\udcff", "relu1\n", "..", "*"]),
+    st.sampled_from(
+        [
+            "relu_1",
+            "RELU1",
+            " relu1",
+            "relu1 ",
+            "relu1#0",
+            "conv1/kernel",
+            "output/0",
+            "",
+            "#",
+            "/",
+            "input",
+            "relu1/",
+            "\udcff",
+            "relu1\n",
+            "..",
+            "*",
+        ]
+    ),
     st.sampled_from(LAYERS).map(lambda name: name.upper()),
 )
 NUM_TEXT = st.one_of(
-    st.integers(max_value=0).map(str), st.integers(min_value=17).map(str),
-    st.sampled_from(["abc", "", "1.5", "1e3", " 1", "0x1", "99999999999999999999999", "-9223372036854775809",
-                     "nan", "--1", "+0"]),
+    st.integers(max_value=0).map(str),
+    st.integers(min_value=17).map(str),
+    st.sampled_from(
+        ["abc", "", "1.5", "1e3", " 1", "0x1", "99999999999999999999999", "-9223372036854775809", "nan", "--1", "+0"]
+    ),
     texts,
 )
 MEMORY_TEXT = st.one_of(
     texts,
-    st.sampled_from(["0", "-1", "1e999", "1e999MB", "nan", "inf", "1B", "1", "10", "1KB", "abc", "", "1.5.5MB",
-                     "2 G B", "2G", "2gib", "1e-3", ".5MB", "9" * 400, "1e20TB", "0.0001KB", "1e-999", "MB",
-                     "1E9", "1e+9", "１MB"]),
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1e999",
+            "1e999MB",
+            "nan",
+            "inf",
+            "1B",
+            "1",
+            "10",
+            "1KB",
+            "abc",
+            "",
+            "1.5.5MB",
+            "2 G B",
+            "2G",
+            "2gib",
+            "1e-3",
+            ".5MB",
+            "9" * 400,
+            "1e20TB",
+            "0.0001KB",
+            "1e-999",
+            "MB",
+            "1E9",
+            "1e+9",
+            "１MB",
+        ]
+    ),
 )
 MODE_TEXT = st.one_of(texts, st.sampled_from(["FWD", "forward", "Auto()", "", "reverse", "per_leaf", "auto "]))
-DEVICE_TEXT = st.one_of(texts, st.sampled_from(["gpu", "cuda", "tpu", "rocm", "", "CPU", "cpu:0", "cpu0", "METAL",
-                                                "interpreter", "cpu,gpu", "0", "-1"]))
+DEVICE_TEXT = st.one_of(
+    texts,
+    st.sampled_from(
+        ["gpu", "cuda", "tpu", "rocm", "", "CPU", "cpu:0", "cpu0", "METAL", "interpreter", "cpu,gpu", "0", "-1"]
+    ),
+)
 OUT_TEXT = st.one_of(
     st.text(st.characters(codec="utf-8", exclude_characters="\x00/"), min_size=1, max_size=20),
-    st.sampled_from(["", ".", "..", " ", "-", "existing.npz", "existing_dir", "a_file/r.npz", "fifo.npz",
-                     "/proc/layersens-fuzz/r.npz", "r.npz.npz", ".npz", "r.NPZ", "x" * 300 + ".npz", "\udcff.npz",
-                     "deep/" * 30 + "r.npz", "existing_dir/", "a_file"]),
+    st.sampled_from(
+        [
+            "",
+            ".",
+            "..",
+            " ",
+            "-",
+            "existing.npz",
+            "existing_dir",
+            "a_file/r.npz",
+            "fifo.npz",
+            "/proc/layersens-fuzz/r.npz",
+            "r.npz.npz",
+            ".npz",
+            "r.NPZ",
+            "x" * 300 + ".npz",
+            "\udcff.npz",
+            "deep/" * 30 + "r.npz",
+            "existing_dir/",
+            "a_file",
+        ]
+    ),
 )
 WRT_TEXT = st.one_of(
     # never broad: a pattern selecting most of fc1's 200k parameters costs minutes in forward mode
     st.text(st.characters(codec="utf-8", exclude_characters="\x00*!?["), max_size=16),
-    st.sampled_from(["", "[", "]", "[!", "conv1", "conv1/", "/conv1/*", "CONV1/*", "conv1/*/", "input/*", "Input",
-                     "inputs", "generator/*", "!*", "\\*", "conv1/kernel[0]", "params/conv1/bias", "bn1/mean",
-                     "batch_stats/*", "bn1/var", " conv1/bias", "input "]),
+    st.sampled_from(
+        [
+            "",
+            "[",
+            "]",
+            "[!",
+            "conv1",
+            "conv1/",
+            "/conv1/*",
+            "CONV1/*",
+            "conv1/*/",
+            "input/*",
+            "Input",
+            "inputs",
+            "generator/*",
+            "!*",
+            "\\*",
+            "conv1/kernel[0]",
+            "params/conv1/bias",
+            "bn1/mean",
+            "batch_stats/*",
+            "bn1/var",
+            " conv1/bias",
+            "input ",
+        ]
+    ),
 )
 WRT_LAYER_TEXT = st.one_of(texts, st.sampled_from(["", "input", "output", "fc2", "relu3", "RELU1", "relu1#0", "*"]))
 SHAPE_TEXT = st.one_of(
     texts,
-    st.sampled_from(["0", "-1", "28,28", "28,28,2", "1,28,28,1", "99999999999999999999", "28.0,28,1", "", ",", "x",
-                     "28x28", "1e3", "28,28,1,", "-28,-28,-1", "28;28;1", "[28, 28, 1]", "784", "28,28,-1"]),
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "28,28",
+            "28,28,2",
+            "1,28,28,1",
+            "99999999999999999999",
+            "28.0,28,1",
+            "",
+            ",",
+            "x",
+            "28x28",
+            "1e3",
+            "28,28,1,",
+            "-28,-28,-1",
+            "28;28;1",
+            "[28, 28, 1]",
+            "784",
+            "28,28,-1",
+        ]
+    ),
 )
 DTYPE_TEXT = st.one_of(
     texts,
-    st.sampled_from(["i4,", "U3", "object", "complex64", "int8", "bool", "V4", "M8", "", "float", "bfloat16",
-                     "float128", "S1", "f4,f4", "(2)f4", "uint64", "float8_e4m3fn", "int4", "O", ",", "$,", "<,"]),
+    st.sampled_from(
+        [
+            "i4,",
+            "U3",
+            "object",
+            "complex64",
+            "int8",
+            "bool",
+            "V4",
+            "M8",
+            "",
+            "float",
+            "bfloat16",
+            "float128",
+            "S1",
+            "f4,f4",
+            "(2)f4",
+            "uint64",
+            "float8_e4m3fn",
+            "int4",
+            "O",
+            ",",
+            "$,",
+            "<,",
+        ]
+    ),
 )
 READOUT_TEXT = st.one_of(
     texts,
-    st.sampled_from(["unit:", "unit:-1", "unit:1e3", "unit:99999999999999999999", "unit:0,0", "unit:0,0,0,0",
-                     "unit: 1", "UNIT:1", "sum ", "mean", "", "unit:0,,0", "unit:a", "unit:9223372036854775808",
-                     "unit:-0", "unit:٣"]),
+    st.sampled_from(
+        [
+            "unit:",
+            "unit:-1",
+            "unit:1e3",
+            "unit:99999999999999999999",
+            "unit:0,0",
+            "unit:0,0,0,0",
+            "unit: 1",
+            "UNIT:1",
+            "sum ",
+            "mean",
+            "",
+            "unit:0,,0",
+            "unit:a",
+            "unit:9223372036854775808",
+            "unit:-0",
+            "unit:٣",
+        ]
+    ),
 )
 
 # Valid (layer, --wrt, --wrt-layer) combinations that compute in seconds in every mode, for two examples.
@@ -362,8 +564,12 @@ def model_option_args(draw, bad: set):
         "--input-shape": _maybe(st.sampled_from(["28,28,1", "28x28x1", " 28, 28, 1 "])),
         "--input-dtype": _maybe(st.sampled_from(["float32", "f4"])),
     }
-    invalid = {"--kwargs": json_texts, "--call-kwargs": json_texts, "--input-shape": SHAPE_TEXT,
-               "--input-dtype": DTYPE_TEXT}
+    invalid = {
+        "--kwargs": json_texts,
+        "--call-kwargs": json_texts,
+        "--input-shape": SHAPE_TEXT,
+        "--input-dtype": DTYPE_TEXT,
+    }
     args = []
     for option in valid:
         value = draw(invalid[option] if option in bad else valid[option])
@@ -378,8 +584,17 @@ MODEL_OPTIONS = ("--kwargs", "--call-kwargs", "--input-shape", "--input-dtype")
 @st.composite
 def extract_args(draw, inputs: dict):
     """`extract` arguments: a cheap valid configuration with zero, one or two options replaced by malformed values."""
-    options = ("--layer", "--num-examples", "--max-memory", "--mode", "--device", "--out", "--inputs", "--wrt",
-               "--wrt-layer") + MODEL_OPTIONS
+    options = (
+        "--layer",
+        "--num-examples",
+        "--max-memory",
+        "--mode",
+        "--device",
+        "--out",
+        "--inputs",
+        "--wrt",
+        "--wrt-layer",
+    ) + MODEL_OPTIONS
     bad = draw(st.sets(st.sampled_from(options), max_size=2))
     layer = draw(st.sampled_from(LAYERS))
     wrts, wrt_layers = CHEAP[layer]
@@ -456,8 +671,11 @@ def gradient_args(draw, inputs: dict):
     bad = draw(st.sets(st.sampled_from(options), max_size=2))
     layer = draw(st.sampled_from(LAYERS))
     args = ["gradient", "--model", MODEL]
-    args += (draw(st.one_of(st.just([]), LAYER_TEXT.map(lambda v: ["--layer", v]))) if "--layer" in bad
-             else ["--layer", layer])
+    args += (
+        draw(st.one_of(st.just([]), LAYER_TEXT.map(lambda v: ["--layer", v])))
+        if "--layer" in bad
+        else ["--layer", layer]
+    )
     args += _input_args(draw, bad, inputs)
     readout = draw(st.sampled_from(["sum", "unit:0", "unit:7", None]))
     if "--readout" in bad:
@@ -542,25 +760,95 @@ def test_fuzz_cli_layers(bad, data, fuzz_root):
 SPEC_SPECIAL = {
     "format": ["layersens-model/1", "layersens-model/3", 2, None, ""],
     "framework": ["nnx", "", "LINEN", 5, None, ["linen"]],
-    "input_shape": [[], [0], [-1], [28.0, 28, 1], [True, 28, 1], [10**100], "28,28,1", [28, 28, 1, 1], [[28]],
-                    [28, 28], [2**63, 1, 1], None, {"0": 28}],
-    "module": ["flax.linen:Dense", "flax.linen:relu", "os:system", "numpy:ndarray", "jax.numpy:zeros",
-               "layersens:extract", "nonexistent.mod:X", "layersens.examples.lenet:nope", "a:b:c", ":", "",
-               "flax.nnx:Linear", "layersens.examples.lenet:LeNetNNX", "layersens.examples.lenet", 5, None,
-               "builtins:eval", "layersens.examples.lenet:LeNet.__init__", "../../x:Y"],
+    "input_shape": [
+        [],
+        [0],
+        [-1],
+        [28.0, 28, 1],
+        [True, 28, 1],
+        [10**100],
+        "28,28,1",
+        [28, 28, 1, 1],
+        [[28]],
+        [28, 28],
+        [2**63, 1, 1],
+        None,
+        {"0": 28},
+    ],
+    "module": [
+        "flax.linen:Dense",
+        "flax.linen:relu",
+        "os:system",
+        "numpy:ndarray",
+        "jax.numpy:zeros",
+        "layersens:extract",
+        "nonexistent.mod:X",
+        "layersens.examples.lenet:nope",
+        "a:b:c",
+        ":",
+        "",
+        "flax.nnx:Linear",
+        "layersens.examples.lenet:LeNetNNX",
+        "layersens.examples.lenet",
+        5,
+        None,
+        "builtins:eval",
+        "layersens.examples.lenet:LeNet.__init__",
+        "../../x:Y",
+    ],
     "factory": ["layersens.examples.lenet:LeNet", "flax.linen:Dense", "os:system", "x:y", 1],
-    "input_dtype": ["int8", "complex64", "object", "U3", "i4,", [["a", "f4"]], {"names": ["a"]}, "", "float128",
-                    "bfloat16", "V8", "M8[s]", 5, None, "bool", "float16", "(2,)f4", ",", "$,"],
-    "kwargs": [{"num_classes": 11}, {"num_classes": -1}, {"num_classes": 10**30}, {"num_classes": 1e308},
-               {"num_classes": {"__class__": "os:system"}}, {"num_classes": {"__function__": "flax.linen:relu"}},
-               {"num_classes": {"__dtype__": "float32"}}, {"num_classes": {"__tuple__": [1]}},
-               {"num_classes": {"__partial__": "flax.linen:Dense"}},
-               {"num_classes": {"__dataclass__": "x:Y", "fields": {}}}, {"__class__": "flax.linen:Dense"},
-               {"num_classes": {"__class__": 5}}, {"num_classes": {"__tuple__": 5}}, {"num_classes": {"__dtype__": []}},
-               [], "x"],
+    "input_dtype": [
+        "int8",
+        "complex64",
+        "object",
+        "U3",
+        "i4,",
+        [["a", "f4"]],
+        {"names": ["a"]},
+        "",
+        "float128",
+        "bfloat16",
+        "V8",
+        "M8[s]",
+        5,
+        None,
+        "bool",
+        "float16",
+        "(2,)f4",
+        ",",
+        "$,",
+    ],
+    "kwargs": [
+        {"num_classes": 11},
+        {"num_classes": -1},
+        {"num_classes": 10**30},
+        {"num_classes": 1e308},
+        {"num_classes": {"__class__": "os:system"}},
+        {"num_classes": {"__function__": "flax.linen:relu"}},
+        {"num_classes": {"__dtype__": "float32"}},
+        {"num_classes": {"__tuple__": [1]}},
+        {"num_classes": {"__partial__": "flax.linen:Dense"}},
+        {"num_classes": {"__dataclass__": "x:Y", "fields": {}}},
+        {"__class__": "flax.linen:Dense"},
+        {"num_classes": {"__class__": 5}},
+        {"num_classes": {"__tuple__": 5}},
+        {"num_classes": {"__dtype__": []}},
+        [],
+        "x",
+    ],
     "call_kwargs": [{"train": True}, {}, {"train": 1}, {"foo": 1}, {"train": None}, [], "train"],
-    "example_inputs": ["layersens.json", "state", "", "../x.npy", "/etc/hostname", "nonexistent.npy", "a\x00b", 5,
-                       ".hidden", "state/d"],
+    "example_inputs": [
+        "layersens.json",
+        "state",
+        "",
+        "../x.npy",
+        "/etc/hostname",
+        "nonexistent.npy",
+        "a\x00b",
+        5,
+        ".hidden",
+        "state/d",
+    ],
     "description": [5, None, "\ud800", "x" * 100_000],
     "leaf_hashes": [{}, {"params/conv1/bias": "sha256:0"}, {"a": 5}, [], {"params/x": "sha256:" + "0" * 64}],
     "rng_state": [{}, {"x": {"impl": "threefry2x32", "shape": [2], "data": [1]}}, [], {"x": 5}],
@@ -573,8 +861,7 @@ def spec_texts(draw):
     """Malformed ``layersens.json`` contents, as bytes."""
     original = json.loads((LENET_DIGITS / "layersens.json").read_text())
     text = json.dumps(original, indent=2)
-    kind = draw(st.sampled_from(["field", "field", "field", "delete", "whole", "truncate", "flip", "bytes",
-                                 "special"]))
+    kind = draw(st.sampled_from(["field", "field", "field", "delete", "whole", "truncate", "flip", "bytes", "special"]))
     event(f"spec: {kind}")
     if kind == "field":
         field = draw(st.sampled_from(sorted(SPEC_SPECIAL)))
@@ -597,15 +884,23 @@ def spec_texts(draw):
         return bytes(data)
     if kind == "bytes":
         return draw(st.binary(max_size=200))
-    return draw(st.sampled_from([
-        _deep(100_000).encode(), _deep(50_000, "dict").encode(), b"\xef\xbb\xbf" + text.encode(),
-        text.replace('"input_shape": [\n    28', '"input_shape": [\n    1e400').encode(),
-        text.replace('"description": "', '"description": NaN, "x": "').encode(),
-        text.replace('"input_shape"', '"input_shape": [1], "input_shape"').encode(),
-        text.encode("utf-16"), b"\xff\xfe\x00", b"",
-        text.replace("28", "-28").encode(),
-        text.replace('"train": false', '"train": Infinity').encode(),
-    ]))
+    return draw(
+        st.sampled_from(
+            [
+                _deep(100_000).encode(),
+                _deep(50_000, "dict").encode(),
+                b"\xef\xbb\xbf" + text.encode(),
+                text.replace('"input_shape": [\n    28', '"input_shape": [\n    1e400').encode(),
+                text.replace('"description": "', '"description": NaN, "x": "').encode(),
+                text.replace('"input_shape"', '"input_shape": [1], "input_shape"').encode(),
+                text.encode("utf-16"),
+                b"\xff\xfe\x00",
+                b"",
+                text.replace("28", "-28").encode(),
+                text.replace('"train": false', '"train": Infinity').encode(),
+            ]
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -689,13 +984,60 @@ def test_fuzz_checkpoint(damage, fuzz_root, lenet_linen):
         shutil.rmtree(target.parent, ignore_errors=True)
 
 
-INPUT_DTYPES = ["float32", "float64", "float16", ">f4", ">f8", "int8", "int64", "uint8", ">i4", "bool", "complex64",
-                "complex128", "U2", "S2", "V4", "M8[s]", "m8[s]", "object"]
-INPUT_SHAPES = [(1, 28, 28, 1), (2, 28, 28, 1), (28, 28, 1), (0, 28, 28, 1), (1, 28, 28), (28, 28), (1, 28, 28, 2),
-                (), (1,), (3,), (1, 1, 28, 28, 1), (2, 28, 1, 28), (1, 28, 28, 1, 0)]
+INPUT_DTYPES = [
+    "float32",
+    "float64",
+    "float16",
+    ">f4",
+    ">f8",
+    "int8",
+    "int64",
+    "uint8",
+    ">i4",
+    "bool",
+    "complex64",
+    "complex128",
+    "U2",
+    "S2",
+    "V4",
+    "M8[s]",
+    "m8[s]",
+    "object",
+]
+INPUT_SHAPES = [
+    (1, 28, 28, 1),
+    (2, 28, 28, 1),
+    (28, 28, 1),
+    (0, 28, 28, 1),
+    (1, 28, 28),
+    (28, 28),
+    (1, 28, 28, 2),
+    (),
+    (1,),
+    (3,),
+    (1, 1, 28, 28, 1),
+    (2, 28, 1, 28),
+    (1, 28, 28, 1, 0),
+]
 FILLS = ["zeros", "ones", "random", "nan", "inf", "-inf", "huge", "one_nan", "tiny"]
-FORMS = ["npy", "npy", "npy", "array", "list", "npz", "npz_as_npy", "pickle", "raw", "truncated", "empty_file",
-         "header_lie", "text", "directory", "missing", "fortran"]
+FORMS = [
+    "npy",
+    "npy",
+    "npy",
+    "array",
+    "list",
+    "npz",
+    "npz_as_npy",
+    "pickle",
+    "raw",
+    "truncated",
+    "empty_file",
+    "header_lie",
+    "text",
+    "directory",
+    "missing",
+    "fortran",
+]
 
 
 def _array(dtype: str, shape: tuple, fill: str, seed: int) -> np.ndarray:
@@ -706,23 +1048,38 @@ def _array(dtype: str, shape: tuple, fill: str, seed: int) -> np.ndarray:
         x[...] = 0.5 if fill != "nan" else None
         return x
     if dtype.kind in "fc":
-        values = {"zeros": 0.0, "ones": 1.0, "nan": np.nan, "inf": np.inf, "-inf": -np.inf,
-                  "huge": np.finfo(dtype).max, "tiny": np.finfo(dtype).tiny}.get(fill)
+        values = {
+            "zeros": 0.0,
+            "ones": 1.0,
+            "nan": np.nan,
+            "inf": np.inf,
+            "-inf": -np.inf,
+            "huge": np.finfo(dtype).max,
+            "tiny": np.finfo(dtype).tiny,
+        }.get(fill)
         x = rng.random(shape).astype(dtype) if values is None else np.full(shape, values, dtype)
         if fill == "one_nan" and x.size:
             x.flat[int(rng.integers(0, x.size))] = np.nan
         return x
     if dtype.kind in "iub":
-        return (rng.integers(0, 2, shape) if fill != "huge" else np.full(shape, np.iinfo(
-            dtype).max if dtype.kind != "b" else True)).astype(dtype)
+        return (
+            rng.integers(0, 2, shape)
+            if fill != "huge"
+            else np.full(shape, np.iinfo(dtype).max if dtype.kind != "b" else True)
+        ).astype(dtype)
     return np.zeros(shape, dtype)
 
 
 @pytest.mark.filterwarnings("ignore::layersens.InputWarning")  # casts of the drawn dtypes, not under test
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(dtype=st.sampled_from(INPUT_DTYPES), shape=st.sampled_from(INPUT_SHAPES), fill=st.sampled_from(FILLS),
-       form=st.sampled_from(FORMS), seed=st.integers(0, 2**32),
-       num_examples=st.sampled_from([None, None, 1, 2, 0, -1, 3, True, 1.0, "1", np.int64(1)]))
+@given(
+    dtype=st.sampled_from(INPUT_DTYPES),
+    shape=st.sampled_from(INPUT_SHAPES),
+    fill=st.sampled_from(FILLS),
+    form=st.sampled_from(FORMS),
+    seed=st.integers(0, 2**32),
+    num_examples=st.sampled_from([None, None, 1, 2, 0, -1, 3, True, 1.0, "1", np.int64(1)]),
+)
 def test_fuzz_input_files(dtype, shape, fill, form, seed, num_examples, fuzz_root, lenet_linen):
     x = _array(dtype, shape, fill, seed)
     folder = Path(tempfile.mkdtemp(prefix="inputs", dir=fuzz_root))
@@ -772,9 +1129,26 @@ def test_fuzz_input_files(dtype, shape, fill, form, seed, num_examples, fuzz_roo
 
 RESULT_DTYPES = ["float32", "float64", "float16", "int32", "uint8", "bool", "complex64", ">f4", "U1", "V4", "M8[s]"]
 META_SPECIAL = {
-    "param_shapes": [[[float("inf")]], [[2**63]], [[2**64, 1]], [[-1]], [[0]], [[1.5, 860]], [["3"]], [[True]], None,
-                     [], [[]], [[128, 10], [10, 1]], "12", [[1e300]], [[float("nan")]], [{"a": 1}], [[10, 129]],
-                     [[1290]]],
+    "param_shapes": [
+        [[float("inf")]],
+        [[2**63]],
+        [[2**64, 1]],
+        [[-1]],
+        [[0]],
+        [[1.5, 860]],
+        [["3"]],
+        [[True]],
+        None,
+        [],
+        [[]],
+        [[128, 10], [10, 1]],
+        "12",
+        [[1e300]],
+        [[float("nan")]],
+        [{"a": 1}],
+        [[10, 129]],
+        [[1290]],
+    ],
     "param_names": [["fc2/kernel", "fc2/kernel"], [], [1, 2], "ab", None, [["x"]], ["a", "b", "c"], [""]],
     "excluded_params": [None, 5, "abc", [1]],
     "frozen_params": [None, 5, "abc", [[1]]],
@@ -810,13 +1184,32 @@ def _meta_bytes(meta) -> bytes:
 @st.composite
 def result_damage(draw):
     """A recipe for a damaged result file, applied by ``_make_result``."""
-    kind = draw(st.sampled_from(["bytes", "drop_member", "extra_member", "array", "array", "meta_field",
-                                 "meta_field", "meta_field", "meta_delete", "meta_raw", "consistent",
-                                 "consistent", "zip"]))
+    kind = draw(
+        st.sampled_from(
+            [
+                "bytes",
+                "drop_member",
+                "extra_member",
+                "array",
+                "array",
+                "meta_field",
+                "meta_field",
+                "meta_field",
+                "meta_delete",
+                "meta_raw",
+                "consistent",
+                "consistent",
+                "zip",
+            ]
+        )
+    )
     event(f"result: {kind}")
     if kind == "bytes":
-        return kind, draw(st.sampled_from(["truncate", "flip", "random", "empty", "prepend", "append"])), draw(
-            st.integers(0, 2**32))
+        return (
+            kind,
+            draw(st.sampled_from(["truncate", "flip", "random", "empty", "prepend", "append"])),
+            draw(st.integers(0, 2**32)),
+        )
     if kind == "drop_member":
         return kind, draw(st.sampled_from(["matrix.npy", "activation.npy", "inputs.npy", "metadata.npy"])), None
     if kind == "extra_member":
@@ -824,29 +1217,85 @@ def result_damage(draw):
     if kind == "array":
         member = draw(st.sampled_from(["matrix", "activation", "inputs", "metadata"]))
         shape = tuple(draw(st.lists(st.integers(0, 4), max_size=4)))
-        return kind, member, (draw(st.sampled_from(RESULT_DTYPES)), shape, draw(st.sampled_from(FILLS)),
-                              draw(st.sampled_from(["npy", "pickle", "garbage", "fortran"])))
+        return (
+            kind,
+            member,
+            (
+                draw(st.sampled_from(RESULT_DTYPES)),
+                shape,
+                draw(st.sampled_from(FILLS)),
+                draw(st.sampled_from(["npy", "pickle", "garbage", "fortran"])),
+            ),
+        )
     if kind == "meta_field":
         field = draw(st.sampled_from(sorted(META_SPECIAL)))
         return kind, field, draw(st.one_of(st.sampled_from(META_SPECIAL[field]), json_values))
     if kind == "meta_delete":
-        return kind, draw(st.sets(st.sampled_from(["layer", "model", "framework", "param_names", "param_shapes",
-                                                   "excluded_params", "mode", "dtype", "device", "eval_mode",
-                                                   "format", "notes", "wrt"]), min_size=1, max_size=3)), None
+        return (
+            kind,
+            draw(
+                st.sets(
+                    st.sampled_from(
+                        [
+                            "layer",
+                            "model",
+                            "framework",
+                            "param_names",
+                            "param_shapes",
+                            "excluded_params",
+                            "mode",
+                            "dtype",
+                            "device",
+                            "eval_mode",
+                            "format",
+                            "notes",
+                            "wrt",
+                        ]
+                    ),
+                    min_size=1,
+                    max_size=3,
+                )
+            ),
+            None,
+        )
     if kind == "meta_raw":
-        return kind, draw(st.one_of(
-            st.sampled_from([b"", b"{", b"\xff\xfe", _deep(100_000).encode(), b'{"format": NaN}', b"null", b"[]",
-                             b"\x00" * 8]),
-            json_values.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")),
-            st.binary(max_size=64))), None
+        return (
+            kind,
+            draw(
+                st.one_of(
+                    st.sampled_from(
+                        [
+                            b"",
+                            b"{",
+                            b"\xff\xfe",
+                            _deep(100_000).encode(),
+                            b'{"format": NaN}',
+                            b"null",
+                            b"[]",
+                            b"\x00" * 8,
+                        ]
+                    ),
+                    json_values.map(lambda v: json.dumps(v).encode("utf-8", "surrogatepass")),
+                    st.binary(max_size=64),
+                )
+            ),
+            None,
+        )
     if kind == "consistent":  # a well-formed file of small random arrays: the readers and summarize must cope
         examples = draw(st.integers(0, 3))
         activation = tuple(draw(st.lists(st.integers(0, 3), max_size=3)))
-        leaves = draw(st.lists(st.tuples(st.text("abc/", min_size=1, max_size=4),
-                                         st.lists(st.integers(0, 3), max_size=2)), max_size=3,
-                               unique_by=lambda leaf: leaf[0]))
-        return kind, (examples, activation, leaves), (draw(st.sampled_from(RESULT_DTYPES[:8])),
-                                                      draw(st.sampled_from(FILLS)), draw(st.integers(0, 2**32)))
+        leaves = draw(
+            st.lists(
+                st.tuples(st.text("abc/", min_size=1, max_size=4), st.lists(st.integers(0, 3), max_size=2)),
+                max_size=3,
+                unique_by=lambda leaf: leaf[0],
+            )
+        )
+        return (
+            kind,
+            (examples, activation, leaves),
+            (draw(st.sampled_from(RESULT_DTYPES[:8])), draw(st.sampled_from(FILLS)), draw(st.integers(0, 2**32))),
+        )
     return kind, draw(st.sampled_from(["compressed", "duplicate", "no_suffix", "nested"])), None
 
 
@@ -857,9 +1306,13 @@ def check_loaded(jac):
     for name in ("matrix", "activation", "inputs"):
         assert isinstance(getattr(jac, name), np.ndarray), f"load_jacobian gave {name} = {getattr(jac, name)!r:.80}"
     assert jac.matrix.ndim == 3 and jac.activation.ndim >= 1 and jac.inputs.ndim >= 1, (
-        jac.matrix.shape, jac.activation.shape, jac.inputs.shape)
+        jac.matrix.shape,
+        jac.activation.shape,
+        jac.inputs.shape,
+    )
     assert jac.activation.shape[0] == jac.inputs.shape[0] == jac.matrix.shape[0], (
-        f"examples disagree: matrix {jac.matrix.shape}, activation {jac.activation.shape}, inputs {jac.inputs.shape}")
+        f"examples disagree: matrix {jac.matrix.shape}, activation {jac.activation.shape}, inputs {jac.inputs.shape}"
+    )
     assert all(isinstance(n, str) for n in jac.param_names), f"leaf names {jac.param_names!r} are not all strings"
     assert len(set(jac.param_names)) == len(jac.param_names), f"leaf names {jac.param_names!r} repeat"
 
@@ -989,8 +1442,22 @@ def _model_copy(tmp_path: Path, spec_text: str | bytes | None = None, **fields) 
 @pytest.mark.parametrize("size", ["1e999", "1e999MB", "9" * 400 + "GB"], ids=["1e999", "1e999MB", "400-nines-GB"])
 def test_max_memory_beyond_float_range_is_an_error_line(size, tmp_path):
     # parse_bytes (layersens/planning/_memory.py): int(float("1e999") * unit) raises OverflowError
-    invoke(["extract", "--model", MODEL, "--layer", "conv1", "--num-examples", "1", "--max-memory", size,
-            "--out", str(tmp_path / "r.npz")], watch=tmp_path)
+    invoke(
+        [
+            "extract",
+            "--model",
+            MODEL,
+            "--layer",
+            "conv1",
+            "--num-examples",
+            "1",
+            "--max-memory",
+            size,
+            "--out",
+            str(tmp_path / "r.npz"),
+        ],
+        watch=tmp_path,
+    )
     call(layersens.parse_bytes, size)
 
 
@@ -998,8 +1465,11 @@ def test_max_memory_beyond_float_range_is_an_error_line(size, tmp_path):
 @pytest.mark.parametrize("out", ["", "."])
 def test_out_naming_no_file_is_an_error_line(command, out, tmp_path):
     # check_output -> npz_path (layersens/results/_storage.py): Path("").with_name(".npz") raises ValueError
-    invoke([command, "--model", MODEL, "--layer", "conv1", "--num-examples", "1", "--out", out], cwd=tmp_path,
-           watch=tmp_path)
+    invoke(
+        [command, "--model", MODEL, "--layer", "conv1", "--num-examples", "1", "--out", out],
+        cwd=tmp_path,
+        watch=tmp_path,
+    )
 
 
 @pytest.mark.parametrize("option", ["--kwargs", "--call-kwargs"])
@@ -1034,8 +1504,16 @@ def test_spec_input_dtype_that_is_no_input_dtype_is_a_spec_error(dtype, tmp_path
     call(layersens.load_model, target)
 
 
-@pytest.mark.parametrize("kwargs", [{"__class__": "flax.linen:Dense"}, {"__tuple__": [1]}, {"__dtype__": "float32"},
-                                    {"__function__": "flax.linen:relu"}], ids=["class", "tuple", "dtype", "function"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"__class__": "flax.linen:Dense"},
+        {"__tuple__": [1]},
+        {"__dtype__": "float32"},
+        {"__function__": "flax.linen:relu"},
+    ],
+    ids=["class", "tuple", "dtype", "function"],
+)
 def test_kwargs_that_decode_to_no_mapping_are_a_spec_error(kwargs, tmp_path):
     # the kwargs object itself tagged: decode gives a class (tuple, dtype, function), _build calls builder(**kwargs)
     # and its except clause formats sorted(kwargs): TypeError "'type' object is not iterable"
@@ -1059,14 +1537,19 @@ def _damaged_metadata_copy(tmp_path: Path) -> Path:
 def test_damaged_checkpoint_metadata_prints_one_line(tmp_path):
     """Without layersens.json the spec comes from the checkpoint's metadata; a damaged metadata file makes Orbax log
     'ERROR:absl:Failed to json parse Metadata file: ...' on the process's stderr before layersens's own error line
-    (layersens/models/_load.py _read_spec; layersens/models/_orbax.py keeps absl's records off stderr). Only a real process shows it:
-    absl's handler writes to the stderr it was created with, which CliRunner does not capture."""
+    (layersens/models/_load.py _read_spec; layersens/models/_orbax.py keeps absl's records off stderr). Only a real
+    process shows it: absl's handler writes to the stderr it was created with, which CliRunner does not capture."""
     import subprocess
     import sys
 
     target = _damaged_metadata_copy(tmp_path)
-    done = subprocess.run([sys.executable, "-m", "layersens", "layers", "--model", str(target)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run(
+        [sys.executable, "-m", "layersens", "layers", "--model", str(target)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
     lines = [line for line in done.stderr.split("\n") if line.strip()]
     assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), done.stderr
 
@@ -1108,23 +1591,28 @@ def test_result_zero_dimensional_activation_is_a_checkpoint_error(result_file, t
     _read_and_summarize(_result(result_file, tmp_path, ("array", "activation", ("float32", (), "random", "npy"))))
 
 
-@pytest.mark.parametrize("shapes", [[[2**63]], [[2**64, 1]], [[float("inf")]], [[1e300]]],
-                         ids=["2**63", "2**64", "Infinity", "1e300"])
+@pytest.mark.parametrize(
+    "shapes", [[[2**63]], [[2**64, 1]], [[float("inf")]], [[1e300]]], ids=["2**63", "2**64", "Infinity", "1e300"]
+)
 def test_result_param_shapes_beyond_int64_are_a_checkpoint_error(shapes, result_file, tmp_path):
     # load_jacobian: int(inf) or np.prod(..., dtype=np.int64) raises OverflowError, not caught
     _read_and_summarize(_result(result_file, tmp_path, ("meta_field", "param_shapes", shapes)))
 
 
-@pytest.mark.parametrize("names", [[["x"]], [["x"], ["y"]], [1, 2], [False, True], [None, "fc2/bias"]],
-                         ids=["one-list", "lists", "ints", "bools", "null"])
+@pytest.mark.parametrize(
+    "names",
+    [[["x"]], [["x"], ["y"]], [1, 2], [False, True], [None, "fc2/bias"]],
+    ids=["one-list", "lists", "ints", "bools", "null"],
+)
 def test_result_param_names_that_are_not_strings_are_a_checkpoint_error(names, result_file, tmp_path):
     # load_jacobian accepts any JSON list: lists fail in its own error message (dict(zip(...)): TypeError
     # unhashable) or in column_ranges; numbers load, and `layersens summarize` fails in rich's escape (TypeError)
     _read_and_summarize(_result(result_file, tmp_path, ("meta_field", "param_names", names)))
 
 
-@pytest.mark.parametrize("names", [["fc2/kernel", "fc2/kernel"], ["fc2/bias", "fc2/bias"]],
-                         ids=["kernel-twice", "bias-twice"])
+@pytest.mark.parametrize(
+    "names", [["fc2/kernel", "fc2/kernel"], ["fc2/bias", "fc2/bias"]], ids=["kernel-twice", "bias-twice"]
+)
 def test_result_duplicate_param_names_are_a_checkpoint_error(names, result_file, tmp_path):
     # load_jacobian accepts duplicate leaf names; column_ranges keeps the last range, __getitem__ takes the first
     # shape: jac[name] raises ValueError (cannot reshape) or, worse, returns the wrong columns
@@ -1147,8 +1635,9 @@ def test_summarize_integer_result_is_an_error_or_works(dtype, result_file, tmp_p
 
 def test_summarize_result_with_entries_near_the_float64_maximum(result_file, tmp_path):
     # found by the thorough profile: the Gram matrix overflowed to inf and eigvalsh raised LinAlgError
-    target = _result(result_file, tmp_path, ("consistent", (1, (3,), [("a", []), ("/", []), ("b", [])]),
-                                             ("float64", "huge", 0)))
+    target = _result(
+        result_file, tmp_path, ("consistent", (1, (3,), [("a", []), ("/", []), ("b", [])]), ("float64", "huge", 0))
+    )
     _read_and_summarize(target)
     jac = layersens.load_jacobian(target)
     summary = layersens.summarize(jac, spectrum=True)
@@ -1173,22 +1662,37 @@ def test_summarize_result_with_lone_surrogate_in_metadata(field, result_file, tm
 # Error: ..." text; the project wants one 'error: ...' line, with exit code 2 (click's and argparse's convention).
 
 
-@pytest.mark.parametrize("args", [
-    ["extract", "--model", MODEL],  # missing --layer
-    ["extract", "--layer", "relu1"],  # missing --model
-    ["extract", "--model", MODEL, "--layer", "relu1", "--num-examples", "abc"],  # type=int
-    ["extract", "--model", MODEL, "--layer", "relu1", "--mode", "bogus"],  # click.Choice
-    ["extract", "--model", MODEL, "--layer"],  # option without its value
-    ["extract", "--model", MODEL, "--layer", "relu1", "--bogus"],  # unknown option
-    ["extract", "--model", MODEL, "--layer", "relu1", "extra"],  # unexpected argument
-    ["gradient", "--model", MODEL, "--layer", "relu1", "--num-examples", "1.5"],
-    ["layers"],  # missing --model
-    ["summarize"],  # missing PATH
-    ["summarize", "a.npz", "b.npz"],
-    ["bogus-command"],
-], ids=["missing-layer", "missing-model", "num-examples-not-int", "mode-not-a-choice", "option-without-value",
-        "unknown-option", "extra-argument", "gradient-num-examples", "layers-missing-model", "summarize-no-path",
-        "summarize-two-paths", "unknown-command"])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["extract", "--model", MODEL],  # missing --layer
+        ["extract", "--layer", "relu1"],  # missing --model
+        ["extract", "--model", MODEL, "--layer", "relu1", "--num-examples", "abc"],  # type=int
+        ["extract", "--model", MODEL, "--layer", "relu1", "--mode", "bogus"],  # click.Choice
+        ["extract", "--model", MODEL, "--layer"],  # option without its value
+        ["extract", "--model", MODEL, "--layer", "relu1", "--bogus"],  # unknown option
+        ["extract", "--model", MODEL, "--layer", "relu1", "extra"],  # unexpected argument
+        ["gradient", "--model", MODEL, "--layer", "relu1", "--num-examples", "1.5"],
+        ["layers"],  # missing --model
+        ["summarize"],  # missing PATH
+        ["summarize", "a.npz", "b.npz"],
+        ["bogus-command"],
+    ],
+    ids=[
+        "missing-layer",
+        "missing-model",
+        "num-examples-not-int",
+        "mode-not-a-choice",
+        "option-without-value",
+        "unknown-option",
+        "extra-argument",
+        "gradient-num-examples",
+        "layers-missing-model",
+        "summarize-no-path",
+        "summarize-two-paths",
+        "unknown-command",
+    ],
+)
 def test_usage_errors_are_one_error_line(args, tmp_path):
     result, outcome = invoke(args, cwd=tmp_path, watch=tmp_path)
     assert outcome == "usage", (outcome, result.exit_code, result.stderr)

@@ -35,14 +35,15 @@ def test_generator_gradient_and_step_equal_a_hand_written_optax_step(gan):
 
     n = len(batch)
     ours = layersens.readout_gradient(split, batch, readout=lambda logits: generator_loss(logits) / n).total()
-    want = flatten_params(jax.grad(lambda g: _hand_written_losses({**params, "generator": g}, batch)[1])(
-        params["generator"]))
+    want = flatten_params(
+        jax.grad(lambda g: _hand_written_losses({**params, "generator": g}, batch)[1])(params["generator"])
+    )
     for name, value in want.items():
         np.testing.assert_allclose(ours[f"generator/{name}"], value, rtol=1e-10, atol=1e-12, err_msg=name)
 
     optimizer = optax.adam(1e-3, b1=0.5)
     state = optimizer.init(params["generator"])
-    ours_tree = unflatten_params({k[len("generator/"):]: v for k, v in ours.items()})
+    ours_tree = unflatten_params({k[len("generator/") :]: v for k, v in ours.items()})
     updates, _ = optimizer.update(ours_tree, state, params["generator"])
     stepped = {**params, "generator": optax.apply_updates(params["generator"], updates)}
     hand_updates, _ = optimizer.update(unflatten_params(want), state, params["generator"])
@@ -63,11 +64,13 @@ def test_gradients_do_not_depend_on_the_order_they_are_taken_in(gan):
     d_second = layersens.readout_gradient(d_split, batch, discriminator_loss)
     np.testing.assert_array_equal(d_first.gradient, d_second.gradient)
     np.testing.assert_array_equal(g_first.gradient, g_second.gradient)
-    want = flatten_params(jax.grad(lambda d: _hand_written_losses({**model.params, "discriminator": d}, batch)[0])(
-        model.params["discriminator"]))
+    want = flatten_params(
+        jax.grad(lambda d: _hand_written_losses({**model.params, "discriminator": d}, batch)[0])(
+            model.params["discriminator"]
+        )
+    )
     for name, value in want.items():
-        np.testing.assert_allclose(d_first.total()[f"discriminator/{name}"] / len(batch), value, rtol=1e-5,
-                                   atol=1e-7)
+        np.testing.assert_allclose(d_first.total()[f"discriminator/{name}"] / len(batch), value, rtol=1e-5, atol=1e-7)
 
 
 def test_the_discriminators_first_activation_with_respect_to_the_generator(gan):
@@ -93,16 +96,43 @@ def test_the_cli_lists_the_differentiated_and_the_frozen_leaves(tmp_path):
 
     from layersens_cli.main import main
 
-    result = CliRunner().invoke(main, ["gradient", "--layer", "output", "--model", str(GAN_DIGITS), "--readout",
-                                       "unit:0", "--wrt", "generator/*", "--out", str(tmp_path / "g.npz")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "gradient",
+            "--layer",
+            "output",
+            "--model",
+            str(GAN_DIGITS),
+            "--readout",
+            "unit:0",
+            "--wrt",
+            "generator/*",
+            "--out",
+            str(tmp_path / "g.npz"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "4 leaves (differentiated): generator/fc1/kernel (8, 32)" in result.stdout
     assert "frozen      4 upstream leaves held constant: discriminator/fc1/kernel" in result.stdout
-    result = CliRunner().invoke(main, ["extract", "--layer", "output", "--model", str(GAN_DIGITS), "--wrt",
-                                       "nothing*", "--out", str(tmp_path / "x.npz")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "extract",
+            "--layer",
+            "output",
+            "--model",
+            str(GAN_DIGITS),
+            "--wrt",
+            "nothing*",
+            "--out",
+            str(tmp_path / "x.npz"),
+        ],
+    )
     assert result.exit_code == 1
     assert "wrt nothing* selects none of the leaves upstream of the layer; they are: generator/fc1/kernel" in (
-        result.stderr)
+        result.stderr
+    )
     assert not (tmp_path / "x.npz").exists()
 
 

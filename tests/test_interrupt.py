@@ -15,8 +15,10 @@ from layersens._atomic import atomic_directory, atomic_file
 from layersens.examples import LENET_DIGITS
 
 MESSAGE = "error: interrupted; nothing was written."
-main_thread_only = pytest.mark.skipif(threading.current_thread() is not threading.main_thread(),
-                                      reason="signal handlers can only be set in the main thread")
+main_thread_only = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers can only be set in the main thread",
+)
 
 
 @pytest.fixture
@@ -72,9 +74,26 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line_and_no_file(tmp_path):
     for delay in (0.3, 1.0, 2.0, 4.0):  # start-up, JAX's import, loading, compiling/computing
         out = tmp_path / f"r{delay}.npz"
         proc = subprocess.Popen(
-            [sys.executable, "-m", "layersens", "extract", "--layer", "relu1", "--num-examples", "16", "--model",
-             str(LENET_DIGITS), "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env=env, cwd=tmp_path)
+            [
+                sys.executable,
+                "-m",
+                "layersens",
+                "extract",
+                "--layer",
+                "relu1",
+                "--num-examples",
+                "16",
+                "--model",
+                str(LENET_DIGITS),
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
         time.sleep(delay)
         if proc.poll() is not None:  # a fast machine finished before this delay: nothing left to interrupt
             proc.communicate()

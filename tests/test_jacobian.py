@@ -10,8 +10,13 @@ from layersens.models import flatten_params
 from tests.conftest import TOL
 from tests.tiny_models import TinyCNN, TinyCNNNNX, TinyMLP, random_linen_variables, tiny_cnn_act_flat
 
-MODES = [layersens.Forward(), layersens.Reverse(), layersens.Auto(),
-         layersens.Forward(chunk_size=7), layersens.Reverse(chunk_size=11)]
+MODES = [
+    layersens.Forward(),
+    layersens.Reverse(),
+    layersens.Auto(),
+    layersens.Forward(chunk_size=7),
+    layersens.Reverse(chunk_size=11),
+]
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +99,9 @@ def test_lenet_relu1_equals_jacrev_of_flat_function(framework, lenet_linen, lene
 
         def flat_fn(t, xn=x[n]):
             pieces = jnp.split(t, sizes)
-            return jnp.ravel(split.apply({k: p.reshape(np.shape(split.params[k]))
-                                          for k, p in zip(split.param_names, pieces)}, xn))
+            return jnp.ravel(
+                split.apply({k: p.reshape(np.shape(split.params[k])) for k, p in zip(split.param_names, pieces)}, xn)
+            )
 
         np.testing.assert_allclose(jac.matrix[n], jax.jit(jax.jacrev(flat_fn))(theta), **TOL[np.float32])
 
@@ -135,17 +141,24 @@ def test_tiny_memory_budget_forces_small_chunks_with_equal_results(tiny):
 def test_a_budget_the_narrowest_chunk_exceeds_is_an_error_naming_both_sizes(tiny):
     model, _, x = tiny
     split = layersens.split(model, "act")
-    with pytest.raises(layersens.MemoryBudgetError, match=r"max_memory is 1 B, but the narrowest chunk of "
-                       r"fwd\[conv/kernel\+conv/bias\+bn/scale\+bn/bias\] at 1 basis vector\(s\) per chunk needs "
-                       r"[0-9.]+ KiB of working memory .* Raise --max-memory \(max_memory=\) to at least"):
+    with pytest.raises(
+        layersens.MemoryBudgetError,
+        match=r"max_memory is 1 B, but the narrowest chunk of "
+        r"fwd\[conv/kernel\+conv/bias\+bn/scale\+bn/bias\] at 1 basis vector\(s\) per chunk needs "
+        r"[0-9.]+ KiB of working memory .* Raise --max-memory \(max_memory=\) to at least",
+    ):
         layersens.jacobian(split, x, mode="fwd", max_memory=1)
 
 
 def test_result_metadata_views_and_round_trip(tmp_path, tiny):
     model, _, x = tiny
     jac = layersens.jacobian(layersens.split(model, "act"), x[:2])
-    assert jac.column_ranges == {"conv/kernel": (0, 27), "conv/bias": (27, 30), "bn/scale": (30, 33),
-                                 "bn/bias": (33, 36)}
+    assert jac.column_ranges == {
+        "conv/kernel": (0, 27),
+        "conv/bias": (27, 30),
+        "bn/scale": (30, 33),
+        "bn/bias": (33, 36),
+    }
     assert jac["conv/kernel"].shape == (2, 6, 6, 3, 3, 3, 1, 3)
     assert np.shares_memory(jac["conv/kernel"], jac.matrix)
     assert jac.excluded_params and "side/kernel" in jac.excluded_params
@@ -169,7 +182,15 @@ def test_jacobian_too_large_names_size_and_fix(lenet_linen, monkeypatch):
 
 def test_flat_params_order_is_forward_order(lenet_linen):
     assert list(layersens.split(lenet_linen, "relu2").params) == [
-        "conv1/kernel", "conv1/bias", "bn1/scale", "bn1/bias", "conv2/kernel", "conv2/bias", "bn2/scale", "bn2/bias"]
+        "conv1/kernel",
+        "conv1/bias",
+        "bn1/scale",
+        "bn1/bias",
+        "conv2/kernel",
+        "conv2/bias",
+        "bn2/scale",
+        "bn2/bias",
+    ]
     assert set(flatten_params(lenet_linen.params)) >= set(layersens.split(lenet_linen, "fc2").params)
 
 

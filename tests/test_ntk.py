@@ -19,8 +19,9 @@ X = np.random.default_rng(11).normal(size=(3, 6, 6, 1)).astype(np.float32)
 @pytest.fixture(scope="module")
 def tiny():
     module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": False})
+    model = layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
     split = layersens.split(model, "act")
     return split, layersens.jacobian(split, X).matrix.astype(np.float64)
 

@@ -11,15 +11,19 @@ import layersens
 
 
 def test_import_pulls_in_neither_the_benchmark_nor_matplotlib_nor_optax():
-    code = ("import sys, layersens; print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('matplotlib', 'optax') or m.startswith('layersens.bench')))")
+    code = (
+        "import sys, layersens; print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('matplotlib', 'optax') or m.startswith('layersens.bench')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_the_benchmark_plot_leaves_matplotlibs_backend_alone():
-    code = ("import matplotlib; matplotlib.use('svg'); from layersens.bench._plot import report_plot; "
-            "import layersens.bench; print(matplotlib.get_backend())")
+    code = (
+        "import matplotlib; matplotlib.use('svg'); from layersens.bench._plot import report_plot; "
+        "import layersens.bench; print(matplotlib.get_backend())"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "svg"
 
@@ -31,8 +35,7 @@ def split(tiny_cnn):
 
 def test_plan_takes_what_jacobian_takes_and_is_a_documented_value(split):
     x = np.random.default_rng(0).normal(size=(3, 6, 6, 1)).astype(np.float32)
-    plans = [layersens.plan(split, example) for example in
-             (x, x[0], jax.ShapeDtypeStruct((6, 6, 1), np.float32), None)]
+    plans = [layersens.plan(split, example) for example in (x, x[0], jax.ShapeDtypeStruct((6, 6, 1), np.float32), None)]
     assert all(p == plans[0] for p in plans)
     plan = plans[0]
     assert isinstance(plan, layersens.Plan) and plan.layer == "act" and plan.strategy == "auto"
@@ -59,8 +62,9 @@ def test_prepared_plans_are_reused_and_bounded(split):
 
 def test_every_subpackage_is_installed():
     """A regular (not editable) install copies only the packages pyproject lists: each one must be there."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     root = Path(__file__).resolve().parent.parent
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])

@@ -206,11 +206,11 @@ def num_params(op, shape):
     if isinstance(op, Norm):
         return 2 * c
     if isinstance(op, Conv):
-        return op.kernel ** 2 * (c // op.groups) * op.features + op.features
+        return op.kernel**2 * (c // op.groups) * op.features + op.features
     if isinstance(op, Residual):
-        return (c * c if op.inner == "dense" else op.kernel ** 2 * (c // op.groups) * c) + c
+        return (c * c if op.inner == "dense" else op.kernel**2 * (c // op.groups) * c) + c
     if isinstance(op, Scan):
-        return c * op.hidden + op.hidden ** 2 + op.hidden
+        return c * op.hidden + op.hidden**2 + op.hidden
     return 0
 
 
@@ -233,13 +233,20 @@ def candidates(shape, budget) -> dict[str, list]:
         h, w = shape[:2]
         out["conv"] = [
             Conv(f, k, s, p, g)
-            for f in (2, 3, 4) for k in (1, 2, 3) for s in (1, 2) for p in ("SAME", "VALID") for g in (1, 2, 3)
+            for f in (2, 3, 4)
+            for k in (1, 2, 3)
+            for s in (1, 2)
+            for p in ("SAME", "VALID")
+            for g in (1, 2, 3)
             if c % g == 0 and f % g == 0 and (p == "SAME" or min(h, w) >= k)
         ]
         if h * w > 1:
             out["pool"] = [
                 Pool(kind, win, s, p)
-                for kind in ("max", "avg") for win in (2, 3) for s in (1, 2) for p in ("SAME", "VALID")
+                for kind in ("max", "avg")
+                for win in (2, 3)
+                for s in (1, 2)
+                for p in ("SAME", "VALID")
                 if p == "SAME" or min(h, w) >= win
             ]
         out["residual"] += [Residual("conv", a, k, g) for a in ACTS for k in (1, 3) for g in (1, 2, 3) if c % g == 0]
@@ -256,8 +263,18 @@ def candidates(shape, budget) -> dict[str, list]:
 
 # How often each kind of op is drawn, among those that apply (the first kinds are the ones failures shrink to).
 # Uniform kinds left convolutions, pooling and scans in under 7 % of recipes (they apply to fewer shapes).
-KIND_WEIGHTS = {"act": 1, "dense": 1, "norm": 1, "conv": 4, "pool": 3, "residual": 2, "flatten": 1, "reshape": 1,
-                "scan": 4, "side": 1}
+KIND_WEIGHTS = {
+    "act": 1,
+    "dense": 1,
+    "norm": 1,
+    "conv": 4,
+    "pool": 3,
+    "residual": 2,
+    "flatten": 1,
+    "reshape": 1,
+    "scan": 4,
+    "side": 1,
+}
 
 
 def layer_names(ops) -> list[str]:
@@ -289,7 +306,8 @@ def coverage(case: Case) -> set[str]:
         labels.add(f"op: {kind}")
         if isinstance(op, Conv):
             labels |= {f"op: Conv {op.padding}", f"op: Conv stride {op.stride}"} | (
-                {"op: Conv grouped"} if op.groups > 1 else set())
+                {"op: Conv grouped"} if op.groups > 1 else set()
+            )
         elif isinstance(op, Pool):
             labels.add(f"op: Pool {op.kind} {op.padding}")
         elif isinstance(op, Scan):
@@ -406,15 +424,24 @@ class LinenNet(nn.Module):
             if isinstance(op, (Dense, Side)):
                 return nn.Dense(op.features, name=name)
             if isinstance(op, Conv):
-                return nn.Conv(op.features, (op.kernel,) * 2, strides=(op.stride,) * 2, padding=op.padding,
-                               feature_group_count=op.groups, name=name)
+                return nn.Conv(
+                    op.features,
+                    (op.kernel,) * 2,
+                    strides=(op.stride,) * 2,
+                    padding=op.padding,
+                    feature_group_count=op.groups,
+                    name=name,
+                )
             if isinstance(op, Norm):
-                return nn.LayerNorm(name=name) if op.kind == "layer" else nn.BatchNorm(use_running_average=True, name=name)
+                return (
+                    nn.LayerNorm(name=name) if op.kind == "layer" else nn.BatchNorm(use_running_average=True, name=name)
+                )
             if isinstance(op, Residual):
                 if op.inner == "dense":
                     return lambda h: nn.Dense(h.shape[-1], name=name)(h)
-                return lambda h: nn.Conv(h.shape[-1], (op.kernel,) * 2, padding="SAME",
-                                         feature_group_count=op.groups, name=name)(h)
+                return lambda h: nn.Conv(
+                    h.shape[-1], (op.kernel,) * 2, padding="SAME", feature_group_count=op.groups, name=name
+                )(h)
             if isinstance(op, Scan):
                 if op.impl == "lax":
                     return LinenLaxRNN(op.hidden, op.out, name=name)
@@ -469,15 +496,27 @@ class NNXNet(nnx.Module):
             if isinstance(op, (Dense, Side)):
                 module = nnx.Linear(c, op.features, rngs=rngs)
             elif isinstance(op, Conv):
-                module = nnx.Conv(c, op.features, (op.kernel,) * 2, strides=(op.stride,) * 2, padding=op.padding,
-                                  feature_group_count=op.groups, rngs=rngs)
+                module = nnx.Conv(
+                    c,
+                    op.features,
+                    (op.kernel,) * 2,
+                    strides=(op.stride,) * 2,
+                    padding=op.padding,
+                    feature_group_count=op.groups,
+                    rngs=rngs,
+                )
             elif isinstance(op, Norm):
-                module = (nnx.LayerNorm(c, rngs=rngs) if op.kind == "layer"
-                          else nnx.BatchNorm(c, use_running_average=True, rngs=rngs))
+                module = (
+                    nnx.LayerNorm(c, rngs=rngs)
+                    if op.kind == "layer"
+                    else nnx.BatchNorm(c, use_running_average=True, rngs=rngs)
+                )
             elif isinstance(op, Residual):
-                module = (nnx.Linear(c, c, rngs=rngs) if op.inner == "dense"
-                          else nnx.Conv(c, c, (op.kernel,) * 2, padding="SAME", feature_group_count=op.groups,
-                                        rngs=rngs))
+                module = (
+                    nnx.Linear(c, c, rngs=rngs)
+                    if op.inner == "dense"
+                    else nnx.Conv(c, c, (op.kernel,) * 2, padding="SAME", feature_group_count=op.groups, rngs=rngs)
+                )
             elif isinstance(op, Scan):
                 module = NNXRNN(c, op.hidden, op.impl, op.out, rngs)
             if module is not None:
@@ -485,8 +524,9 @@ class NNXNet(nnx.Module):
             shape = out_shape(op, shape)
 
     def __call__(self, x):
-        return run_recipe(self.ops, x, lambda i: getattr(self, f"m{i}"),
-                          lambda name, v: self.sow(nnx.Intermediate, name, v))
+        return run_recipe(
+            self.ops, x, lambda i: getattr(self, f"m{i}"), lambda name, v: self.sow(nnx.Intermediate, name, v)
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -534,8 +574,9 @@ def build(case: Case) -> Built:
     layer = case.layer
     if case.framework == "linen":
         module = LinenNet(case.ops)
-        shapes = jax.eval_shape(module.init, jax.random.key(0),
-                                jax.ShapeDtypeStruct((1,) + case.input_shape, jnp.float32))
+        shapes = jax.eval_shape(
+            module.init, jax.random.key(0), jax.ShapeDtypeStruct((1,) + case.input_shape, jnp.float32)
+        )
         variables = _fill(nn.meta.unbox(dict(shapes)), rng)
         model = layersens.from_linen(module, variables, case.input_shape)
         constants = _f64({k: v for k, v in variables.items() if k not in ("params", "intermediates")})
@@ -566,7 +607,6 @@ def build(case: Case) -> Built:
 
     flat = {k: np.asarray(v, np.float64) for k, v in flat.items()}
     return Built(model, flat, jit(flax_value), x)
-
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -615,8 +655,10 @@ def release(split):
     programs (~270 memory maps per case here). Under the thorough profile the process crossed the kernel's
     ``vm.max_map_count`` (65,530) after ~230 cases and XLA segfaulted while compiling. This drops the case's
     entries once it is checked (private names, looked up defensively: nothing happens if they change)."""
-    for module, cache, key in (("layersens.compute._jacobian", "_PREPARED", split),
-                               ("layersens.tracing._trace", "_TRACES", split.model)):
+    for module, cache, key in (
+        ("layersens.compute._jacobian", "_PREPARED", split),
+        ("layersens.tracing._trace", "_TRACES", split.model),
+    ):
         try:
             getattr(importlib.import_module(module), cache, {}).pop(key, None)
         except (ImportError, TypeError):

@@ -28,8 +28,13 @@ def run(*args):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return layersens.save_model(tmp_path_factory.mktemp("models") / "tiny", Net(), variables(),
-                                input_shape=INPUT_SHAPE, example_inputs=inputs(3))
+    return layersens.save_model(
+        tmp_path_factory.mktemp("models") / "tiny",
+        Net(),
+        variables(),
+        input_shape=INPUT_SHAPE,
+        example_inputs=inputs(3),
+    )
 
 
 def _numbers(value):
@@ -75,14 +80,37 @@ def test_summarize_a_layer_prints_the_table_and_writes_the_report(tmp_path, monk
     real = _write.write_bytes
     monkeypatch.setattr(_write, "write_bytes", lambda path, data: written.append(path.name) or real(path, data))
     out = tmp_path / "relu1-summary"
-    args = ["summarize", "--layer", "relu1", "--model", LENET_DIGITS, "--num-examples", 2, "--k", 3,
-            "--max-memory", "64MB", "--out", out]
+    args = [
+        "summarize",
+        "--layer",
+        "relu1",
+        "--model",
+        LENET_DIGITS,
+        "--num-examples",
+        2,
+        "--k",
+        3,
+        "--max-memory",
+        "64MB",
+        "--out",
+        out,
+    ]
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert result.stderr == ""  # no progress display off a terminal
-    for expected in ("relu1: (28, 28, 20) per example = 15,680 outputs", "240 parameters in 4 leaves",
-                     "‖J‖_F", "σ_1 … σ_3", "stable rank", "entropy rank (top 3)", "conv1/kernel", "top units",
-                     "share of ‖J‖²_F", "NTK", f"wrote       {out / 'report.md'}"):
+    for expected in (
+        "relu1: (28, 28, 20) per example = 15,680 outputs",
+        "240 parameters in 4 leaves",
+        "‖J‖_F",
+        "σ_1 … σ_3",
+        "stable rank",
+        "entropy rank (top 3)",
+        "conv1/kernel",
+        "top units",
+        "share of ‖J‖²_F",
+        "NTK",
+        f"wrote       {out / 'report.md'}",
+    ):
         assert expected in result.output, expected
     assert {p.name for p in out.iterdir()} == SUMMARY_FILES  # no temporaries left
     assert sorted(written) == sorted(SUMMARY_FILES - {"sensitivity.npz"})  # through the one atomic writer
@@ -109,8 +137,7 @@ def test_summarize_a_layer_prints_the_table_and_writes_the_report(tmp_path, monk
 
 def test_profile_of_every_layer(tiny_dir, tmp_path):
     out = tmp_path / "profile"
-    result = run("summarize", "--all-layers", "--model", tiny_dir, "--allow-import", "--num-examples", 2,
-                 "--out", out)
+    result = run("summarize", "--all-layers", "--model", tiny_dir, "--allow-import", "--num-examples", 2, "--out", out)
     assert result.exit_code == 0, result.output
     assert "skipped     scaled: no parameter reaches it" in result.output
     for layer in ("conv", "act", "dense", "hidden", "head", "output"):
@@ -124,8 +151,19 @@ def test_profile_of_every_layer(tiny_dir, tmp_path):
 
 
 def test_overwrite_replaces_a_report(tiny_dir, tmp_path):
-    args = ["summarize", "--layer", "head", "--model", tiny_dir, "--allow-import", "--k", 0, "--no-ntk", "--out",
-            tmp_path]
+    args = [
+        "summarize",
+        "--layer",
+        "head",
+        "--model",
+        tiny_dir,
+        "--allow-import",
+        "--k",
+        0,
+        "--no-ntk",
+        "--out",
+        tmp_path,
+    ]
     assert run(*args, "--num-examples", 2).exit_code == 0
     assert run(*args, "--num-examples", 1).exit_code == 1
     assert run(*args, "--num-examples", 1, "--overwrite").exit_code == 0
@@ -141,18 +179,29 @@ def test_summarize_each_kind_of_saved_file(tiny_dir, tmp_path):
         "j.npz": ["extract", "--layer", "hidden", *common],
         "g.npz": ["gradient", "--layer", "hidden", "--readout", "sum", *common],
         "h.npz": ["hessian", "--layer", "hidden", "--wrt", "dense/*", *common],
-        "p.npz": ["products", "--layer", "hidden", "--tangents", tmp_path / "v.npy", "--cotangents",
-                  tmp_path / "u.npy", *common],
+        "p.npz": [
+            "products",
+            "--layer",
+            "hidden",
+            "--tangents",
+            tmp_path / "v.npy",
+            "--cotangents",
+            tmp_path / "u.npy",
+            *common,
+        ],
     }
     for name, args in made.items():
         assert run(*args, "--out", tmp_path / name).exit_code == 0, name
-    layersens.sensitivity(layersens.split(layersens.load_model(tiny_dir, allow_import=True), "hidden"),
-                          inputs(2)).save(tmp_path / "s.npz")
-    expected = {"j.npz": ["exact zeros", "dense/kernel", "example 1: rank"],
-                "g.npz": ["readout     sum of hidden", "norm of each leaf's gradient", "conv/kernel"],
-                "h.npz": ["hessian     (2, 99, 99); largest |eigenvalue| per example", "dense/bias"],
-                "p.npz": ["jvp         J V (2, 3, 1)", "vjp         Jᵀ U (2, 119, 1)", "conv/bias"],
-                "s.npz": ["sensitivity of (3,) per example", "share of ‖J‖²_F", "top params"]}
+    layersens.sensitivity(layersens.split(layersens.load_model(tiny_dir, allow_import=True), "hidden"), inputs(2)).save(
+        tmp_path / "s.npz"
+    )
+    expected = {
+        "j.npz": ["exact zeros", "dense/kernel", "example 1: rank"],
+        "g.npz": ["readout     sum of hidden", "norm of each leaf's gradient", "conv/kernel"],
+        "h.npz": ["hessian     (2, 99, 99); largest |eigenvalue| per example", "dense/bias"],
+        "p.npz": ["jvp         J V (2, 3, 1)", "vjp         Jᵀ U (2, 119, 1)", "conv/bias"],
+        "s.npz": ["sensitivity of (3,) per example", "share of ‖J‖²_F", "top params"],
+    }
     for name, words in expected.items():
         result = run("summarize", tmp_path / name)
         assert result.exit_code == 0, (name, result.output)
@@ -162,18 +211,25 @@ def test_summarize_each_kind_of_saved_file(tiny_dir, tmp_path):
     assert spectrum.exit_code == 2 and "--spectrum/--no-spectrum is for a saved Jacobian" in spectrum.stderr
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["summarize"], 2, "give a result FILE to read, or --model DIR with --layer LAYER or --all-layers"),
-    (["summarize", "--model", "{model}"], 2, "give --layer LAYER or --all-layers (one of them)"),
-    (["summarize", "--model", "{model}", "--layer", "act", "--all-layers"], 2, "(one of them)"),
-    (["summarize", "x.npz", "--layer", "act"], 2, "give a result FILE or --model DIR, not both (--layer with x.npz)"),
-    (["summarize", "--model", "{model}", "--all-layers", "--no-ntk"], 2, "--no-ntk and --device go with --layer"),
-    (["summarize", "--model", "{model}", "--layer", "act", "--k", "-1"], 2, "-1 is not in the range x>=0"),
-    (["summarize", "--model", "{model}", "--layer", "acts"], 1, "unknown layer 'acts'. Did you mean 'act'?"),
-    (["summarize", "--model", "{model}", "--layer", "act", "--k", "40"], 1, "so choose 0 to 20 singular values"),
-    (["summarize", "--model", "{model}", "--layer", "scaled"], 1, "scaled"),
-    (["summarize", "--model", "{model}", "--layer", "act", "--out", "{file}"], 1, "is a file, not a directory"),
-])
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["summarize"], 2, "give a result FILE to read, or --model DIR with --layer LAYER or --all-layers"),
+        (["summarize", "--model", "{model}"], 2, "give --layer LAYER or --all-layers (one of them)"),
+        (["summarize", "--model", "{model}", "--layer", "act", "--all-layers"], 2, "(one of them)"),
+        (
+            ["summarize", "x.npz", "--layer", "act"],
+            2,
+            "give a result FILE or --model DIR, not both (--layer with x.npz)",
+        ),
+        (["summarize", "--model", "{model}", "--all-layers", "--no-ntk"], 2, "--no-ntk and --device go with --layer"),
+        (["summarize", "--model", "{model}", "--layer", "act", "--k", "-1"], 2, "-1 is not in the range x>=0"),
+        (["summarize", "--model", "{model}", "--layer", "acts"], 1, "unknown layer 'acts'. Did you mean 'act'?"),
+        (["summarize", "--model", "{model}", "--layer", "act", "--k", "40"], 1, "so choose 0 to 20 singular values"),
+        (["summarize", "--model", "{model}", "--layer", "scaled"], 1, "scaled"),
+        (["summarize", "--model", "{model}", "--layer", "act", "--out", "{file}"], 1, "is a file, not a directory"),
+    ],
+)
 def test_errors_are_one_line(tiny_dir, tmp_path, args, code, message):
     (tmp_path / "file").write_text("x")
     args = [a.format(model=tiny_dir, file=tmp_path / "file") for a in args]
@@ -224,9 +280,18 @@ def test_figures_leave_pyplot_alone_and_read_every_activation_shape(tiny, act_su
     rng = np.random.default_rng(0)
     for shape in ((5, 7), (300,), ()):  # a 2-axis activation (a heat map), many units (a line), a scalar
         sens = layersens.Sensitivity(
-            layer="h", model="m", param_names=("w",), param_shapes=((4, 3),), activation_shape=shape, wrt="parameters",
-            mode="fwd", device="cpu:0", parameter={"w": rng.random((2, 4, 3))}, unit=rng.random((2,) + shape),
-            frobenius=rng.random(2) + 1)
+            layer="h",
+            model="m",
+            param_names=("w",),
+            param_shapes=((4, 3),),
+            activation_shape=shape,
+            wrt="parameters",
+            mode="fwd",
+            device="cpu:0",
+            parameter={"w": rng.random((2, 4, 3))},
+            unit=rng.random((2,) + shape),
+            frobenius=rng.random(2) + 1,
+        )
         assert isinstance(sens.plot("units"), Figure) and isinstance(sens.plot(), Figure)
     assert ("matplotlib.pyplot" in sys.modules) == had_pyplot
 

@@ -13,15 +13,22 @@ def objects(tiny_cnn):
     x = np.random.default_rng(0).normal(size=(3, 6, 6, 1)).astype(np.float32)
     jac = layersens.jacobian(split, x)
     return {
-        "model": model, "split": split, "layer": layersens.list_layers(model)[0], "plan": layersens.plan(split, x),
-        "prepared": layersens.prepare(split, x), "jacobian": jac, "compressed": layersens.compressed_jacobian(split, x),
-        "operator": layersens.linearize(split, x), "readout": layersens.readout_gradient(split, x),
+        "model": model,
+        "split": split,
+        "layer": layersens.list_layers(model)[0],
+        "plan": layersens.plan(split, x),
+        "prepared": layersens.prepare(split, x),
+        "jacobian": jac,
+        "compressed": layersens.compressed_jacobian(split, x),
+        "operator": layersens.linearize(split, x),
+        "readout": layersens.readout_gradient(split, x),
         "summary": layersens.summarize(jac),
     }
 
 
-@pytest.mark.parametrize("name", ["model", "split", "layer", "plan", "prepared", "jacobian", "compressed", "operator",
-                                  "readout", "summary"])
+@pytest.mark.parametrize(
+    "name", ["model", "split", "layer", "plan", "prepared", "jacobian", "compressed", "operator", "readout", "summary"]
+)
 def test_reprs_are_short_summaries_without_arrays(objects, name):
     obj = objects[name]
     text = repr(obj)

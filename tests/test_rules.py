@@ -56,7 +56,7 @@ def test_elementwise_with_broadcast_constants(shape, data):
     axis = data.draw(st.integers(0, len(shape) - 1))
     const_shape = tuple(1 if data.draw(st.booleans()) else d for d in shape)
     leaf, const = rand(shape), rand(const_shape, 1)
-    check(lambda w, c: jnp.tanh(w * c + w) / (1 + w ** 2), leaf, axis, const, expect=axis)
+    check(lambda w, c: jnp.tanh(w * c + w) / (1 + w**2), leaf, axis, const, expect=axis)
 
 
 @SETTINGS
@@ -105,8 +105,12 @@ def test_slices_reductions_and_scans_along_axes(shape, data):
     check(lambda w: lax.pad(w, 0.0, pads), leaf, axis)
     if shape[other] % 2 == 0:
         check(lambda w: jnp.split(w, 2, axis=other)[1], leaf, axis)
-    check(lambda w, c: lax.dynamic_update_slice_in_dim(c, w[:1] if other == 0 else w, 0, axis=0),
-          leaf, axis, rand((shape[0] + 1,) + shape[1:], 3))
+    check(
+        lambda w, c: lax.dynamic_update_slice_in_dim(c, w[:1] if other == 0 else w, 0, axis=0),
+        leaf,
+        axis,
+        rand((shape[0] + 1,) + shape[1:], 3),
+    )
 
 
 @SETTINGS
@@ -136,7 +140,8 @@ def test_convolution(cin, cout, groups, data):
     kernel = rand((3, 3, cin // groups, cout))
     x = rand((1, 5, 5, cin), 1)
     conv = lambda k, x: lax.conv_general_dilated(  # noqa: E731
-        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+        x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups
+    )
     out = check(conv, kernel, 3, x)
     if groups == 1:
         assert out == 3
@@ -193,8 +198,12 @@ def test_scan_keeps_structure_only_if_every_step_does(channels, steps):
 
     check(stacked, scale, 0, expect=1)
     check(lambda s: lax.fori_loop(0, steps, lambda i, h: (h @ mix) * s, h0), scale, 0)
-    check(lambda s: lax.while_loop(lambda c: c[0] < steps, lambda c: (c[0] + 1, (c[1] @ mix) * s), (0, h0))[1],
-          scale, 0, expect=MIXED if channels > 1 else None)
+    check(
+        lambda s: lax.while_loop(lambda c: c[0] < steps, lambda c: (c[0] + 1, (c[1] @ mix) * s), (0, h0))[1],
+        scale,
+        0,
+        expect=MIXED if channels > 1 else None,
+    )
     check(lambda s: lax.cond(h0.sum() > 0, lambda: h0 * s, lambda: h0 @ mix * s), scale, 0)
     check(lambda s: lax.cond(s.sum() > 0, lambda: h0 * s, lambda: 2 * h0 * s), scale, 0, expect=MIXED)
 
@@ -207,13 +216,17 @@ def test_every_registered_rule_has_a_primitive_and_unknown_primitives_mix():
 
 # --- dependence ---------------------------------------------------------------------------------------------
 
+
 def _programs():
     """Functions of three inputs (a, b, c) returning several outputs, with calls, loops and branches."""
     mix = jnp.arange(9.0).reshape(3, 3) / 9
 
     def scan_carry(a, b, c):
-        (h, g), ys = lax.scan(lambda carry, x: ((jnp.tanh(carry[0] @ mix + x), carry[1] + carry[0]), carry[1]),
-                              (a, jnp.zeros(3)), jnp.stack([b, b]))
+        (h, g), ys = lax.scan(
+            lambda carry, x: ((jnp.tanh(carry[0] @ mix + x), carry[1] + carry[0]), carry[1]),
+            (a, jnp.zeros(3)),
+            jnp.stack([b, b]),
+        )
         return h, g, ys, c
 
     def scan_reads_carry_late(a, b, c):

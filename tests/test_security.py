@@ -59,11 +59,15 @@ def test_a_spec_naming_layersens_itself_to_load_a_second_spec_is_refused(lenet_c
     shutil.copytree(LENET_DIGITS, second)
     (second / "evil_second.py").write_text(EVIL.format(marker=str(marker)))
     _edit_spec(second, module="evil_second:run")
-    _edit_spec(lenet_copy, module=None, factory="layersens:load_model",
-               kwargs={"directory": str(second), "allow_import": True})
+    _edit_spec(
+        lenet_copy, module=None, factory="layersens:load_model", kwargs={"directory": str(second), "allow_import": True}
+    )
     for allow in (False, True):
-        with pytest.raises(layersens.UntrustedModuleError, match=r"names 'layersens:load_model', a part of "
-                           r"layersens itself"):
+        with pytest.raises(
+            layersens.UntrustedModuleError,
+            match=r"names 'layersens:load_model', a part of "
+            r"layersens itself",
+        ):
             layersens.load_model(lenet_copy, allow_import=allow)
     assert not marker.exists()
 
@@ -72,8 +76,11 @@ def test_without_allow_import_no_user_module_is_imported(lenet_copy, tmp_path):
     marker = tmp_path / "marker"
     (lenet_copy / "evil_import.py").write_text(EVIL.format(marker=str(marker)))
     _edit_spec(lenet_copy, module="evil_import:Net")
-    with pytest.raises(layersens.UntrustedModuleError, match=r"importing module 'evil_import' runs its code. Pass "
-                       r"--allow-import"):
+    with pytest.raises(
+        layersens.UntrustedModuleError,
+        match=r"importing module 'evil_import' runs its code. Pass "
+        r"--allow-import",
+    ):
         layersens.load_model(lenet_copy)
     assert not marker.exists()
 
@@ -89,12 +96,16 @@ def test_with_allow_import_only_flax_module_classes_are_called(lenet_copy, tmp_p
     assert announced and "importing evil_callable" in announced[0] and "runs its code" in announced[0]
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"num_classes": {"__function__": "os:system"}},
-    {"num_classes": {"__partial__": "os:system", "args": ["touch MARKER"], "kwargs": {}}},
-    {"num_classes": {"__dataclass__": "subprocess:Popen", "fields": {"args": ["touch", "MARKER"]}}},
-    {"num_classes": {"__class__": "builtins:eval"}},
-], ids=["function", "partial", "dataclass", "class"])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_classes": {"__function__": "os:system"}},
+        {"num_classes": {"__partial__": "os:system", "args": ["touch MARKER"], "kwargs": {}}},
+        {"num_classes": {"__dataclass__": "subprocess:Popen", "fields": {"args": ["touch", "MARKER"]}}},
+        {"num_classes": {"__class__": "builtins:eval"}},
+    ],
+    ids=["function", "partial", "dataclass", "class"],
+)
 def test_constructor_arguments_cannot_reach_the_standard_library(lenet_copy, tmp_path, kwargs):
     text = json.dumps(kwargs).replace("MARKER", str(tmp_path / "marker"))
     _edit_spec(lenet_copy, kwargs=json.loads(text))
@@ -127,8 +138,11 @@ def test_a_flipped_bit_in_a_data_file_is_an_error_naming_the_damage(lenet_copy):
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     data.write_bytes(bytes(raw))
-    with pytest.raises(layersens.CheckpointError, match=r"(does not match the hash recorded when it was saved|"
-                       r"cannot restore the checkpoint)"):
+    with pytest.raises(
+        layersens.CheckpointError,
+        match=r"(does not match the hash recorded when it was saved|"
+        r"cannot restore the checkpoint)",
+    ):
         layersens.load_model(lenet_copy)
 
 
@@ -140,14 +154,17 @@ def test_a_changed_value_is_named_by_its_leaf(lenet_copy, tmp_path):
         layersens.load_model(lenet_copy)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("frame_work", "linen", r"unknown field\(s\) \['frame_work'\]"),
-    ("input_shape", [28, "28", 1], r"'input_shape' is \[28, '28', 1\]; it must be a list of positive integers"),
-    ("input_dtype", "floaty", r"'input_dtype' is 'floaty'; give a numeric dtype such as 'float32'"),
-    ("call_kwargs", {"train": float("nan")}, r"not valid JSON|not JSON"),
-    ("example_inputs", "../../etc/passwd", r"must name a file in the model directory"),
-    ("module", "not a path", r"write it as 'package.module:Name'"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("frame_work", "linen", r"unknown field\(s\) \['frame_work'\]"),
+        ("input_shape", [28, "28", 1], r"'input_shape' is \[28, '28', 1\]; it must be a list of positive integers"),
+        ("input_dtype", "floaty", r"'input_dtype' is 'floaty'; give a numeric dtype such as 'float32'"),
+        ("call_kwargs", {"train": float("nan")}, r"not valid JSON|not JSON"),
+        ("example_inputs", "../../etc/passwd", r"must name a file in the model directory"),
+        ("module", "not a path", r"write it as 'package.module:Name'"),
+    ],
+)
 def test_spec_files_are_parsed_strictly(lenet_copy, field, value, message):
     path = lenet_copy / "layersens.json"
     spec = json.loads(path.read_text())
@@ -171,25 +188,41 @@ def test_a_plain_orbax_checkpoint_with_the_users_module_beside_it(tmp_path, monk
     )
     (tmp_path / "planted_models.py").write_text(model_code)
     rng = np.random.default_rng(0)
-    variables = {"params": {"hidden": {"kernel": rng.normal(size=(4, 5)).astype(np.float32),
-                                       "bias": np.zeros(5, np.float32)},
-                            "head": {"kernel": rng.normal(size=(5, 2)).astype(np.float32),
-                                     "bias": np.zeros(2, np.float32)}}}
+    variables = {
+        "params": {
+            "hidden": {"kernel": rng.normal(size=(4, 5)).astype(np.float32), "bias": np.zeros(5, np.float32)},
+            "head": {"kernel": rng.normal(size=(5, 2)).astype(np.float32), "bias": np.zeros(2, np.float32)},
+        }
+    }
     with ocp.StandardCheckpointer() as ck:
         ck.save(tmp_path / "ckpt", variables)
     with pytest.raises(layersens.SpecError, match=r"plain Orbax checkpoint with no layersens spec; name the module"):
         layersens.load_model(tmp_path / "ckpt")
     with pytest.raises(layersens.UntrustedModuleError, match="--allow-import"):
         layersens.load_model(tmp_path / "ckpt", module="planted_models:Tiny", input_shape=(4,))
-    model = layersens.load_model(tmp_path / "ckpt", allow_import=True, module="planted_models:Tiny",
-                                 kwargs={"features": 5}, input_shape=(4,))
+    model = layersens.load_model(
+        tmp_path / "ckpt", allow_import=True, module="planted_models:Tiny", kwargs={"features": 5}, input_shape=(4,)
+    )
     assert [i.name for i in layersens.list_layers(model)][:3] == ["hidden", "relu_0", "head"]
     from click.testing import CliRunner
 
     from layersens_cli.main import main
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["layers", "--model", "ckpt", "--module", "planted_models:Tiny", "--kwargs",
-                                       '{"features": 5}', "--input-shape", "4", "--allow-import"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "layers",
+            "--model",
+            "ckpt",
+            "--module",
+            "planted_models:Tiny",
+            "--kwargs",
+            '{"features": 5}',
+            "--input-shape",
+            "4",
+            "--allow-import",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "relu_0" in result.output

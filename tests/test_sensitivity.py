@@ -20,8 +20,11 @@ from tests.tiny_models import TinyCNN, random_linen_variables
 
 TOL = {np.float32: (1e-5, 1e-6), np.float64: (1e-10, 1e-12)}
 MODES = {
-    "auto": layersens.Auto(), "fwd3": layersens.Forward(chunk_size=3), "rev5": layersens.Reverse(chunk_size=5),
-    "structured": layersens.Structured(), "per-leaf": layersens.PerLeaf(),
+    "auto": layersens.Auto(),
+    "fwd3": layersens.Forward(chunk_size=3),
+    "rev5": layersens.Reverse(chunk_size=5),
+    "structured": layersens.Structured(),
+    "per-leaf": layersens.PerLeaf(),
 }
 
 
@@ -38,8 +41,9 @@ class ChannelFirst(nn.Module):
 @pytest.fixture(scope="module")
 def tiny():
     module = TinyCNN()
-    return layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                call_kwargs={"train": False})
+    return layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -67,10 +71,15 @@ def reference(jac: layersens.LayerJacobian) -> dict:
     squares = np.square(jac.matrix.astype(np.float64))
     n = jac.num_examples
     columns = squares.sum(axis=1)
-    parameter = {name: columns[:, a:b].reshape((n,) + shape)
-                 for (name, (a, b)), shape in zip(jac.column_ranges.items(), jac.param_shapes)}
-    return {"parameter": parameter, "unit": np.sqrt(squares.sum(axis=2)).reshape((n,) + jac.activation_shape),
-            "frobenius": np.sqrt(squares.sum(axis=(1, 2)))}
+    parameter = {
+        name: columns[:, a:b].reshape((n,) + shape)
+        for (name, (a, b)), shape in zip(jac.column_ranges.items(), jac.param_shapes)
+    }
+    return {
+        "parameter": parameter,
+        "unit": np.sqrt(squares.sum(axis=2)).reshape((n,) + jac.activation_shape),
+        "frobenius": np.sqrt(squares.sum(axis=(1, 2))),
+    }
 
 
 def close(actual, expected, dtype):
@@ -113,8 +122,10 @@ def test_a_channel_axis_that_is_not_the_last(mode):
 
 
 LENET_CASES = [("relu1", m, None) for m in MODES] + [
-    ("relu2", "auto", Layout.CHANNEL_COLUMNS), ("fc1", "structured", Layout.CHANNEL_ROWS),
-    ("fc1", "rev5", Layout.ROWS)]
+    ("relu2", "auto", Layout.CHANNEL_COLUMNS),
+    ("fc1", "structured", Layout.CHANNEL_ROWS),
+    ("fc1", "rev5", Layout.ROWS),
+]
 
 
 @pytest.mark.parametrize("layer,mode,layout", LENET_CASES, ids=[f"{a}-{b}" for a, b, _ in LENET_CASES])
@@ -162,9 +173,14 @@ def test_a_whole_matrix_block_and_any_order_of_blocks(tiny):
     kept, done = layersens.compute.run(split, X, Keep(), mode=MODES["structured"])
     dense = layersens.jacobian(split, X).matrix
     forward, backward, whole = SensitivitySink(), SensitivitySink(), SensitivitySink()
-    for sink, blocks in [(forward, kept.blocks), (backward, kept.blocks[::-1]),
-                         (whole, [layersens.compute.JacobianBlock(n, Layout.WHOLE, split.param_names, 0, dense[n])
-                                  for n in range(len(X))])]:
+    for sink, blocks in [
+        (forward, kept.blocks),
+        (backward, kept.blocks[::-1]),
+        (
+            whole,
+            [layersens.compute.JacobianBlock(n, Layout.WHOLE, split.param_names, 0, dense[n]) for n in range(len(X))],
+        ),
+    ]:
         sink.begin(kept.job)
         for block in blocks:
             sink.put(block)
@@ -185,11 +201,10 @@ def test_derived_quantities(tiny):
     assert list(totals) == list(split.param_names)
     for name, total in totals.items():
         np.testing.assert_allclose(total, ref["parameter"][name].sum(), rtol=1e-12)
-        np.testing.assert_allclose(sens.per_channel(name), ref["parameter"][name].reshape(2, -1, 3).sum(1),
-                                   rtol=1e-12)
-    np.testing.assert_allclose(sum(totals.values()), np.sum(sens.frobenius ** 2), rtol=1e-12)
+        np.testing.assert_allclose(sens.per_channel(name), ref["parameter"][name].reshape(2, -1, 3).sum(1), rtol=1e-12)
+    np.testing.assert_allclose(sum(totals.values()), np.sum(sens.frobenius**2), rtol=1e-12)
     np.testing.assert_allclose(sens.unit_channels(), np.square(ref["unit"]).reshape(2, -1, 3).sum(1), rtol=1e-12)
-    np.testing.assert_allclose(sens.unit_channels().sum(1), sens.frobenius ** 2, rtol=1e-12)
+    np.testing.assert_allclose(sens.unit_channels().sum(1), sens.frobenius**2, rtol=1e-12)
 
     flat = np.concatenate([ref["parameter"][n].sum(0).reshape(-1) for n in split.param_names])
     top = sens.top_parameters(5)
@@ -199,8 +214,9 @@ def test_derived_quantities(tiny):
         assert e.value == pytest.approx(sens.parameter[e.leaf].sum(0)[e.index], rel=1e-12)
     units = sens.top_units(3)
     assert [e.leaf for e in units] == ["act"] * 3 and all(len(e.index) == 3 for e in units)
-    np.testing.assert_allclose([e.value for e in units],
-                               np.sort(np.square(ref["unit"]).sum(0).reshape(-1))[::-1][:3], rtol=1e-12)
+    np.testing.assert_allclose(
+        [e.value for e in units], np.sort(np.square(ref["unit"]).sum(0).reshape(-1))[::-1][:3], rtol=1e-12
+    )
     assert len(sens.top_parameters(10**6)) == split.num_params
     with pytest.raises(KeyError, match="not a differentiated leaf"):
         sens.per_channel("head/kernel")
@@ -210,8 +226,12 @@ def test_derived_quantities(tiny):
 
 def test_progress_and_timings(tiny):
     calls = []
-    sens = layersens.sensitivity(layersens.split(tiny, "act"), X32, mode=layersens.Forward(chunk_size=7),
-                                 progress=lambda done, total: calls.append((done, total)))
+    sens = layersens.sensitivity(
+        layersens.split(tiny, "act"),
+        X32,
+        mode=layersens.Forward(chunk_size=7),
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert calls and calls[-1][0] == calls[-1][1] and sens.seconds > 0 and sens.mode == "fwd"
 
 
@@ -220,8 +240,19 @@ def test_save_and_load_round_trip(tiny, tmp_path):
     path = sens.save(tmp_path / "act")
     assert path.name == "act.npz"
     back = load_sensitivity(path)
-    for field in ("layer", "model", "param_names", "param_shapes", "activation_shape", "wrt", "mode", "device",
-                  "seconds", "compile_seconds", "notes"):
+    for field in (
+        "layer",
+        "model",
+        "param_names",
+        "param_shapes",
+        "activation_shape",
+        "wrt",
+        "mode",
+        "device",
+        "seconds",
+        "compile_seconds",
+        "notes",
+    ):
         assert getattr(back, field) == getattr(sens, field), field
     np.testing.assert_array_equal(back.unit, sens.unit)
     np.testing.assert_array_equal(back.frobenius, sens.frobenius)

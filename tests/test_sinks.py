@@ -33,14 +33,21 @@ class Recording(layersens.Sink):
         return self
 
 
-@pytest.mark.parametrize("mode", [layersens.Forward(chunk_size=7), layersens.Reverse(chunk_size=5),
-                                  layersens.Structured(chunk_size=2), layersens.Auto()])
+@pytest.mark.parametrize(
+    "mode",
+    [
+        layersens.Forward(chunk_size=7),
+        layersens.Reverse(chunk_size=5),
+        layersens.Structured(chunk_size=2),
+        layersens.Auto(),
+    ],
+)
 def test_every_basis_vector_reaches_the_sink_once(split, mode):
     """Chunk widths that do not divide the basis make the last chunk overlap the one before; the sink must still
     see each basis vector once, so that a sink may accumulate (norms, sums) without double counting."""
     recorded = layersens.compute.run(split, X, Recording(), mode=mode)
     dense = layersens.jacobian(split, X, mode=mode)
-    for (example, layout, names), ranges in recorded.covered.items():
+    for (_example, layout, names), ranges in recorded.covered.items():
         ranges = sorted(ranges)
         assert ranges[0][0] == 0 and all(a[1] == b[0] for a, b in zip(ranges, ranges[1:])), (layout, names, ranges)
     np.testing.assert_allclose(recorded.squares, np.sum(np.square(dense.matrix, dtype=np.float64)), rtol=1e-5)

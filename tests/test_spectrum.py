@@ -25,8 +25,9 @@ X = np.random.default_rng(5).normal(size=(2, 6, 6, 1)).astype(np.float32)
 @pytest.fixture(scope="module")
 def tiny():
     module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": False})
+    model = layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
     return layersens.split(model, "act")
 
 

@@ -15,8 +15,9 @@ from tests.tiny_models import TinyCNN, TinyCNNNNX, random_linen_variables
 @pytest.fixture(scope="module")
 def tiny_linen():
     module = TinyCNN()
-    return layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                call_kwargs={"train": False})
+    return layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -116,16 +117,18 @@ def test_wrong_input_shape_names_both_shapes(lenet_linen):
 
 def test_train_mode_linen_model_is_refused_with_the_fix():
     module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": True})
+    model = layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": True}
+    )
     with pytest.raises(layersens.TrainModeError, match=r"training mode.*call_kwargs=\{'train': False\}"):
         layersens.split(model, "act")
 
 
 def test_float64_needs_x64_message():
     module = TinyCNN()
-    model = layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                 call_kwargs={"train": False})
+    model = layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
     jax.config.update("jax_enable_x64", False)
     try:
         with pytest.raises(layersens.SelectionError, match="jax_enable_x64"):

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from layersens_cli.main import main
 
 import layersens
 from layersens import CheckpointError, OutputError
@@ -24,6 +23,7 @@ from layersens._atomic import (
 )
 from layersens.examples import LENET_DIGITS
 from layersens.results._storage import check_output, read_npz, write_npz
+from layersens_cli.main import main
 
 M = str(LENET_DIGITS)
 FC2 = ["extract", "--model", M, "--layer", "fc2", "--num-examples", "1", "--wrt", "fc2/*"]
@@ -74,8 +74,13 @@ def test_a_saved_model_directory_follows_the_umask(tmp_path, umask022):
     from tests.tiny_models import TinyCNN, random_linen_variables
 
     module = TinyCNN(features=3)
-    path = layersens.save_model(tmp_path / "m", module, random_linen_variables(module, (6, 6, 1)),
-                                input_shape=(6, 6, 1), call_kwargs={"train": False})
+    path = layersens.save_model(
+        tmp_path / "m",
+        module,
+        random_linen_variables(module, (6, 6, 1)),
+        input_shape=(6, 6, 1),
+        call_kwargs={"train": False},
+    )
     assert _mode(path) == 0o755 and _mode(path / "layersens.json") == 0o644 and _mode(path / "state") == 0o755
     assert _listing(tmp_path) == ["m"]
 
@@ -174,8 +179,11 @@ def test_a_symlink_at_out_counts_as_existing_and_overwrite_writes_through(tmp_pa
     target.parent.mkdir()
     link = tmp_path / "link.npz"
     link.symlink_to(target)
-    with pytest.raises(OutputError, match=r"link\.npz \(a symbolic link to .*real\.npz\) already exists; pass "
-                                          r"--overwrite"):
+    with pytest.raises(
+        OutputError,
+        match=r"link\.npz \(a symbolic link to .*real\.npz\) already exists; pass "
+        r"--overwrite",
+    ):
         check_output(link)
     assert check_output(link, overwrite=True) == link
     (tmp_path / "loop.npz").symlink_to("loop.npz")
@@ -198,13 +206,22 @@ def test_a_symlink_at_out_through_the_command_line(tmp_path):
     assert layersens.load_jacobian(link).layer == "fc2"
 
 
-@pytest.mark.parametrize("name, message", [
-    ("x" * 300, (r"--out: the file name is 304 bytes long and this file system allows at most \d+; choose a "
-                 r"shorter name \(it starts 'xxxx")),
-    ("\r", r"--out '.*/\\r\.npz' contains control characters \('\\r'\); choose a printable file name"),
-    ("a\nb.npz", r"contains control characters \('\\n'\)"),
-    ("y" * 300 + "/r.npz", r"--out: the folder name is 300 bytes long"),
-], ids=["300-characters", "carriage-return", "newline", "300-character-folder"])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "x" * 300,
+            (
+                r"--out: the file name is 304 bytes long and this file system allows at most \d+; choose a "
+                r"shorter name \(it starts 'xxxx"
+            ),
+        ),
+        ("\r", r"--out '.*/\\r\.npz' contains control characters \('\\r'\); choose a printable file name"),
+        ("a\nb.npz", r"contains control characters \('\\n'\)"),
+        ("y" * 300 + "/r.npz", r"--out: the folder name is 300 bytes long"),
+    ],
+    ids=["300-characters", "carriage-return", "newline", "300-character-folder"],
+)
 def test_an_output_name_that_cannot_be_held_or_printed_is_refused(tmp_path, name, message):
     # defects 2 and 14: a 300-character name gave a 41-line traceback (OSError: [Errno 36] File name too long); a
     # lone control character was accepted, and the result could not be read back by the name reported
@@ -227,8 +244,11 @@ def test_a_full_disk_is_refused_by_check_output_given_the_size(tmp_path, monkeyp
     # defect 6: a full disk was detected only after the Jacobian was computed
     monkeypatch.setattr(shutil, "disk_usage", _disk(5 << 20))
     assert check_output(tmp_path / "r.npz", nbytes=1 << 20) == tmp_path / "r.npz"
-    with pytest.raises(OutputError, match=r"--out .*r\.npz needs about 1\.0 GiB and only 5\.0 MiB is free on .*; "
-                                          r"free space, choose another disk"):
+    with pytest.raises(
+        OutputError,
+        match=r"--out .*r\.npz needs about 1\.0 GiB and only 5\.0 MiB is free on .*; "
+        r"free space, choose another disk",
+    ):
         check_output(tmp_path / "r.npz", nbytes=1 << 30)
     check_output(tmp_path / "r.npz")  # no size, no check
     with pytest.raises(OutputError, match="needs about 1.0 GiB"):
@@ -261,20 +281,37 @@ def other_results(tmp_path_factory):
     common = {"num_examples": 1, "wrt": ["fc2/bias"]}
     layersens.extract_readout(model, "fc2", out=root / "fc2_gradient.npz", **common)
     layersens.extract_readout(model, "fc2", hessian=True, out=root / "fc2_hessian.npz", **common)
-    layersens.extract_products(model, "fc2", tangents=np.ones(10, np.float32), out=root / "fc2_products.npz",
-                               **common)
+    layersens.extract_products(model, "fc2", tangents=np.ones(10, np.float32), out=root / "fc2_products.npz", **common)
     return root
 
 
-@pytest.mark.parametrize("name, message", [
-    ("fc2_gradient.npz", (r"fc2_gradient\.npz holds a readout gradient \(layersens-readout-gradient/1\), written "
-                          r"by `layersens gradient`, not a Jacobian; read its arrays \(values, gradient\) with "
-                          r"numpy\.load\(")),
-    ("fc2_hessian.npz", (r"holds a readout Hessian and gradient \(layersens-readout-hessian/1\), written by "
-                         r"`layersens hessian`, not a Jacobian; read its arrays \(values, gradient, hessian\)")),
-    ("fc2_products.npz", (r"holds products with a Jacobian \(J V, Jᵀ U\) \(layersens-products/1\), written by "
-                          r"`layersens products`, not a Jacobian; read its arrays \(jvp\)")),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        (
+            "fc2_gradient.npz",
+            (
+                r"fc2_gradient\.npz holds a readout gradient \(layersens-readout-gradient/1\), written "
+                r"by `layersens gradient`, not a Jacobian; read its arrays \(values, gradient\) with "
+                r"numpy\.load\("
+            ),
+        ),
+        (
+            "fc2_hessian.npz",
+            (
+                r"holds a readout Hessian and gradient \(layersens-readout-hessian/1\), written by "
+                r"`layersens hessian`, not a Jacobian; read its arrays \(values, gradient, hessian\)"
+            ),
+        ),
+        (
+            "fc2_products.npz",
+            (
+                r"holds products with a Jacobian \(J V, Jᵀ U\) \(layersens-products/1\), written by "
+                r"`layersens products`, not a Jacobian; read its arrays \(jvp\)"
+            ),
+        ),
+    ],
+)
 def test_other_layersens_files_are_named_for_what_they_hold(other_results, name, message):
     # defect 10: load_jacobian and `layersens summarize` said "KeyError: 'matrix is not a file in the archive'"
     with pytest.raises(CheckpointError, match=message):
@@ -291,17 +328,27 @@ def test_files_that_are_no_result_say_what_they_are(tmp_path):
     (tmp_path / "binary.npz").write_bytes(bytes(range(256)))
     np.save(tmp_path / "one.npy", np.ones(3))
     np.savez(tmp_path / "plain.npz", x=np.ones(3))
-    cases = {"notes.txt": "it is a text file, not an .npz archive", "empty.npz": "it is an empty file",
-             "binary.npz": "it is binary data in no NumPy format", "one.npy": "it is a single .npy array",
-             "plain.npz": r"is an \.npz archive of arrays \['x'\] without layersens metadata"}
+    cases = {
+        "notes.txt": "it is a text file, not an .npz archive",
+        "empty.npz": "it is an empty file",
+        "binary.npz": "it is binary data in no NumPy format",
+        "one.npy": "it is a single .npy array",
+        "plain.npz": r"is an \.npz archive of arrays \['x'\] without layersens metadata",
+    }
     for name, message in cases.items():
         with pytest.raises(CheckpointError, match=message) as e:
             read_npz(tmp_path / name, "layersens-jacobian/1", ("matrix",))
         assert "pickle" not in str(e.value)
-    with pytest.raises(CheckpointError, match=r"/dev/zero is not a readable layersens result file: it is a "
-                                              r"character device.*layersens extract --out FILE\.npz"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"/dev/zero is not a readable layersens result file: it is a "
+        r"character device.*layersens extract --out FILE\.npz",
+    ):
         layersens.load_jacobian("/dev/zero")
     write_npz(tmp_path / "future.npz", {"a": np.ones(1)}, {"format": "layersens-future/9"})
-    with pytest.raises(CheckpointError, match=r"is not a layersens-jacobian/1 file \(its format is "
-                                              r"'layersens-future/9'\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"is not a layersens-jacobian/1 file \(its format is "
+        r"'layersens-future/9'\)",
+    ):
         layersens.load_jacobian(tmp_path / "future.npz")

@@ -27,8 +27,9 @@ STRATEGIES = {
 
 def linen_model():
     module = TinyCNN()
-    return layersens.from_linen(module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1),
-                                call_kwargs={"train": False})
+    return layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
 
 
 def nnx_model():
@@ -52,15 +53,24 @@ def test_every_strategy_agrees_with_every_other(model, layer):
     split = layersens.split(model, layer)
     x = np.random.default_rng(0).normal(size=(2, 6, 6, 1)).astype(np.float32)
     results = {name: layersens.jacobian(split, x, mode=s) for name, s in STRATEGIES.items()}
-    reference = jnp.stack([
-        jnp.concatenate([jnp.reshape(j, (split.num_outputs, -1)) for j in
-                         jax.jacfwd(lambda p: split.apply(p, xi))(split.params).values()], axis=1)
-        for xi in x])
+    reference = jnp.stack(
+        [
+            jnp.concatenate(
+                [
+                    jnp.reshape(j, (split.num_outputs, -1))
+                    for j in jax.jacfwd(lambda p: split.apply(p, xi))(split.params).values()
+                ],
+                axis=1,
+            )
+            for xi in x
+        ]
+    )
     # jax.jacfwd returns leaves in sorted-key order; reorder to the split's column order
     sizes = {k: int(np.size(v)) for k, v in split.params.items()}
     starts = dict(zip(sorted(sizes), np.cumsum([0] + [sizes[k] for k in sorted(sizes)])))
-    reference = np.concatenate([np.asarray(reference)[:, :, starts[k]:starts[k] + sizes[k]]
-                                for k in split.param_names], axis=2)
+    reference = np.concatenate(
+        [np.asarray(reference)[:, :, starts[k] : starts[k] + sizes[k]] for k in split.param_names], axis=2
+    )
     for name, jac in results.items():
         np.testing.assert_allclose(jac.matrix, reference, **TOL[np.float32], err_msg=name)
     for (a, ja), (b, jb) in itertools.combinations(results.items(), 2):
@@ -69,8 +79,10 @@ def test_every_strategy_agrees_with_every_other(model, layer):
 
 def test_structure_found_where_channels_are_separate(model):
     x = jnp.zeros((6, 6, 1))
-    found = {layer: set(layersens.channel_structure(layersens.split(model, layer), x))
-             for layer in ("act", "res", "head", "output")}
+    found = {
+        layer: set(layersens.channel_structure(layersens.split(model, layer), x))
+        for layer in ("act", "res", "head", "output")
+    }
     assert found["act"] == {"conv/kernel", "conv/bias", "bn/scale", "bn/bias"}
     assert found["res"] == {"res/kernel", "res/bias"}  # conv/bn feed 'res' through its input channels: mixed
     assert found["head"] == {"head/kernel", "head/bias"}
@@ -130,8 +142,11 @@ def test_structured_matches_dense_on_lenet_relu2_and_fc1(lenet_linen):
 
 
 def test_unknown_mode_lists_the_names(lenet_linen):
-    with pytest.raises(layersens.ModeError, match=r"mode 'fast' is not known; choose one of auto, forward, reverse, "
-                                                  r"per-leaf, structured\."):
+    with pytest.raises(
+        layersens.ModeError,
+        match=r"mode 'fast' is not known; choose one of auto, forward, reverse, "
+        r"per-leaf, structured\.",
+    ):
         layersens.jacobian(layersens.split(lenet_linen, "relu1"), lenet_linen.example_inputs[:1], mode="fast")
 
 
@@ -172,8 +187,12 @@ class _ForcedBlocks(layersens.Structured):
 
 def _jacfwd_reference(split, xs):
     flat = lambda p, x: jnp.concatenate(  # noqa: E731
-        [jnp.reshape(j, (split.num_outputs, -1)) for j in
-         (lambda jac: [jac[k] for k in split.param_names])(jax.jacfwd(lambda q: split.apply(q, x))(p))], axis=1)
+        [
+            jnp.reshape(j, (split.num_outputs, -1))
+            for j in (lambda jac: [jac[k] for k in split.param_names])(jax.jacfwd(lambda q: split.apply(q, x))(p))
+        ],
+        axis=1,
+    )
     return np.stack([np.asarray(flat(split.params, x)) for x in xs])
 
 
@@ -184,8 +203,9 @@ def test_row_colouring_in_chunks_over_leaves_that_are_not_adjacent(model):
     names = split.param_names
     assert len(names) == 4
     rows, rest = (names[0], names[2]), (names[1], names[3])
-    strategy = _ForcedBlocks([Block(rows, RowColouring(), 5), Block((rest[0],), ColumnColouring(), 1),
-                              Block((rest[1],), DenseReverse(), 7)])
+    strategy = _ForcedBlocks(
+        [Block(rows, RowColouring(), 5), Block((rest[0],), ColumnColouring(), 1), Block((rest[1],), DenseReverse(), 7)]
+    )
     xs = np.random.default_rng(4).normal(size=(2, 6, 6, 1)).astype(np.float32)
     result = layersens.jacobian(split, xs, mode=strategy)
     assert result.mode == f"rev-colour[{'+'.join(rows)}], fwd-colour[{rest[0]}], rev[{rest[1]}]"

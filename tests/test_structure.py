@@ -32,8 +32,13 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
     package = name if is_package else name.rpartition(".")[0]
     targets = set()
     tree = ast.parse(path.read_text())
-    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(
-        block.test) for stmt in block.body for n in ast.walk(stmt)}  # imports for annotations never run
+    type_only = {
+        id(n)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for n in ast.walk(stmt)
+    }  # imports for annotations never run
     for node in ast.walk(tree):
         if id(node) in type_only:
             continue
@@ -42,7 +47,7 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 stem = ".".join(base + ([node.module] if node.module else []))
             else:
                 stem = node.module or ""
@@ -64,8 +69,10 @@ def _stage(module: str) -> str:
 def test_no_import_circles_between_modules():
     """A package's ``__init__`` importing its own modules is not a circle; any other cycle is."""
     graph = _graph()
-    edges = {m: {t for t in targets if not (m.startswith(t + ".") and t in set(PACKAGES) | _packages(graph))}
-             for m, targets in graph.items()}
+    edges = {
+        m: {t for t in targets if not (m.startswith(t + ".") and t in set(PACKAGES) | _packages(graph))}
+        for m, targets in graph.items()
+    }
     cycles, state = [], {}
 
     def visit(node, stack):
@@ -73,7 +80,7 @@ def test_no_import_circles_between_modules():
         stack.append(node)
         for target in sorted(edges[node]):
             if state.get(target) == "open":
-                cycles.append(stack[stack.index(target):] + [target])
+                cycles.append(stack[stack.index(target) :] + [target])
             elif target not in state:
                 visit(target, stack)
         stack.pop()
@@ -103,20 +110,100 @@ def test_no_stage_imports_another_stages_private_module():
 def test_the_public_surface_is_pinned():
     assert layersens.__all__ == sorted(layersens.__all__) and len(set(layersens.__all__)) == len(layersens.__all__)
     assert layersens.__all__ == [
-        "Auto", "BudgetError", "ChannelStructure", "CheckpointError", "CompressedJacobian", "CompressedSink",
-        "DenseSink", "DeviceError", "Differentiated", "Estimate", "Forward", "INPUT", "InputShapeError", "InputValueError", "InputWarning",
-        "JacobianProducts", "JacobianSummary", "JacobianTooLargeError", "LayerInfo", "LayerJacobian", "LayerNTK", "LayerSplit", "LayerSummary", "LayersensError",
-        "LeafSummary", "LinearizedLayer", "MODE_ALIASES", "MODE_NAMES", "MemoryBudgetError", "ModeError",
-        "Model", "ModelSpec", "OutputError", "PerLeaf", "Plan", "PlannedBlock", "PrecisionWarning",
-        "PreparedJacobian", "ProfileRow", "ReadoutDerivative", "Reverse", "STRATEGIES", "SelectionError", "Sensitivity",
-        "SensitivityProfile", "SensitivitySink", "SingularDirection", "Sink", "SpecError", "Spectrum",
-        "Strategy", "Structured", "TrainModeError", "UnknownLayerError", "UntrustedModuleError", "Verification",
-        "Wrt", "WrtKind",
-        "available_memory", "capture", "channel_structure", "compressed_jacobian", "estimate_frobenius", "estimate_parameter_diagonal",
-        "estimate_unit_diagonal", "extract", "extract_products",
-        "extract_readout", "format_bytes", "from_function", "from_linen", "from_nnx", "hessian", "hvp",
-        "jacobian", "layer_ntk", "linearize", "list_layers", "load_jacobian", "load_model", "parse_bytes", "plan", "prepare", "products", "profile",
-        "read_inputs", "read_model_spec", "readout_gradient", "save_model", "sensitivity", "spectrum", "split", "summarize", "summarize_layer",
+        "Auto",
+        "BudgetError",
+        "ChannelStructure",
+        "CheckpointError",
+        "CompressedJacobian",
+        "CompressedSink",
+        "DenseSink",
+        "DeviceError",
+        "Differentiated",
+        "Estimate",
+        "Forward",
+        "INPUT",
+        "InputShapeError",
+        "InputValueError",
+        "InputWarning",
+        "JacobianProducts",
+        "JacobianSummary",
+        "JacobianTooLargeError",
+        "LayerInfo",
+        "LayerJacobian",
+        "LayerNTK",
+        "LayerSplit",
+        "LayerSummary",
+        "LayersensError",
+        "LeafSummary",
+        "LinearizedLayer",
+        "MODE_ALIASES",
+        "MODE_NAMES",
+        "MemoryBudgetError",
+        "ModeError",
+        "Model",
+        "ModelSpec",
+        "OutputError",
+        "PerLeaf",
+        "Plan",
+        "PlannedBlock",
+        "PrecisionWarning",
+        "PreparedJacobian",
+        "ProfileRow",
+        "ReadoutDerivative",
+        "Reverse",
+        "STRATEGIES",
+        "SelectionError",
+        "Sensitivity",
+        "SensitivityProfile",
+        "SensitivitySink",
+        "SingularDirection",
+        "Sink",
+        "SpecError",
+        "Spectrum",
+        "Strategy",
+        "Structured",
+        "TrainModeError",
+        "UnknownLayerError",
+        "UntrustedModuleError",
+        "Verification",
+        "Wrt",
+        "WrtKind",
+        "available_memory",
+        "capture",
+        "channel_structure",
+        "compressed_jacobian",
+        "estimate_frobenius",
+        "estimate_parameter_diagonal",
+        "estimate_unit_diagonal",
+        "extract",
+        "extract_products",
+        "extract_readout",
+        "format_bytes",
+        "from_function",
+        "from_linen",
+        "from_nnx",
+        "hessian",
+        "hvp",
+        "jacobian",
+        "layer_ntk",
+        "linearize",
+        "list_layers",
+        "load_jacobian",
+        "load_model",
+        "parse_bytes",
+        "plan",
+        "prepare",
+        "products",
+        "profile",
+        "read_inputs",
+        "read_model_spec",
+        "readout_gradient",
+        "save_model",
+        "sensitivity",
+        "spectrum",
+        "split",
+        "summarize",
+        "summarize_layer",
         "unbox",
         "verify",
     ]

@@ -64,8 +64,11 @@ def check_summary(summary, split, x, k):
     unit_totals = np.square(units).sum(axis=0).reshape(-1)
     top = summary.top_units(3)  # (ties in either order)
     np.testing.assert_allclose([v for _, v in top], np.sort(unit_totals)[::-1][:3] / whole, rtol=RTOL)
-    np.testing.assert_allclose([unit_totals[np.ravel_multi_index(i, jac.activation_shape)] / whole for i, _ in top],
-                               [v for _, v in top], rtol=RTOL)
+    np.testing.assert_allclose(
+        [unit_totals[np.ravel_multi_index(i, jac.activation_shape)] / whole for i, _ in top],
+        [v for _, v in top],
+        rtol=RTOL,
+    )
     best = summary.top_parameters(1)[0]
     a, _ = jac.column_ranges[best[0]]
     shape = jac.param_shapes[jac.param_names.index(best[0])]
@@ -206,8 +209,13 @@ def test_read_result_reads_every_kind(tiny, tmp_path):
     np.save(tmp_path / "x.npy", x)
     with pytest.raises(layersens.CheckpointError, match="it is a single .npy array"):
         read_result(tmp_path / "x.npy")
-    meta = {"format": "layersens-readout-gradient/1", "layer": "hidden", "readout": "sum", "param_names": ["a"],
-            "param_shapes": [[3]]}
+    meta = {
+        "format": "layersens-readout-gradient/1",
+        "layer": "hidden",
+        "readout": "sum",
+        "param_names": ["a"],
+        "param_shapes": [[3]],
+    }
     layersens.results.write_npz(tmp_path / "bad.npz", {"values": np.zeros(2), "gradient": np.zeros((2, 5))}, meta)
     with pytest.raises(layersens.CheckpointError, match="inconsistent metadata .*gradient is float64 \\(2, 5\\)"):
         read_result(tmp_path / "bad.npz")

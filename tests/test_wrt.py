@@ -36,8 +36,11 @@ def test_glob_patterns_and_exclusions_select_exactly_the_named_leaves(tiny):
     assert part.frozen_params == ("bn/bias",) and part.param_names == split.param_names
     for name in split.param_names:
         np.testing.assert_array_equal(part[name], full[name])
-    with pytest.raises(layersens.SelectionError, match=r"wrt head/\* selects none of the leaves upstream of the layer; "
-                       r"they are: conv/kernel, conv/bias, bn/scale, bn/bias"):
+    with pytest.raises(
+        layersens.SelectionError,
+        match=r"wrt head/\* selects none of the leaves upstream of the layer; "
+        r"they are: conv/kernel, conv/bias, bn/scale, bn/bias",
+    ):
         layersens.split(model, "act", wrt="head/*")
 
 
@@ -148,7 +151,7 @@ def test_the_operator_through_modes_jax_cannot_run_in_one_direction(module):
     np.testing.assert_allclose(op.to_dense(), dense, **TOL64)
 
 
-@pytest.mark.parametrize("readout", ["sum", "unit:2,3,1", lambda h: jnp.sum(h ** 2)], ids=["sum", "unit", "fn"])
+@pytest.mark.parametrize("readout", ["sum", "unit:2,3,1", lambda h: jnp.sum(h**2)], ids=["sum", "unit", "fn"])
 def test_readout_gradient_hvp_and_hessian_against_finite_differences(tiny, readout):
     model, _, x = tiny
     split = layersens.split(model, "act", dtype=np.float64, wrt="bn/*")
@@ -181,10 +184,15 @@ def test_readout_gradient_hvp_and_hessian_against_finite_differences(tiny, reado
 def test_the_full_hessian_is_refused_for_many_parameters_with_the_way_out(tiny):
     model, _, x = tiny
     x = x.astype(np.float32)  # the split computes in float32: a float64 batch would be cast, with an InputWarning
-    with pytest.raises(layersens.JacobianTooLargeError, match=r"computed for at most 10.*Select fewer leaves "
-                       r"\(wrt=, --wrt\), or use Hessian-vector products"):
+    with pytest.raises(
+        layersens.JacobianTooLargeError,
+        match=r"computed for at most 10.*Select fewer leaves "
+        r"\(wrt=, --wrt\), or use Hessian-vector products",
+    ):
         layersens.hessian(layersens.split(model, "act"), x, max_params=10)
-    with pytest.raises(layersens.SelectionError, match=r"readout is 'unit:99,0,0'; use 'sum', a unit of the activation"):
+    with pytest.raises(
+        layersens.SelectionError, match=r"readout is 'unit:99,0,0'; use 'sum', a unit of the activation"
+    ):
         layersens.readout_gradient(layersens.split(model, "act"), x, "unit:99,0,0")
 
 
@@ -193,8 +201,11 @@ def test_complex_parameters_and_layers_are_refused_with_the_way_out():
         return jnp.real(x @ params["w"])
 
     model = layersens.from_function(apply_fn, {"w": np.ones((3, 2), np.complex64)}, (3,))
-    with pytest.raises(layersens.SelectionError, match=r"leaf 'w' is complex \(complex64\); layersens computes real "
-                       r"Jacobians only. Keep the real and imaginary parts as two real leaves"):
+    with pytest.raises(
+        layersens.SelectionError,
+        match=r"leaf 'w' is complex \(complex64\); layersens computes real "
+        r"Jacobians only. Keep the real and imaginary parts as two real leaves",
+    ):
         layersens.split(model, "output")
 
     def complex_out(params, x):
@@ -218,16 +229,51 @@ def test_products_and_hessian_vector_products_from_the_command_line(tmp_path):
     rng = np.random.default_rng(7)
     np.save(tmp_path / "v.npy", rng.normal(size=(40, 3)).astype(np.float32))
     np.save(tmp_path / "u.npy", rng.normal(size=(2, 15680)).astype(np.float32))
-    result = CliRunner().invoke(main, ["products", "--layer", "relu1", "--model", str(LENET_DIGITS), "--wrt",
-                                       "bn1/*", "--num-examples", "2", "--tangents", str(tmp_path / "v.npy"),
-                                       "--cotangents", str(tmp_path / "u.npy"), "--out", str(tmp_path / "p.npz")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "products",
+            "--layer",
+            "relu1",
+            "--model",
+            str(LENET_DIGITS),
+            "--wrt",
+            "bn1/*",
+            "--num-examples",
+            "2",
+            "--tangents",
+            str(tmp_path / "v.npy"),
+            "--cotangents",
+            str(tmp_path / "u.npy"),
+            "--out",
+            str(tmp_path / "p.npz"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "p.npz") as saved:
         np.testing.assert_allclose(saved["jvp"], dense @ np.load(tmp_path / "v.npy"), rtol=1e-4, atol=1e-3)
-        np.testing.assert_allclose(saved["vjp"][..., 0], np.einsum("nmp,nm->np", dense, np.load(tmp_path / "u.npy")),
-                                   rtol=1e-4, atol=1e-2)
+        np.testing.assert_allclose(
+            saved["vjp"][..., 0], np.einsum("nmp,nm->np", dense, np.load(tmp_path / "u.npy")), rtol=1e-4, atol=1e-2
+        )
     np.save(tmp_path / "h.npy", rng.normal(size=6).astype(np.float32))
-    result = CliRunner().invoke(main, ["hessian", "--layer", "fc2", "--model", str(LENET_DIGITS), "--wrt",
-                                       "fc2/bias", "--num-examples", "1", "--readout",
-                                       "unit:3", "--vectors", str(tmp_path / "h.npy"), "--out", str(tmp_path / "h")])
+    result = CliRunner().invoke(
+        main,
+        [
+            "hessian",
+            "--layer",
+            "fc2",
+            "--model",
+            str(LENET_DIGITS),
+            "--wrt",
+            "fc2/bias",
+            "--num-examples",
+            "1",
+            "--readout",
+            "unit:3",
+            "--vectors",
+            str(tmp_path / "h.npy"),
+            "--out",
+            str(tmp_path / "h"),
+        ],
+    )
     assert result.exit_code == 1 and "vectors have shape (6,); expected (10,)" in result.stderr

@@ -51,7 +51,9 @@ CHUNKED = {"fwd3", "rev5", "structured2"}
 CHUNKED_MODELS = {"bn_cnn", "transformer", "rnn_scan", "mix_scan", "nnx_scan_layers", "while_loop", "custom_vjp"}
 PAIR_MODES = [
     pytest.param(c, layer, mode, id=f"{c}-{layer}-{mode}")
-    for c in zoo.LAYERS for layer in zoo.MODE_LAYERS[c] for mode in MODES
+    for c in zoo.LAYERS
+    for layer in zoo.MODE_LAYERS[c]
+    for mode in MODES
     if mode not in CHUNKED or c in CHUNKED_MODELS
 ]
 
@@ -161,8 +163,12 @@ def test_upstream_params(case_name, layer):
 
 # Where JAX itself cannot carry out an asked-for mode (reverse through a while_loop, forward through a custom_vjp),
 # layersens computes those leaves in the other mode and says so in the plan: every mode must give the Jacobian.
-FALLBACKS = {("while_loop", "rev"): "fwd", ("while_loop", "rev5"): "fwd", ("custom_vjp", "fwd"): "rev",
-             ("custom_vjp", "fwd3"): "rev"}
+FALLBACKS = {
+    ("while_loop", "rev"): "fwd",
+    ("while_loop", "rev5"): "fwd",
+    ("custom_vjp", "fwd"): "rev",
+    ("custom_vjp", "fwd3"): "rev",
+}
 
 
 @pytest.mark.parametrize("case_name, layer, mode", PAIR_MODES)
@@ -176,7 +182,8 @@ def test_jacobian(case_name, layer, mode):
     if (case_name, mode) in FALLBACKS:
         assert set(layersens.plan(split, c.x, MODES[mode]()).methods.values()) == {FALLBACKS[case_name, mode]}
         assert "no " + ("reverse" if FALLBACKS[case_name, mode] == "fwd" else "forward") + " mode" in " ".join(
-            layersens.plan(split, c.x, MODES[mode]()).notes)
+            layersens.plan(split, c.x, MODES[mode]()).notes
+        )
     ref_jac, _ = reference(case_name, layer)
     missing = set(ref_jac) - set(jac.param_names)
     assert not missing, f"upstream leaves missing from the Jacobian: {sorted(missing)}"

@@ -31,9 +31,7 @@ class TinyCNN(nn.Module):
 def tiny_cnn_act_flat(params: dict, constants: dict, x):
     """TinyCNN's 'act' for one example (H, W, C), written without Flax."""
     k, b = params["conv/kernel"], params["conv/bias"]
-    h = jax.lax.conv_general_dilated(
-        x[None], k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    )[0] + b
+    h = jax.lax.conv_general_dilated(x[None], k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))[0] + b
     mean, var = constants["bn"]["mean"], constants["bn"]["var"]
     h = (h - mean) / jnp.sqrt(var + EPS) * params["bn/scale"] + params["bn/bias"]
     return jnp.maximum(h, 0)

@@ -244,7 +244,10 @@ def mlp_dense2(c, p, x):
 
 def make_mlp():
     return _linen_case(
-        "mlp", MLP(), (3,), _inputs(1, (3,)),
+        "mlp",
+        MLP(),
+        (3,),
+        _inputs(1, (3,)),
         {"hidden": (keys("dense1"), mlp_hidden), "dense2": (keys("dense1", "dense2"), mlp_dense2)},
     )
 
@@ -279,7 +282,10 @@ def bncnn_conv2(c, p, x):
 def make_bncnn():
     bn = {"bn/scale", "bn/bias"}
     return _linen_case(
-        "bn_cnn", BNCNN(), (4, 4, 2), _inputs(2, (4, 4, 2)),
+        "bn_cnn",
+        BNCNN(),
+        (4, 4, 2),
+        _inputs(2, (4, 4, 2)),
         {"act": (keys("conv") | bn, bncnn_act), "conv2": (keys("conv", "conv2") | bn, bncnn_conv2)},
         call_kwargs={"train": False},
     )
@@ -325,7 +331,10 @@ def resnet_block2_conv2(c, p, x):
 def make_resnet():
     up = keys("stem", "block1/conv1", "block1/conv2")
     return _linen_case(
-        "resnet", ResNet(), (4, 4, 2), _inputs(3, (4, 4, 2)),
+        "resnet",
+        ResNet(),
+        (4, 4, 2),
+        _inputs(3, (4, 4, 2)),
         {
             "block1": (up, resnet_block1),
             # block2/proj runs before block2/conv2 but does not feed it
@@ -372,7 +381,10 @@ def transformer_output(c, p, x):
 def make_transformer():
     attn = keys("attn/query", "attn/key", "attn/value", "attn/out") | {"ln1/scale", "ln1/bias"}
     return _linen_case(
-        "transformer", TransformerBlock(), (3, 4), _inputs(4, (3, 4)),
+        "transformer",
+        TransformerBlock(),
+        (3, 4),
+        _inputs(4, (3, 4)),
         {
             "attn": (attn, transformer_attn),
             "output": (attn | keys("mlp1", "mlp2") | {"ln2/scale", "ln2/bias"}, transformer_output),
@@ -434,9 +446,7 @@ def rnn_acc(c, p, x):
 
 def make_rnn():
     up = {"rnn/w_in", "rnn/w_rec", "rnn/b", "rnn/h0"}
-    return _linen_case(
-        "rnn_scan", RNN(), (4, 2), _inputs(5, (4, 2)), {"final": (up, rnn_final), "acc": (up, rnn_acc)}
-    )
+    return _linen_case("rnn_scan", RNN(), (4, 2), _inputs(5, (4, 2)), {"final": (up, rnn_final), "acc": (up, rnn_acc)})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -482,7 +492,10 @@ def mix_readout(c, p, x):
 def make_mix_scan():
     up = {"mix/w", "mix/s"}
     return _linen_case(
-        "mix_scan", MixScan(), (4, 3), _inputs(6, (4, 3)),
+        "mix_scan",
+        MixScan(),
+        (4, 3),
+        _inputs(6, (4, 3)),
         {"mixed": (up, mix_mixed), "readout": (up | keys("readout"), mix_readout)},
     )
 
@@ -552,7 +565,10 @@ def stack_ref(block, p, x):
 def make_linen_scan_layers():
     up = keys("embed", "blocks/dense")
     return _linen_case(
-        "linen_scan_layers", LinenScanStack(), (2,), _inputs(7, (2,)),
+        "linen_scan_layers",
+        LinenScanStack(),
+        (2,),
+        _inputs(7, (2,)),
         {
             "stack_out": (up, lambda c, p, x: stack_ref("dense", p, x)),
             "head": (up | keys("head"), lambda c, p, x: dense(p, "head", stack_ref("dense", p, x))),
@@ -563,7 +579,10 @@ def make_linen_scan_layers():
 def make_nnx_scan_layers():
     up = keys("embed", "blocks/linear")
     return _nnx_case(
-        "nnx_scan_layers", lambda: NNXScanStack(nnx.Rngs(0)), (2,), _inputs(8, (2,)),
+        "nnx_scan_layers",
+        lambda: NNXScanStack(nnx.Rngs(0)),
+        (2,),
+        _inputs(8, (2,)),
         {
             "stack_out": (up, lambda c, p, x: stack_ref("linear", p, x)),
             "output": (up | keys("head"), lambda c, p, x: dense(p, "head", stack_ref("linear", p, x))),
@@ -621,7 +640,10 @@ def while_output(c, p, x):
 def make_while():
     up = keys("pre") | {"loop/w", "loop/b"}
     return _linen_case(
-        "while_loop", WhileNet(), (2,), _inputs(9, (2,)),
+        "while_loop",
+        WhileNet(),
+        (2,),
+        _inputs(9, (2,)),
         {"h_loop": (up, while_h), "output": (up | {"loop/v"} | keys("head"), while_output)},
     )
 
@@ -667,7 +689,10 @@ def fori_h(c, p, x):
 
 def make_fori():
     return _linen_case(
-        "fori_loop", ForiNet(), (3,), _inputs(10, (3,)),
+        "fori_loop",
+        ForiNet(),
+        (3,),
+        _inputs(10, (3,)),
         {
             "h": ({"fori/w", "fori/b"}, fori_h),
             "g": ({"fori/w", "fori/b", "fori/s"}, lambda c, p, x: fori_carry(p, x)[1]),
@@ -710,7 +735,10 @@ def make_cond():
     x[1] = -np.abs(x[1])
     up = {"w1", "b1", "w2", "s"}
     return _linen_case(
-        "cond", CondNet(), (3,), x,
+        "cond",
+        CondNet(),
+        (3,),
+        x,
         {"gated": (up, cond_gated), "head": (up | keys("head"), lambda c, p, x: dense(p, "head", cond_gated(c, p, x)))},
     )
 
@@ -747,7 +775,10 @@ def remat_block(c, p, x):
 def make_remat():
     up = keys("embed", "block/dense1")
     return _linen_case(
-        "remat", RematNet(), (2,), _inputs(12, (2,)),
+        "remat",
+        RematNet(),
+        (2,),
+        _inputs(12, (2,)),
         {"block/inner": (up, remat_inner), "block": (up | keys("block/dense2"), remat_block)},
     )
 
@@ -816,7 +847,10 @@ def jvp_act(c, p, x):
 
 def make_custom_vjp():
     return _linen_case(
-        "custom_vjp", CustomVJPNet(), (3,), _inputs(13, (3,)),
+        "custom_vjp",
+        CustomVJPNet(),
+        (3,),
+        _inputs(13, (3,)),
         {
             "act": (keys("dense1"), vjp_act),
             "dense2": (keys("dense1", "dense2"), lambda c, p, x: dense(p, "dense2", vjp_act(c, p, x))),
@@ -826,7 +860,10 @@ def make_custom_vjp():
 
 def make_custom_jvp():
     return _linen_case(
-        "custom_jvp", CustomJVPNet(), (3,), _inputs(14, (3,)),
+        "custom_jvp",
+        CustomJVPNet(),
+        (3,),
+        _inputs(14, (3,)),
         {
             "act": (keys("dense1"), jvp_act),
             "dense2": (keys("dense1", "dense2"), lambda c, p, x: dense(p, "dense2", jvp_act(c, p, x))),
@@ -859,7 +896,10 @@ def twice_twice(c, p, x):
 
 def make_twice():
     return _linen_case(
-        "shared_dense", TwiceNet(), (3,), _inputs(15, (3,)),
+        "shared_dense",
+        TwiceNet(),
+        (3,),
+        _inputs(15, (3,)),
         {"shared#0": (keys("shared"), twice_once), "twice": (keys("shared"), twice_twice)},
     )
 
@@ -887,9 +927,14 @@ def make_tied():
     tokens = np.random.default_rng(16).integers(0, VOCAB, size=(2, TOKENS)).astype(np.int32)
     up = {"embed/embedding"} | keys("mix")
     return _linen_case(
-        "tied_embedding", TiedLM(), (TOKENS,), tokens,
-        {"logits": (up, tied_logits), "mix": (keys("mix") | {"embed/embedding"},
-                                             lambda c, p, t: dense(p, "mix", p["embed/embedding"][t]))},
+        "tied_embedding",
+        TiedLM(),
+        (TOKENS,),
+        tokens,
+        {
+            "logits": (up, tied_logits),
+            "mix": (keys("mix") | {"embed/embedding"}, lambda c, p, t: dense(p, "mix", p["embed/embedding"][t])),
+        },
         input_dtype="int32",
     )
 

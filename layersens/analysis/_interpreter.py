@@ -124,8 +124,11 @@ def _call_rule(param: str):
     def rule(analysis, eqn, ins, observe, times):
         body = eqn.params.get(param)
         inner = body.jaxpr if isinstance(body, jcore.ClosedJaxpr) else body
-        if not isinstance(inner, jcore.Jaxpr) or len(inner.invars) != len(ins) or (
-                len(inner.outvars) != len(eqn.outvars)):
+        if (
+            not isinstance(inner, jcore.Jaxpr)
+            or len(inner.invars) != len(ins)
+            or (len(inner.outvars) != len(eqn.outvars))
+        ):
             return analysis.default(eqn, ins)  # a call of a shape we do not know: conservative
         outs = interpret(analysis, inner, ins, observe, times)
         return analysis.default(eqn, ins) if eqn.primitive in analysis.opaque_calls else outs
@@ -141,9 +144,12 @@ def _scan_rule(analysis, eqn, ins, observe, times):
     p = eqn.params
     body, num_consts, num_carry = p["jaxpr"], p["num_consts"], p["num_carry"]
     consts = ins[:num_consts]
-    xs = [analysis.unstack(v) for v in ins[num_consts + num_carry:]]
+    xs = [analysis.unstack(v) for v in ins[num_consts + num_carry :]]
     carry = _fixed_point(
-        analysis, lambda c: interpret(analysis, body, consts + c + xs)[:num_carry], ins[num_consts:num_consts + num_carry])
+        analysis,
+        lambda c: interpret(analysis, body, consts + c + xs)[:num_carry],
+        ins[num_consts : num_consts + num_carry],
+    )
     if carry is None:
         return analysis.default(eqn, ins)
     outs = interpret(analysis, body, consts + carry + xs, observe, times * max(1, int(p["length"])))
@@ -154,7 +160,7 @@ def _scan_rule(analysis, eqn, ins, observe, times):
 def _while_rule(analysis, eqn, ins, observe, times):
     p = eqn.params
     cond_n, body_n = p["cond_nconsts"], p["body_nconsts"]
-    cond_consts, body_consts, init = ins[:cond_n], ins[cond_n:cond_n + body_n], ins[cond_n + body_n:]
+    cond_consts, body_consts, init = ins[:cond_n], ins[cond_n : cond_n + body_n], ins[cond_n + body_n :]
     carry = _fixed_point(analysis, lambda c: interpret(analysis, p["body_jaxpr"], body_consts + c), init)
     if carry is None:
         return analysis.default(eqn, ins)

@@ -10,9 +10,8 @@ for fori_loops with static bounds JAX emits a scan, which has both.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 from jax.extend import core as jcore
@@ -52,8 +51,8 @@ def jvp_jaxpr(split: LayerSplit) -> jcore.ClosedJaxpr:
     positions = [names.index(n) for n in split.param_names]
 
     def linearized(*args):
-        primals = list(args[:len(names)])
-        tangents = args[len(names):]
+        primals = list(args[: len(names)])
+        tangents = args[len(names) :]
 
         def of_upstream(*upstream):
             full = list(primals)

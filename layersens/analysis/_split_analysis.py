@@ -27,9 +27,11 @@ class SplitAnalysis:
     limits: AutodiffLimits
 
     def __repr__(self) -> str:
-        return (f"SplitAnalysis(structured={sorted(self.structure)}, "
-                f"forward_blocked={sorted(self.limits.forward_blocked)}, "
-                f"reverse_blocked={sorted(self.limits.reverse_blocked)})")
+        return (
+            f"SplitAnalysis(structured={sorted(self.structure)}, "
+            f"forward_blocked={sorted(self.limits.forward_blocked)}, "
+            f"reverse_blocked={sorted(self.limits.reverse_blocked)})"
+        )
 
 
 # The analyses hold no reference to their split, so a weak key frees them together.

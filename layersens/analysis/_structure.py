@@ -71,12 +71,74 @@ def _primitives(*names):
 
 
 _ELEMENTWISE = _primitives(
-    "add", "add_jaxvals", "sub", "mul", "div", "max", "min", "neg", "exp", "exp2", "log", "log1p", "expm1", "tanh",
-    "logistic", "rsqrt", "sqrt", "cbrt", "abs", "sign", "integer_pow", "pow", "square", "select_n",
-    "convert_element_type", "copy", "erf", "erfc", "erf_inv", "sin", "cos", "tan", "atan2", "ge", "gt", "le", "lt",
-    "eq", "ne", "and", "or", "not", "xor", "clamp", "reduce_precision", "is_finite", "stop_gradient", "nextafter",
-    "rem", "floor", "ceil", "round", "imag", "real", "conj", "complex", "asinh", "acosh", "atanh", "sinh", "cosh",
-    "asin", "acos", "atan", "lgamma", "digamma", "sharding_constraint")
+    "add",
+    "add_jaxvals",
+    "sub",
+    "mul",
+    "div",
+    "max",
+    "min",
+    "neg",
+    "exp",
+    "exp2",
+    "log",
+    "log1p",
+    "expm1",
+    "tanh",
+    "logistic",
+    "rsqrt",
+    "sqrt",
+    "cbrt",
+    "abs",
+    "sign",
+    "integer_pow",
+    "pow",
+    "square",
+    "select_n",
+    "convert_element_type",
+    "copy",
+    "erf",
+    "erfc",
+    "erf_inv",
+    "sin",
+    "cos",
+    "tan",
+    "atan2",
+    "ge",
+    "gt",
+    "le",
+    "lt",
+    "eq",
+    "ne",
+    "and",
+    "or",
+    "not",
+    "xor",
+    "clamp",
+    "reduce_precision",
+    "is_finite",
+    "stop_gradient",
+    "nextafter",
+    "rem",
+    "floor",
+    "ceil",
+    "round",
+    "imag",
+    "real",
+    "conj",
+    "complex",
+    "asinh",
+    "acosh",
+    "atanh",
+    "sinh",
+    "cosh",
+    "asin",
+    "acos",
+    "atan",
+    "lgamma",
+    "digamma",
+    "sharding_constraint",
+)
 
 
 @register(*_ELEMENTWISE)
@@ -148,8 +210,9 @@ def _keeps_full_axis(eqn, ins):
 register(P.slice_p, P.dynamic_slice_p)(_keeps_full_axis)
 
 
-_REDUCTIONS = _primitives("reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
-                          "reduce_xor", "argmax", "argmin")
+_REDUCTIONS = _primitives(
+    "reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or", "reduce_xor", "argmax", "argmin"
+)
 
 
 @register(*_REDUCTIONS)
@@ -171,13 +234,16 @@ def _cumulative(eqn, ins):
 
 
 def _window_keeps(params, a) -> bool:
-    ones = all(params.get(k) is None or params[k][a] == 1
-               for k in ("window_dimensions", "window_strides", "base_dilation", "window_dilation"))
+    ones = all(
+        params.get(k) is None or params[k][a] == 1
+        for k in ("window_dimensions", "window_strides", "base_dilation", "window_dilation")
+    )
     return ones and tuple(params["padding"][a]) == (0, 0)
 
 
-_WINDOWED = _primitives("reduce_window_max", "reduce_window_min", "reduce_window_sum", "reduce_window",
-                        "select_and_gather_add")
+_WINDOWED = _primitives(
+    "reduce_window_max", "reduce_window_min", "reduce_window_sum", "reduce_window", "select_and_gather_add"
+)
 
 
 @register(*_WINDOWED)
@@ -239,18 +305,18 @@ def _dot_general(eqn, ins):
     lhs_rank, rhs_rank = len(_shape(eqn.invars[0])), len(_shape(eqn.invars[1]))
     lhs_free = [d for d in range(lhs_rank) if d not in lc and d not in lb]
     rhs_free = [d for d in range(rhs_rank) if d not in rc and d not in rb]
-    l, r = ins
-    if l is not None and r is not None:
-        if l in lb and r in rb and list(lb).index(l) == list(rb).index(r):
-            return [list(lb).index(l)]
+    left, right = ins
+    if left is not None and right is not None:
+        if left in lb and right in rb and list(lb).index(left) == list(rb).index(right):
+            return [list(lb).index(left)]
         return _mixed(eqn)
-    if l is not None:
-        if l in lc:
+    if left is not None:
+        if left in lc:
             return _mixed(eqn)
-        return [list(lb).index(l) if l in lb else len(lb) + lhs_free.index(l)]
-    if r in rc:
+        return [list(lb).index(left) if left in lb else len(lb) + lhs_free.index(left)]
+    if right in rc:
         return _mixed(eqn)
-    return [list(rb).index(r) if r in rb else len(rb) + len(lhs_free) + rhs_free.index(r)]
+    return [list(rb).index(right) if right in rb else len(rb) + len(lhs_free) + rhs_free.index(right)]
 
 
 @register(P.gather_p)
@@ -261,8 +327,12 @@ def _gather(eqn, ins):
         return _mixed(eqn)
     dn = eqn.params["dimension_numbers"]
     batching = tuple(getattr(dn, "operand_batching_dims", ()))
-    if a in dn.start_index_map or a in dn.collapsed_slice_dims or a in batching or (
-            eqn.params["slice_sizes"][a] != _shape(eqn.invars[0])[a]):
+    if (
+        a in dn.start_index_map
+        or a in dn.collapsed_slice_dims
+        or a in batching
+        or (eqn.params["slice_sizes"][a] != _shape(eqn.invars[0])[a])
+    ):
         return _mixed(eqn)
     kept = [d for d in range(len(_shape(eqn.invars[0]))) if d not in dn.collapsed_slice_dims and d not in batching]
     return [dn.offset_dims[kept.index(a)]]

@@ -18,13 +18,30 @@ from ._format import speedup as format_speedup
 from ._names import available_methods
 
 _LAZY = {
-    "BenchmarkReport": "._results", "CaseResult": "._results", "MethodResult": "._results", "Settings": "._results",
-    "run_benchmark": "._run", "write_report": "._report", "check_report_dir": "._report",
+    "BenchmarkReport": "._results",
+    "CaseResult": "._results",
+    "MethodResult": "._results",
+    "Settings": "._results",
+    "run_benchmark": "._run",
+    "write_report": "._report",
+    "check_report_dir": "._report",
 }
 
-__all__ = ["BenchmarkReport", "CaseResult", "MethodResult", "Settings", "available_methods", "check_report_dir",
-           "format_percent", "format_ratio", "format_seconds", "format_span", "format_speedup", "run_benchmark",
-           "write_report"]
+__all__ = [
+    "BenchmarkReport",
+    "CaseResult",
+    "MethodResult",
+    "Settings",
+    "available_methods",
+    "check_report_dir",
+    "format_percent",
+    "format_ratio",
+    "format_seconds",
+    "format_span",
+    "format_speedup",
+    "run_benchmark",
+    "write_report",
+]
 
 
 def __getattr__(name: str):

@@ -17,8 +17,14 @@ import numpy as np
 
 from ._timing import time_calls
 
-THREAD_VARIABLES = ("XLA_FLAGS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
-                    "JAX_PLATFORMS", "JAX_ENABLE_X64")
+THREAD_VARIABLES = (
+    "XLA_FLAGS",
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "JAX_PLATFORMS",
+    "JAX_ENABLE_X64",
+)
 LIBRARIES = ("jax", "jaxlib", "flax", "numpy", "layersens")
 DEFAULT_BANDWIDTH_BYTES = 512 * 2**20
 

@@ -51,9 +51,25 @@ from ._timing import timed
 if TYPE_CHECKING:
     from layersens.results import CompressedJacobian, LayerJacobian
 
-__all__ = ["BUDGETS", "COMPRESSED_METHOD", "DENSE_METHODS", "LAYERSENS_PREFIX", "LOOP_METHODS", "CompressedMethod",
-           "DenseMethod", "LayersensMethod", "LoopMethod", "available_methods", "compare", "flat_parameters",
-           "is_method", "layersens_modes", "make_method", "method_budget", "sample_pairs"]
+__all__ = [
+    "BUDGETS",
+    "COMPRESSED_METHOD",
+    "DENSE_METHODS",
+    "LAYERSENS_PREFIX",
+    "LOOP_METHODS",
+    "CompressedMethod",
+    "DenseMethod",
+    "LayersensMethod",
+    "LoopMethod",
+    "available_methods",
+    "compare",
+    "flat_parameters",
+    "is_method",
+    "layersens_modes",
+    "make_method",
+    "method_budget",
+    "sample_pairs",
+]
 
 
 def flat_parameters(split: LayerSplit):
@@ -183,7 +199,7 @@ class LayersensMethod:
 
     def __init__(self, name: str, split: LayerSplit, xs: np.ndarray):
         self.name, self.split, self.xs = name, split, xs
-        self.mode = name[len(LAYERSENS_PREFIX):].partition("@")[0]
+        self.mode = name[len(LAYERSENS_PREFIX) :].partition("@")[0]
         self.max_memory = method_budget(name)
         self.last: LayerJacobian | CompressedJacobian | None = None  # a CompressedJacobian for CompressedMethod
         self.first_compile_seconds: float | None = None

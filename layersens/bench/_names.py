@@ -26,8 +26,13 @@ def layersens_modes() -> tuple[str, ...]:
 def available_methods() -> tuple[str, ...]:
     """The default method list. Any ``layersens-<mode>@<size>`` (e.g. ``layersens-auto@16MiB``) is accepted too:
     that strategy with ``max_memory=<size>``."""
-    return (LOOP_METHODS + DENSE_METHODS + tuple(LAYERSENS_PREFIX + m for m in layersens_modes())
-            + tuple(f"{LAYERSENS_PREFIX}auto@{b}" for b in BUDGETS) + (COMPRESSED_METHOD,))
+    return (
+        LOOP_METHODS
+        + DENSE_METHODS
+        + tuple(LAYERSENS_PREFIX + m for m in layersens_modes())
+        + tuple(f"{LAYERSENS_PREFIX}auto@{b}" for b in BUDGETS)
+        + (COMPRESSED_METHOD,)
+    )
 
 
 def is_method(name: str) -> bool:
@@ -35,7 +40,7 @@ def is_method(name: str) -> bool:
         return True
     if not name.startswith(LAYERSENS_PREFIX):
         return False
-    mode, _, budget = name[len(LAYERSENS_PREFIX):].partition("@")
+    mode, _, budget = name[len(LAYERSENS_PREFIX) :].partition("@")
     if mode not in layersens_modes() and mode not in layersens.MODE_ALIASES:
         return False
     if budget:

@@ -59,24 +59,50 @@ def report_figure(report):
                 x = i + (j - (len(methods) - 1) / 2) * width
                 m = case.method(name) if case else None
                 if m is None or not m.ok:
-                    ax.text(x, 0.02, m.status if m else "n/a", transform=below, rotation=90, fontsize=6,
-                            ha="center", va="bottom", color="grey")
+                    ax.text(
+                        x,
+                        0.02,
+                        m.status if m else "n/a",
+                        transform=below,
+                        rotation=90,
+                        fontsize=6,
+                        ha="center",
+                        va="bottom",
+                        color="grey",
+                    )
                     continue
-                bars = ax.bar(x, m.steady_seconds, width, color=colors(j), hatch="//" if m.extrapolated else None,
-                              edgecolor="white" if not m.extrapolated else "black")
+                bars = ax.bar(
+                    x,
+                    m.steady_seconds,
+                    width,
+                    color=colors(j),
+                    hatch="//" if m.extrapolated else None,
+                    edgecolor="white" if not m.extrapolated else "black",
+                )
                 legend.setdefault(name, bars)
                 if m.speedup_vs_loop is not None:
-                    ax.annotate(fmt.speedup(m.speedup_vs_loop), (x, m.steady_seconds), textcoords="offset points",
-                                xytext=(0, 2), rotation=90, fontsize=6, ha="center", va="bottom")
+                    ax.annotate(
+                        fmt.speedup(m.speedup_vs_loop),
+                        (x, m.steady_seconds),
+                        textcoords="offset points",
+                        xytext=(0, 2),
+                        rotation=90,
+                        fontsize=6,
+                        ha="center",
+                        va="bottom",
+                    )
         ax.set_yscale("log")
         ax.margins(y=0.25)
         ax.set_xticks(range(len(layers)), layers)
         ax.set_title(f"{count} example(s)")
         ax.set_ylabel("steady-state seconds (log scale)")
     labels = [name for name in methods if name in legend]
-    fig.legend([legend[name] for name in labels], labels, loc="lower center", ncol=ncol, fontsize=_LEGEND_FONT,
-               frameon=False)
-    fig.suptitle(f"{report.model_name}: Jacobian time per method\n(bar label: speedup vs loop-jit; hatched: "
-                 "extrapolated)", fontsize=10)
+    fig.legend(
+        [legend[name] for name in labels], labels, loc="lower center", ncol=ncol, fontsize=_LEGEND_FONT, frameon=False
+    )
+    fig.suptitle(
+        f"{report.model_name}: Jacobian time per method\n(bar label: speedup vs loop-jit; hatched: extrapolated)",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, legend_in / fig_height, 1, 1 - 0.45 / fig_height))
     return fig

@@ -81,16 +81,27 @@ def _bench_loop(name, method, compile_s, split, xs, reference, settings: Setting
     pairs = sample_pairs(len(xs), split.num_outputs, k, settings.seed)
     rows = method.rows(pairs)  # also the warm-up
     ok, error = compare(rows[None], reference[pairs[:, 0], pairs[:, 1]][None], settings.rtol, settings.atol)
-    common = {"compile_seconds": compile_s, "max_abs_error": error, "checked_entries": rows.size,
-              "total_gradients": total}
+    common = {
+        "compile_seconds": compile_s,
+        "max_abs_error": error,
+        "checked_entries": rows.size,
+        "total_gradients": total,
+    }
     if not ok:
-        return MethodResult(name, "failed", reason=f"sampled rows differ from the reference (max |error| {error:.3g})",
-                            **common)
+        return MethodResult(
+            name, "failed", reason=f"sampled rows differ from the reference (max |error| {error:.3g})", **common
+        )
     runs = time_calls(lambda: method.rows(pairs), settings.repeats)
     estimate = _median(runs) / len(pairs) * total
     if len(pairs) == total:
-        return MethodResult(name, "ok", steady_seconds=_median(runs), runs_seconds=tuple(runs),
-                            timing=f"all {total} gradients, median of {len(runs)}", **common)
+        return MethodResult(
+            name,
+            "ok",
+            steady_seconds=_median(runs),
+            runs_seconds=tuple(runs),
+            timing=f"all {total} gradients, median of {len(runs)}",
+            **common,
+        )
     if name == "loop-jit" and estimate <= settings.loop_budget_s:
         repeats = max(1, min(settings.repeats, int(settings.loop_budget_s // estimate)))
         full, first = timed(method.full)
@@ -99,15 +110,28 @@ def _bench_loop(name, method, compile_s, split, xs, reference, settings: Setting
         common.update(max_abs_error=error, checked_entries=full.size)
         del full
         if not ok:
-            return MethodResult(name, "failed", reason=f"differs from the reference (max |error| {error:.3g})",
-                                **common)
+            return MethodResult(
+                name, "failed", reason=f"differs from the reference (max |error| {error:.3g})", **common
+            )
         runs += time_calls(method.full, repeats - 1)
-        return MethodResult(name, "ok", steady_seconds=_median(runs), runs_seconds=tuple(runs),
-                            timing=f"all {total} gradients, median of {len(runs)}", **common)
-    return MethodResult(name, "ok", steady_seconds=estimate, runs_seconds=tuple(runs), extrapolated=True,
-                        sampled_gradients=len(pairs),
-                        timing=f"extrapolated from {len(pairs)} of {total} gradients (median of {len(runs)})",
-                        **common)
+        return MethodResult(
+            name,
+            "ok",
+            steady_seconds=_median(runs),
+            runs_seconds=tuple(runs),
+            timing=f"all {total} gradients, median of {len(runs)}",
+            **common,
+        )
+    return MethodResult(
+        name,
+        "ok",
+        steady_seconds=estimate,
+        runs_seconds=tuple(runs),
+        extrapolated=True,
+        sampled_gradients=len(pairs),
+        timing=f"extrapolated from {len(pairs)} of {total} gradients (median of {len(runs)})",
+        **common,
+    )
 
 
 def _too_big(name, method, compile_s, settings: Settings, memory_budget: float) -> MethodResult | None:
@@ -115,9 +139,16 @@ def _too_big(name, method, compile_s, settings: Settings, memory_budget: float) 
     need = method.working_bytes() if name in DENSE_METHODS else None
     if need is None or need <= memory_budget:
         return None
-    return MethodResult(name, "skipped", compile_seconds=compile_s, working_bytes=need, reason=(
-        f"its compiled program needs {format_bytes(need)} (XLA's count), over {settings.memory_fraction:.0%} "
-        f"of the {format_bytes(available_memory())} available"))
+    return MethodResult(
+        name,
+        "skipped",
+        compile_seconds=compile_s,
+        working_bytes=need,
+        reason=(
+            f"its compiled program needs {format_bytes(need)} (XLA's count), over {settings.memory_fraction:.0%} "
+            f"of the {format_bytes(available_memory())} available"
+        ),
+    )
 
 
 def _capped(times, settings: Settings) -> str:
@@ -133,13 +164,24 @@ def _bench_full(name, method, compile_s, split, xs, reference, settings: Setting
     common = {"max_abs_error": error, "checked_entries": result.size, "working_bytes": need}
     del result
     if not ok:
-        return MethodResult(name, "failed", compile_seconds=compile_s,
-                            reason=f"differs from the reference (max |error| {error:.3g})", **common)
+        return MethodResult(
+            name,
+            "failed",
+            compile_seconds=compile_s,
+            reason=f"differs from the reference (max |error| {error:.3g})",
+            **common,
+        )
     if name in DENSE_METHODS:
         times = time_calls(method.run, settings.repeats, settings.method_budget_s)
-        return MethodResult(name, "ok", compile_seconds=compile_s, steady_seconds=_median(times),
-                            runs_seconds=tuple(times), timing=f"median of {len(times)}{_capped(times, settings)}",
-                            **common)
+        return MethodResult(
+            name,
+            "ok",
+            compile_seconds=compile_s,
+            steady_seconds=_median(times),
+            runs_seconds=tuple(times),
+            timing=f"median of {len(times)}{_capped(times, settings)}",
+            **common,
+        )
     # Kernels are compiled by the first (verification) call and kept on the split: that call's compile time is
     # the method's, and the timed calls that follow measure the steady state.
     first_compile = method.first_compile_seconds
@@ -154,9 +196,16 @@ def _bench_full(name, method, compile_s, split, xs, reference, settings: Setting
     if name == COMPRESSED_METHOD:
         common["result_bytes"] = method.last.nbytes
     method.last = None
-    return MethodResult(name, "ok", compile_seconds=first_compile, steady_seconds=_median(walls),
-                        runs_seconds=tuple(walls), compute_seconds=_median(computes),
-                        timing=f"median of {len(walls)} whole calls{_capped(walls, settings)}", **common)
+    return MethodResult(
+        name,
+        "ok",
+        compile_seconds=first_compile,
+        steady_seconds=_median(walls),
+        runs_seconds=tuple(walls),
+        compute_seconds=_median(computes),
+        timing=f"median of {len(walls)} whole calls{_capped(walls, settings)}",
+        **common,
+    )
 
 
 def _with_ratios(methods: list[MethodResult], jacobian_bytes: int, bandwidth: Bandwidth) -> list[MethodResult]:
@@ -173,9 +222,12 @@ def _with_ratios(methods: list[MethodResult], jacobian_bytes: int, bandwidth: Ba
             # The compressed method writes fewer bytes than the dense matrix: no dense write rate for it.
             rate = None if m.name == COMPRESSED_METHOD else jacobian_bytes / m.steady_seconds
             m = dataclasses.replace(
-                m, bytes_per_second=rate, write_fraction=None if rate is None else rate / bandwidth.fill,
+                m,
+                bytes_per_second=rate,
+                write_fraction=None if rate is None else rate / bandwidth.fill,
                 speedup_vs_loop=loop / m.steady_seconds if loop else None,
-                speedup_vs_best_jax=best / m.steady_seconds if best else None)
+                speedup_vs_best_jax=best / m.steady_seconds if best else None,
+            )
         out.append(m)
     return out
 
@@ -187,7 +239,8 @@ def _bench_case(model, model_dir, layer, n, settings, bandwidth, progress, measu
     if 3 * nbytes > available_memory():  # the reference, one method's result and its verification
         raise JacobianTooLargeError(
             f"the Jacobian of {layer!r} for {n} example(s) is {format_bytes(nbytes)}; benchmarking holds about three "
-            f"of them and only {format_bytes(available_memory())} is available. Use fewer examples (num_examples).")
+            f"of them and only {format_bytes(available_memory())} is available. Use fewer examples (num_examples)."
+        )
     memory_budget = settings.memory_fraction * available_memory()
     progress(f"{layer} ×{n}: reference")
     reference, reference_name = _reference(split, xs, memory_budget)
@@ -208,12 +261,27 @@ def _bench_case(model, model_dir, layer, n, settings, bandwidth, progress, measu
             if measure_memory or guard is not None:
                 progress(f"{layer} ×{n}: {name} (own process)")
                 own = measure_peak_memory(
-                    model_dir, layer, n, name, allow_import=allow_import, seed=settings.seed, time_limit_s=guard,
-                    loop_sample=settings.loop_sample if name == "loop-jit" else settings.nojit_sample)
+                    model_dir,
+                    layer,
+                    n,
+                    name,
+                    allow_import=allow_import,
+                    seed=settings.seed,
+                    time_limit_s=guard,
+                    loop_sample=settings.loop_sample if name == "loop-jit" else settings.nojit_sample,
+                )
                 if own.timed_out:
-                    results.append(MethodResult(name, "skipped", compile_seconds=compile_s, reason=(
-                        f"too slow: compiling and one run in a process of its own did not finish within the "
-                        f"{settings.run_limit_s:g} s run limit")))
+                    results.append(
+                        MethodResult(
+                            name,
+                            "skipped",
+                            compile_seconds=compile_s,
+                            reason=(
+                                f"too slow: compiling and one run in a process of its own did not finish within the "
+                                f"{settings.run_limit_s:g} s run limit"
+                            ),
+                        )
+                    )
                     continue
             bench = _bench_loop if name in LOOP_METHODS else _bench_full
             result = bench(name, method, compile_s, split, xs, reference, settings)
@@ -226,9 +294,16 @@ def _bench_case(model, model_dir, layer, n, settings, bandwidth, progress, measu
         results.append(result)
     del reference
     gc.collect()
-    case = CaseResult(layer=layer, num_examples=n, num_outputs=split.num_outputs, num_params=split.num_params,
-                      num_leaves=len(split.param_names), jacobian_bytes=nbytes, reference=reference_name,
-                      methods=tuple(_with_ratios(results, nbytes, bandwidth)))
+    case = CaseResult(
+        layer=layer,
+        num_examples=n,
+        num_outputs=split.num_outputs,
+        num_params=split.num_params,
+        num_leaves=len(split.param_names),
+        jacobian_bytes=nbytes,
+        reference=reference_name,
+        methods=tuple(_with_ratios(results, nbytes, bandwidth)),
+    )
     return dataclasses.replace(case, summary=describe_case(case, bandwidth))
 
 
@@ -247,8 +322,10 @@ def _check_methods(methods) -> tuple[str, ...]:
     methods = tuple(dict.fromkeys(methods))
     unknown = [m for m in methods if not is_method(m)]
     if unknown or not methods:
-        raise ModeError(f"methods {list(methods)}: unknown {unknown or 'none given'}; choose from {', '.join(known)} "
-                        "(any layersens-<mode>@<size> too, e.g. layersens-auto@32MiB).")
+        raise ModeError(
+            f"methods {list(methods)}: unknown {unknown or 'none given'}; choose from {', '.join(known)} "
+            "(any layersens-<mode>@<size> too, e.g. layersens-auto@32MiB)."
+        )
     return methods
 
 
@@ -291,36 +368,65 @@ def run_benchmark(
     counts = _as_tuple(num_examples, int)
     if not layers:
         raise SelectionError("no layer given; name at least one (run `layersens layers --model DIR` to list them).")
-    if (repeats < 1 or loop_budget_s <= 0 or loop_sample < 1 or nojit_sample < 1
-            or any(v is not None and v <= 0 for v in (method_budget_s, run_limit_s))):
-        raise BudgetError(f"repeats ({repeats}), loop_budget_s ({loop_budget_s}), method_budget_s ({method_budget_s}), "
-                        f"run_limit_s ({run_limit_s}) and the sample sizes ({loop_sample}, {nojit_sample}) must be "
-                        "positive; the defaults are 5, 300, none, none, 256 and 20.")
-    settings = Settings(repeats=repeats, loop_budget_s=float(loop_budget_s), loop_sample=loop_sample,
-                        nojit_sample=nojit_sample, seed=seed, rtol=1e-4, atol=1e-4, methods=_check_methods(methods),
-                        method_budget_s=None if method_budget_s is None else float(method_budget_s),
-                        run_limit_s=None if run_limit_s is None else float(run_limit_s))
+    if (
+        repeats < 1
+        or loop_budget_s <= 0
+        or loop_sample < 1
+        or nojit_sample < 1
+        or any(v is not None and v <= 0 for v in (method_budget_s, run_limit_s))
+    ):
+        raise BudgetError(
+            f"repeats ({repeats}), loop_budget_s ({loop_budget_s}), method_budget_s ({method_budget_s}), "
+            f"run_limit_s ({run_limit_s}) and the sample sizes ({loop_sample}, {nojit_sample}) must be "
+            "positive; the defaults are 5, 300, none, none, 256 and 20."
+        )
+    settings = Settings(
+        repeats=repeats,
+        loop_budget_s=float(loop_budget_s),
+        loop_sample=loop_sample,
+        nojit_sample=nojit_sample,
+        seed=seed,
+        rtol=1e-4,
+        atol=1e-4,
+        methods=_check_methods(methods),
+        method_budget_s=None if method_budget_s is None else float(method_budget_s),
+        run_limit_s=None if run_limit_s is None else float(run_limit_s),
+    )
     model = layersens.load_model(model_dir, allow_import=allow_import)
     if model.example_inputs is None:
-        raise InputShapeError(f"model {model_dir} ships no example inputs; the benchmark runs on them. Save the "
-                              "model with example_inputs= (layersens.save_model).")
+        raise InputShapeError(
+            f"model {model_dir} ships no example inputs; the benchmark runs on them. Save the "
+            "model with example_inputs= (layersens.save_model)."
+        )
     available = len(model.example_inputs)
     bad = [n for n in counts if not 1 <= n <= available]
     if bad or not counts:
-        raise InputShapeError(f"num_examples {list(counts)}: the model ships {available} example inputs, so "
-                              f"choose counts from 1 to {available}.")
+        raise InputShapeError(
+            f"num_examples {list(counts)}: the model ships {available} example inputs, so "
+            f"choose counts from 1 to {available}."
+        )
     for name in layers:  # unknown layers fail before minutes of benchmarking, not after
         layersens.split(model, name)
     progress = progress or (lambda message: None)
     env = environment()
     progress("memory-write bandwidth")
     bandwidth = measure_bandwidth(bandwidth_bytes)
-    cases = tuple(_bench_case(model, model_dir, name, n, settings, bandwidth, progress, measure_memory, allow_import)
-                  for name in layers for n in counts)
+    cases = tuple(
+        _bench_case(model, model_dir, name, n, settings, bandwidth, progress, measure_memory, allow_import)
+        for name in layers
+        for n in counts
+    )
     report = BenchmarkReport(
-        model_dir=str(model_dir), model_name=model.name, framework=model.framework, eval_mode=model.eval_mode,
-        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), settings=settings,
-        environment=env, bandwidth=bandwidth, cases=cases)
+        model_dir=str(model_dir),
+        model_name=model.name,
+        framework=model.framework,
+        eval_mode=model.eval_mode,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        settings=settings,
+        environment=env,
+        bandwidth=bandwidth,
+        cases=cases,
+    )
     report = dataclasses.replace(report, overview=describe_overview(report))
     if out_dir is not None:
         report = dataclasses.replace(report, files=tuple(str(p) for p in write_report(report, out_dir)))

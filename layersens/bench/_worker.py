@@ -29,6 +29,7 @@ import sys
 
 _STARTUP_ALLOWANCE_S = 600
 
+
 @dataclasses.dataclass(frozen=True)
 class PeakMemory:
     """Resident-set high-water marks of a worker, in bytes: after setup (``baseline``) and after the method
@@ -160,13 +161,36 @@ def main(argv=None) -> int:
     return 0
 
 
-def measure_peak_memory(model_dir, layer: str, num_examples: int, method: str, *, allow_import: bool,
-                        loop_sample: int, seed: int, time_limit_s: float | None = None) -> PeakMemory:
+def measure_peak_memory(
+    model_dir,
+    layer: str,
+    num_examples: int,
+    method: str,
+    *,
+    allow_import: bool,
+    loop_sample: int,
+    seed: int,
+    time_limit_s: float | None = None,
+) -> PeakMemory:
     """Runs the worker for one method and reads its JSON. Cost: a fresh Python with JAX (seconds), plus one
     compilation and one computation of the method, stopped after ``time_limit_s`` (``timed_out``) if given."""
-    command = [sys.executable, "-m", "layersens.bench._worker", "--model", str(model_dir), "--layer", layer,
-               "--num-examples", str(num_examples), "--method", method, "--loop-sample", str(loop_sample),
-               "--seed", str(seed)]
+    command = [
+        sys.executable,
+        "-m",
+        "layersens.bench._worker",
+        "--model",
+        str(model_dir),
+        "--layer",
+        layer,
+        "--num-examples",
+        str(num_examples),
+        "--method",
+        method,
+        "--loop-sample",
+        str(loop_sample),
+        "--seed",
+        str(seed),
+    ]
     if time_limit_s is not None:
         command += ["--time-limit", repr(float(time_limit_s))]
     if allow_import:
@@ -191,10 +215,15 @@ def measure_peak_memory(model_dir, layer: str, num_examples: int, method: str, *
         return PeakMemory(error=f"worker exited with code {done.returncode}: {tail}")
     if "error" in data:
         return PeakMemory(error=data["error"])
-    return PeakMemory(baseline_bytes=data["baseline_bytes"], peak_bytes=data["peak_bytes"],
-                      steady_baseline_bytes=data.get("steady_baseline_bytes"),
-                      steady_peak_bytes=data.get("steady_peak_bytes"),
-                      seconds=data["seconds"], source=data.get("source", ""), note=data.get("note", ""))
+    return PeakMemory(
+        baseline_bytes=data["baseline_bytes"],
+        peak_bytes=data["peak_bytes"],
+        steady_baseline_bytes=data.get("steady_baseline_bytes"),
+        steady_peak_bytes=data.get("steady_peak_bytes"),
+        seconds=data["seconds"],
+        source=data.get("source", ""),
+        note=data.get("note", ""),
+    )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,13 @@ class Layout(enum.Enum):
         return _BASIS_AXIS[self]
 
 
-_BASIS_AXIS = {Layout.COLUMNS: 1, Layout.ROWS: 0, Layout.CHANNEL_COLUMNS: -1, Layout.CHANNEL_ROWS: 0, Layout.WHOLE: None}
+_BASIS_AXIS = {
+    Layout.COLUMNS: 1,
+    Layout.ROWS: 0,
+    Layout.CHANNEL_COLUMNS: -1,
+    Layout.CHANNEL_ROWS: 0,
+    Layout.WHOLE: None,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,8 +58,10 @@ class JacobianBlock:
     values: np.ndarray
 
     def __repr__(self) -> str:
-        return (f"JacobianBlock(example={self.example}, layout={self.layout.name}, names={self.names}, "
-                f"offset={self.offset}, values={self.values.shape} {self.values.dtype})")
+        return (
+            f"JacobianBlock(example={self.example}, layout={self.layout.name}, names={self.names}, "
+            f"offset={self.offset}, values={self.values.shape} {self.values.dtype})"
+        )
 
     @property
     def width(self) -> int:

@@ -41,8 +41,16 @@ def check_size(split: LayerSplit, num_examples: int) -> int:
     return nbytes
 
 
-def run(split: LayerSplit, inputs, sink: Sink[Result], *, mode=Auto(), max_memory=None, device=None,
-        progress: Callable[[int, int], None] | None = None) -> Result:
+def run(
+    split: LayerSplit,
+    inputs,
+    sink: Sink[Result],
+    *,
+    mode=Auto(),
+    max_memory=None,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Result:
     """Every block of ``split``'s Jacobian for ``inputs``, into ``sink``; returns what the sink makes. The first
     call for a given plan and device compiles it (its time is added to the result's ``compile_seconds``)."""
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
@@ -56,10 +64,15 @@ def _run(split: LayerSplit, x: np.ndarray, sink: Sink[Result], mode, max_memory,
         return result
     if isinstance(result, CompressedJacobian):
         dense = result.dense_part
-        return dataclasses.replace(result, dense_part=dataclasses.replace(
-            dense, compile_seconds=dense.compile_seconds + prepared.compile_seconds))
-    if (dataclasses.is_dataclass(result) and not isinstance(result, type)
-            and isinstance(seconds := getattr(result, "compile_seconds", None), float)):
+        return dataclasses.replace(
+            result,
+            dense_part=dataclasses.replace(dense, compile_seconds=dense.compile_seconds + prepared.compile_seconds),
+        )
+    if (
+        dataclasses.is_dataclass(result)
+        and not isinstance(result, type)
+        and isinstance(seconds := getattr(result, "compile_seconds", None), float)
+    ):
         # every result that reports its compile time (LayerJacobian, Sensitivity, ...) gets the first call's
         # (replace gives back the type it is given; mypy loses the type variable in is_dataclass's narrowing)
         return cast(Result, dataclasses.replace(result, compile_seconds=seconds + prepared.compile_seconds))
@@ -95,8 +108,15 @@ def jacobian(
     return _run(split, x, DenseSink(), mode, max_memory, device, progress)
 
 
-def compressed_jacobian(split: LayerSplit, inputs, *, mode=Structured(), max_memory=None, device=None,
-                        progress: Callable[[int, int], None] | None = None) -> CompressedJacobian:
+def compressed_jacobian(
+    split: LayerSplit,
+    inputs,
+    *,
+    mode=Structured(),
+    max_memory=None,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CompressedJacobian:
     """Per-channel blocks for every channel-diagonal leaf (column or row colouring), dense columns for the
     others (as ``mode``, by default :class:`~layersens.Structured`, plans them; any strategy works: the leaves
     it colours are compressed).

@@ -20,8 +20,16 @@ from jax import lax
 
 from ..analysis import ChannelStructure
 from ..models import ravel_leaves
-from ..planning import ColumnColouring, DenseForward, DenseReverse, Method, RowColouring
-from ..planning import column_starts, contiguous_runs, leaf_size
+from ..planning import (
+    ColumnColouring,
+    DenseForward,
+    DenseReverse,
+    Method,
+    RowColouring,
+    column_starts,
+    contiguous_runs,
+    leaf_size,
+)
 from ._blocks import JacobianBlock, Layout
 
 if TYPE_CHECKING:
@@ -54,8 +62,9 @@ KernelBuilder = Callable[["LayerSplit", tuple[str, ...], int, Mapping[str, Chann
 KERNELS: dict[type[Method], KernelBuilder] = {}
 
 
-def kernel(method: Method, split: LayerSplit, names: Sequence[str], width: int,
-           structure: Mapping[str, ChannelStructure]) -> Kernel:
+def kernel(
+    method: Method, split: LayerSplit, names: Sequence[str], width: int, structure: Mapping[str, ChannelStructure]
+) -> Kernel:
     """The device programs of ``method`` for the leaves ``names`` in chunks of ``width`` basis vectors."""
     return KERNELS[type(method)](split, tuple(names), width, structure)
 
@@ -69,6 +78,7 @@ def one_hot_rows(offset, width: int, size: int, dtype):
 def _with_linearization(forward: bool, setup, chunk):
     """``linearize``/``compute`` of a method from its ``setup(params, x) -> (g, point)`` and ``chunk``."""
     if forward:
+
         def linearize(params, x):
             g, point = setup(params, x)
             return jax.linearize(g, point)[1]
@@ -77,12 +87,14 @@ def _with_linearization(forward: bool, setup, chunk):
             g, point = setup(params, x)
             return chunk(lambda v: jax.jvp(g, (point,), (v,))[1], offset)
     else:
+
         def linearize(params, x):
             g, point = setup(params, x)
             return jax.vjp(g, point)[1]
 
         def compute(params, x, offset):
             return chunk(linearize(params, x), offset)
+
     return linearize, compute
 
 
@@ -91,7 +103,8 @@ def _expand_diagonal(values, row_shape, channel_axis: int):
     C = row_shape[channel_axis]
     full = tuple(row_shape) + (values.shape[-1], C)
     same_channel = lax.broadcasted_iota(jnp.int32, full, channel_axis) == lax.broadcasted_iota(
-        jnp.int32, full, len(full) - 1)
+        jnp.int32, full, len(full) - 1
+    )
     return jnp.where(same_channel, values[..., None], 0).reshape(int(np.prod(row_shape)), -1)
 
 
@@ -137,8 +150,14 @@ def dense_reverse_kernel(split: LayerSplit, names: tuple[str, ...], width: int, 
         return [JacobianBlock(n, Layout.ROWS, (name,), offset, rows) for name, rows in zip(names, outputs)]
 
     linearize, compute = _with_linearization(False, setup, chunk)
-    return Kernel(compute, linearize, chunk, blocks,
-                  lambda outputs: [(starts[k], block) for k, block in zip(names, outputs)], len(names))
+    return Kernel(
+        compute,
+        linearize,
+        chunk,
+        blocks,
+        lambda outputs: [(starts[k], block) for k, block in zip(names, outputs)],
+        len(names),
+    )
 
 
 KERNELS[DenseReverse] = dense_reverse_kernel
@@ -147,7 +166,8 @@ KERNELS[DenseReverse] = dense_reverse_kernel
 def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
     C, axis = structure[names[0]].channels, structure[names[0]].output_axis
     if any((structure[k].channels, structure[k].output_axis) != (C, axis) for k in names) or (
-            len(contiguous_runs(split, names)) > 1):
+        len(contiguous_runs(split, names)) > 1
+    ):
         raise ValueError(f"a colouring block needs adjacent leaves of one channel axis: {names}")
     bounds = np.cumsum([0] + [leaf_size(split, k) // structure[k].channels for k in names])
     if len(names) > 1 and width != bounds[-1]:
@@ -162,8 +182,9 @@ def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: in
         params = split.point(params, x)  # the parameters, or this example's input or activation
 
         def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
-            moved = {k: params[k] + s[a:b].reshape(shapes[k][:-1] + (1,))
-                     for k, a, b in zip(names, bounds[:-1], bounds[1:])}
+            moved = {
+                k: params[k] + s[a:b].reshape(shapes[k][:-1] + (1,)) for k, a, b in zip(names, bounds[:-1], bounds[1:])
+            }
             return split.apply({**params, **moved}, x)
 
         return g, jnp.zeros(int(bounds[-1]), dtype)
@@ -176,8 +197,9 @@ def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: in
         return [JacobianBlock(n, Layout.CHANNEL_COLUMNS, names, offset, outputs[0])]
 
     linearize, compute = _with_linearization(True, setup, chunk)
-    return Kernel(compute, linearize, chunk, blocks,
-                  lambda outputs: [(start, _expand_diagonal(outputs[0], act_shape, axis))], 1)
+    return Kernel(
+        compute, linearize, chunk, blocks, lambda outputs: [(start, _expand_diagonal(outputs[0], act_shape, axis))], 1
+    )
 
 
 KERNELS[ColumnColouring] = column_colouring_kernel
@@ -199,16 +221,24 @@ def row_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, 
         basis = one_hot_rows(0 if whole else offset, width, S, dtype)  # position s, every channel
         grads = jax.vmap(pull)(jnp.broadcast_to(basis[:, :, None], (width, S, C)))[0]
         # Adjacent leaves' columns continue one another: one (width, C, W_run) diagonal per run.
-        return tuple(jnp.concatenate([grads[k].reshape(width, -1, C) for k in run], axis=1).swapaxes(1, 2)
-                     for run in runs)
+        return tuple(
+            jnp.concatenate([grads[k].reshape(width, -1, C) for k in run], axis=1).swapaxes(1, 2) for run in runs
+        )
 
     def blocks(n, offset, outputs):
         return [JacobianBlock(n, Layout.CHANNEL_ROWS, run, offset, values) for run, values in zip(runs, outputs)]
 
     linearize, compute = _with_linearization(False, setup, chunk)
-    return Kernel(compute, linearize, chunk, blocks,
-                  lambda outputs: [(starts[run[0]], _expand_diagonal(values, (width, C), 1))
-                                   for run, values in zip(runs, outputs)], len(runs))
+    return Kernel(
+        compute,
+        linearize,
+        chunk,
+        blocks,
+        lambda outputs: [
+            (starts[run[0]], _expand_diagonal(values, (width, C), 1)) for run, values in zip(runs, outputs)
+        ],
+        len(runs),
+    )
 
 
 KERNELS[RowColouring] = row_colouring_kernel
@@ -224,7 +254,7 @@ def fused_kernel(kernels: Sequence[Kernel]) -> Kernel:
     def per_kernel(outputs):
         at = 0
         for k in kernels:
-            yield k, outputs[at:at + k.num_outputs]
+            yield k, outputs[at : at + k.num_outputs]
             at += k.num_outputs
 
     def blocks(n, offset, outputs):

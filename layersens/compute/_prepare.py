@@ -54,8 +54,7 @@ def resolve_device(device=None) -> jax.Device:
         return jax.devices(str(device))[0]
     except RuntimeError as e:
         raise DeviceError(
-            f"device {device!r} is not available ({e}); available: "
-            f"{sorted({d.platform for d in jax.devices()})}."
+            f"device {device!r} is not available ({e}); available: {sorted({d.platform for d in jax.devices()})}."
         ) from None
 
 
@@ -140,8 +139,10 @@ class PreparedJacobian:
     _compiled: dict[str, jax.stages.Compiled] = dataclasses.field(default_factory=dict, repr=False)
 
     def __repr__(self) -> str:
-        return (f"PreparedJacobian(layer={self.split.layer!r}, plan={self.plan.describe()!r}, "
-                f"device={self.device.platform}:{self.device.id}, compile_seconds={self.compile_seconds:.3g})")
+        return (
+            f"PreparedJacobian(layer={self.split.layer!r}, plan={self.plan.describe()!r}, "
+            f"device={self.device.platform}:{self.device.id}, compile_seconds={self.compile_seconds:.3g})"
+        )
 
     def __call__(self, inputs, *, progress=None) -> LayerJacobian:
         return self.run(inputs, progress=progress)
@@ -151,15 +152,14 @@ class PreparedJacobian:
         return self.run(inputs, progress=progress, sink=CompressedSink())
 
     @overload
-    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None,
-            sink: None = None) -> LayerJacobian: ...
+    def run(
+        self, inputs, *, progress: Callable[[int, int], None] | None = None, sink: None = None
+    ) -> LayerJacobian: ...
 
     @overload
-    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None,
-            sink: Sink[Result]) -> Result: ...
+    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None, sink: Sink[Result]) -> Result: ...
 
-    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None,
-            sink: Sink[Any] | None = None) -> Any:
+    def run(self, inputs, *, progress: Callable[[int, int], None] | None = None, sink: Sink[Any] | None = None) -> Any:
         """Computes every block for ``inputs`` (checked and cast as the model's inputs) into ``sink`` (default: a
         :class:`DenseSink`), calling ``progress(done, total)`` as chunks land, and returns the sink's result."""
         x = self.split.model.check_inputs(inputs, dtype=self.split.input_dtype)
@@ -262,12 +262,23 @@ def compile_plan(split: LayerSplit, planned: Plan, dev: jax.Device, hold=None) -
                     f"--max-memory (max_memory=) to at least {format_bytes(working)}."
                 )
             else:
-                notes.append(f"the default working memory ({format_bytes(budget)}) was raised to "
-                             f"{format_bytes(working)}: the narrowest chunk of {what} needs it")
+                notes.append(
+                    f"the default working memory ({format_bytes(budget)}) was raised to "
+                    f"{format_bytes(working)}: the narrowest chunk of {what} needs it"
+                )
     # The activation is a program of its own: returned from the kernels' programs as well, it changed XLA's
     # fusion of the dense forward kernel (a transposed copy, measured 5× slower on relu1).
     # (a function of its own, not the bound method: a kept plan holds its split only weakly, see ``_cache``)
     activation = jax.jit(lambda p, x: split.evaluate(p, x)).lower(params, x0).compile()
     final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
-    return PreparedJacobian(split=split, plan=final, device=dev, compile_seconds=time.perf_counter() - start,
-                            structure=structure, params=params, steps=steps, activation=activation, dense=dense)
+    return PreparedJacobian(
+        split=split,
+        plan=final,
+        device=dev,
+        compile_seconds=time.perf_counter() - start,
+        structure=structure,
+        params=params,
+        steps=steps,
+        activation=activation,
+        dense=dense,
+    )

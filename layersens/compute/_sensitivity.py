@@ -49,11 +49,11 @@ class SensitivitySink(Sink[Sensitivity]):
         start = self.starts[block.names[0]]
         columns, rows = self.columns[n], self.rows[n]
         if layout is Layout.COLUMNS:  # (M, width): columns start + offset ...
-            columns[start + offset:start + offset + squares.shape[1]] += squares.sum(axis=0)
+            columns[start + offset : start + offset + squares.shape[1]] += squares.sum(axis=0)
             rows += squares.sum(axis=1)
         elif layout is Layout.ROWS:  # (width, P_leaf): rows offset ... of the leaf's columns
-            columns[start:start + squares.shape[1]] += squares.sum(axis=0)
-            rows[offset:offset + squares.shape[0]] += squares.sum(axis=1)
+            columns[start : start + squares.shape[1]] += squares.sum(axis=0)
+            rows[offset : offset + squares.shape[0]] += squares.sum(axis=1)
         elif layout is Layout.CHANNEL_COLUMNS:  # (*activation, width): (r, w) is column (offset + w, c = r[axis])
             shape = self.job.split.activation_shape
             s = self.job.structure[block.names[0]]
@@ -61,12 +61,12 @@ class SensitivitySink(Sink[Sensitivity]):
             width = squares.shape[-1]
             per_channel = np.moveaxis(squares, axis, -2).reshape(-1, s.channels, width).sum(axis=0)  # (C, width)
             at = start + offset * s.channels
-            columns[at:at + width * s.channels] += per_channel.T.reshape(-1)
+            columns[at : at + width * s.channels] += per_channel.T.reshape(-1)
             rows += squares.reshape(-1, width).sum(axis=1)
         elif layout is Layout.CHANNEL_ROWS:  # (width, C, W_run): (s, c, w) is row (offset + s, c), column (w, c)
             width, channels, run = squares.shape
-            columns[start:start + run * channels] += squares.sum(axis=0).T.reshape(-1)
-            rows[offset * channels:(offset + width) * channels] += squares.sum(axis=2).reshape(-1)
+            columns[start : start + run * channels] += squares.sum(axis=0).T.reshape(-1)
+            rows[offset * channels : (offset + width) * channels] += squares.sum(axis=2).reshape(-1)
         elif layout is Layout.WHOLE:  # (M, P)
             columns += squares.sum(axis=0)
             rows += squares.sum(axis=1)
@@ -76,19 +76,37 @@ class SensitivitySink(Sink[Sensitivity]):
     def finish(self, done: Done) -> Sensitivity:
         job, split = self.job, self.job.split
         count = job.num_examples
-        parameter = {name: self.columns[:, at:at + int(np.prod(shape, dtype=np.int64))].reshape((count,) + shape)
-                     for (name, at), shape in zip(self.starts.items(), split.param_shapes)}
+        parameter = {
+            name: self.columns[:, at : at + int(np.prod(shape, dtype=np.int64))].reshape((count,) + shape)
+            for (name, at), shape in zip(self.starts.items(), split.param_shapes)
+        }
         return Sensitivity(
-            layer=split.layer, model=split.model.name, param_names=split.param_names,
-            param_shapes=split.param_shapes, activation_shape=split.activation_shape, wrt=str(split.wrt),
-            mode=job.plan.describe(), device=job.device, parameter=parameter,
+            layer=split.layer,
+            model=split.model.name,
+            param_names=split.param_names,
+            param_shapes=split.param_shapes,
+            activation_shape=split.activation_shape,
+            wrt=str(split.wrt),
+            mode=job.plan.describe(),
+            device=job.device,
+            parameter=parameter,
             unit=np.sqrt(self.rows).reshape((count,) + split.activation_shape),
-            frobenius=np.sqrt(self.columns.sum(axis=1)), seconds=done.seconds,
-            compile_seconds=done.compile_seconds, notes=tuple(split.notes) + tuple(job.plan.notes))
+            frobenius=np.sqrt(self.columns.sum(axis=1)),
+            seconds=done.seconds,
+            compile_seconds=done.compile_seconds,
+            notes=tuple(split.notes) + tuple(job.plan.notes),
+        )
 
 
-def sensitivity(split: LayerSplit, inputs, *, mode=Auto(), max_memory=None, device=None,
-                progress: Callable[[int, int], None] | None = None) -> Sensitivity:
+def sensitivity(
+    split: LayerSplit,
+    inputs,
+    *,
+    mode=Auto(),
+    max_memory=None,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Sensitivity:
     """Per-parameter diag(JᵀJ), per-unit ‖∂h_i/∂θ‖ and ‖J‖_F of ``split``'s layer for each example of
     ``inputs``, exact, from the Jacobian's chunks: the M × P matrix is never formed, so a layer whose dense
     Jacobian would not fit in memory is not refused.

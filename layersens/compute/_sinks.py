@@ -85,12 +85,13 @@ def place_diagonal(matrix: np.ndarray, row: int, column: int, row_shape, channel
     item = matrix.itemsize
     num_params = matrix.shape[1]
     C = row_shape[channel_axis]
-    row_strides = [int(np.prod(row_shape[a + 1:], dtype=np.int64)) * num_params * item for a in range(len(row_shape))]
+    row_strides = [int(np.prod(row_shape[a + 1 :], dtype=np.int64)) * num_params * item for a in range(len(row_shape))]
     row_strides[channel_axis] += item  # moving one channel down the rows moves one column right
     flat = matrix.reshape(-1)
     start = row * num_params + column
     view = np.lib.stride_tricks.as_strided(
-        flat[start:], shape=tuple(row_shape) + (values.shape[-1],), strides=tuple(row_strides) + (C * item,))
+        flat[start:], shape=tuple(row_shape) + (values.shape[-1],), strides=tuple(row_strides) + (C * item,)
+    )
     view[...] = values
 
 
@@ -137,14 +138,15 @@ class _Matrix:
         matrix = self.matrix[n]
         if block.layout is Layout.COLUMNS:
             column = self.starts[names[0]] + offset
-            matrix[:, column:column + values.shape[1]] = values
+            matrix[:, column : column + values.shape[1]] = values
         elif block.layout is Layout.ROWS:
             start = self.starts[names[0]]
-            matrix[offset:offset + values.shape[0], start:start + values.shape[1]] = values
+            matrix[offset : offset + values.shape[0], start : start + values.shape[1]] = values
         elif block.layout is Layout.CHANNEL_COLUMNS:
             s = self.structure[names[0]]
-            place_diagonal(matrix, 0, self.starts[names[0]] + offset * s.channels, self.activation_shape,
-                           s.output_axis, values)
+            place_diagonal(
+                matrix, 0, self.starts[names[0]] + offset * s.channels, self.activation_shape, s.output_axis, values
+            )
         elif block.layout is Layout.CHANNEL_ROWS:
             width, channels = values.shape[:2]
             place_diagonal(matrix, offset * channels, self.starts[names[0]], (width, channels), 1, values)
@@ -194,8 +196,12 @@ class CompressedSink(Sink[CompressedJacobian]):
         self.job = job
         self.structure = {n: structure[n] for n in split.param_names if n in coloured}
         self.within = {n: leaf_size(split, n) // self.structure[n].channels for n in self.structure}
-        self.blocks = {n: np.zeros((job.num_examples,) + split.activation_shape + (self.within[n],),
-                                   np.dtype(split.activation_dtype)) for n in self.structure}
+        self.blocks = {
+            n: np.zeros(
+                (job.num_examples,) + split.activation_shape + (self.within[n],), np.dtype(split.activation_dtype)
+            )
+            for n in self.structure
+        }
         self.dense = _Matrix(split, structure, job.num_examples, [n for n in split.param_names if n not in coloured])
 
     def _leaves(self, names):
@@ -211,12 +217,12 @@ class CompressedSink(Sink[CompressedJacobian]):
             for name, a, b in self._leaves(block.names):
                 lo, hi = max(offset, a), min(offset + width, b)
                 if lo < hi:
-                    self.blocks[name][n][..., lo - a:hi - a] = values[..., lo - offset:hi - offset]
+                    self.blocks[name][n][..., lo - a : hi - a] = values[..., lo - offset : hi - offset]
         elif block.layout is Layout.CHANNEL_ROWS:
             width, channels = values.shape[:2]
             for name, a, b in self._leaves(block.names):
                 rows = self.blocks[name][n].reshape(-1, channels, b - a)  # (S, C, W): channels are the last axis
-                rows[offset:offset + width] = values[:, :, a:b]
+                rows[offset : offset + width] = values[:, :, a:b]
         else:
             self.dense.put(block)
 
@@ -224,6 +230,10 @@ class CompressedSink(Sink[CompressedJacobian]):
         split = self.job.split
         dense = layer_jacobian(self.job, done, self.dense.matrix, names=self.dense.names)
         return CompressedJacobian(
-            layer=split.layer, param_names=split.param_names, param_shapes=split.param_shapes,
-            channel_blocks=self.blocks, structure=self.structure, dense_part=dense,
+            layer=split.layer,
+            param_names=split.param_names,
+            param_shapes=split.param_shapes,
+            channel_blocks=self.blocks,
+            structure=self.structure,
+            dense_part=dense,
         )

@@ -169,9 +169,11 @@ def exact_values(op, indices, quantity: str) -> np.ndarray:
 def _draws(mapping, quantity: str, key, basis):
     """The sampler's ``draw(block_index, b)`` for one example's map."""
     if quantity == "frobenius_sq":
+
         def draw(i, b):
             x = np.asarray(_frobenius_block(mapping, jax.random.fold_in(key, i), b, basis), np.float64)
             return x.mean(), np.square(x - x.mean()).sum()
+
         return draw
     block = _parameter_block if quantity == "parameter_diagonal" else _unit_block
     return lambda i, b: block(mapping, jax.random.fold_in(key, i), b)
@@ -200,8 +202,15 @@ def _estimate(split, inputs, quantity, *, rtol, max_samples, method, exact, seed
         if setup:
             basis, top = _sketch(op._maps[n], sketch_key, min(sketch, p))
             baseline = float(top)
-        v, e, samples[n] = sample(_draws(op._maps[n], quantity, probe_key, basis), baseline, rtol=rtol,
-                                  max_samples=max_samples, exact=exact, exact_cost=cost, per_probe=1)
+        v, e, samples[n] = sample(
+            _draws(op._maps[n], quantity, probe_key, basis),
+            baseline,
+            rtol=rtol,
+            max_samples=max_samples,
+            exact=exact,
+            exact_cost=cost,
+            per_probe=1,
+        )
         passes[n] = setup + samples[n]
         if v is None:
             todo.append(n)
@@ -214,14 +223,35 @@ def _estimate(split, inputs, quantity, *, rtol, max_samples, method, exact, seed
         passes[todo] += cost()
     split = op.split
     return Estimate(
-        quantity=quantity, value=value, stderr=stderr, samples=samples, exact=is_exact, passes=passes,
-        method="exact" if is_exact.all() else method, rtol=float(rtol), max_samples=int(max_samples),
-        layer=split.layer, model=split.model.name, param_names=split.param_names, param_shapes=split.param_shapes,
-        activation_shape=tuple(split.activation_shape), seconds=time.perf_counter() - start)
+        quantity=quantity,
+        value=value,
+        stderr=stderr,
+        samples=samples,
+        exact=is_exact,
+        passes=passes,
+        method="exact" if is_exact.all() else method,
+        rtol=float(rtol),
+        max_samples=int(max_samples),
+        layer=split.layer,
+        model=split.model.name,
+        param_names=split.param_names,
+        param_shapes=split.param_shapes,
+        activation_shape=tuple(split.activation_shape),
+        seconds=time.perf_counter() - start,
+    )
 
 
-def estimate_frobenius(split, inputs=None, *, rtol: float = 0.05, max_samples: int = 1000, method: str = "hutch++",
-                       exact: bool | None = None, seed: int = 0, sketch: int = BLOCK) -> Estimate:
+def estimate_frobenius(
+    split,
+    inputs=None,
+    *,
+    rtol: float = 0.05,
+    max_samples: int = 1000,
+    method: str = "hutch++",
+    exact: bool | None = None,
+    seed: int = 0,
+    sketch: int = BLOCK,
+) -> Estimate:
     """‖J_n‖²_F = tr(J_nᵀJ_n) per example, with its standard error (``value``, ``stderr``: ``(examples,)``).
 
     ``split`` and ``inputs`` as for :func:`layersens.jacobian`, or a :class:`LinearizedLayer` and ``inputs=None``
@@ -237,12 +267,22 @@ def estimate_frobenius(split, inputs=None, *, rtol: float = 0.05, max_samples: i
     where the exact norm (the plan's passes, ``layersens.compute.sensitivity``) costs too much; hutch++ when a few
     directions dominate J, as in trained layers."""
     _check(rtol, max_samples, method)
-    return _estimate(split, inputs, "frobenius_sq", rtol=rtol, max_samples=max_samples, method=method, exact=exact,
-                     seed=seed, sketch=sketch)
+    return _estimate(
+        split,
+        inputs,
+        "frobenius_sq",
+        rtol=rtol,
+        max_samples=max_samples,
+        method=method,
+        exact=exact,
+        seed=seed,
+        sketch=sketch,
+    )
 
 
-def estimate_parameter_diagonal(split, inputs=None, *, rtol: float = 0.05, max_samples: int = 1000,
-                                exact: bool | None = None, seed: int = 0) -> Estimate:
+def estimate_parameter_diagonal(
+    split, inputs=None, *, rtol: float = 0.05, max_samples: int = 1000, exact: bool | None = None, seed: int = 0
+) -> Estimate:
     """diag(J_nᵀJ_n): each parameter's Σ_i (∂h_i/∂θ_p)², per example, with standard errors (``(examples, P)``;
     :meth:`Estimate.per_leaf` by leaf). Arguments as :func:`estimate_frobenius`.
 
@@ -250,12 +290,22 @@ def estimate_parameter_diagonal(split, inputs=None, *, rtol: float = 0.05, max_s
     exact passes where they are no more. Memory 16·(M + P) values a block. Use it when the exact diagonal (the
     plan's passes) costs too much; a layer without reverse products is computed exactly."""
     _check(rtol, max_samples)
-    return _estimate(split, inputs, "parameter_diagonal", rtol=rtol, max_samples=max_samples, method="hutchinson",
-                     exact=exact, seed=seed, sketch=0)
+    return _estimate(
+        split,
+        inputs,
+        "parameter_diagonal",
+        rtol=rtol,
+        max_samples=max_samples,
+        method="hutchinson",
+        exact=exact,
+        seed=seed,
+        sketch=0,
+    )
 
 
-def estimate_unit_diagonal(split, inputs=None, *, rtol: float = 0.05, max_samples: int = 1000,
-                           exact: bool | None = None, seed: int = 0) -> Estimate:
+def estimate_unit_diagonal(
+    split, inputs=None, *, rtol: float = 0.05, max_samples: int = 1000, exact: bool | None = None, seed: int = 0
+) -> Estimate:
     """diag(J_nJ_nᵀ): each unit's ‖∂h_i/∂θ‖², per example, with standard errors (``(examples,) +
     activation_shape``). Arguments as :func:`estimate_frobenius`.
 
@@ -263,5 +313,14 @@ def estimate_unit_diagonal(split, inputs=None, *, rtol: float = 0.05, max_sample
     exact passes where they are no more. Memory 16·(M + P) values a block. Use it when the exact row norms cost
     too much."""
     _check(rtol, max_samples)
-    return _estimate(split, inputs, "unit_diagonal", rtol=rtol, max_samples=max_samples, method="hutchinson",
-                     exact=exact, seed=seed, sketch=0)
+    return _estimate(
+        split,
+        inputs,
+        "unit_diagonal",
+        rtol=rtol,
+        max_samples=max_samples,
+        method="hutchinson",
+        exact=exact,
+        seed=seed,
+        sketch=0,
+    )

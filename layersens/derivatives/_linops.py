@@ -27,12 +27,12 @@ def operator(split, inputs) -> LinearizedLayer:
     ``inputs`` must be ``None``)."""
     if isinstance(split, LinearizedLayer):
         if inputs is not None:
-            raise InputShapeError("a LinearizedLayer already holds its inputs; pass inputs=None (or pass the split "
-                                  "and the inputs).")
+            raise InputShapeError(
+                "a LinearizedLayer already holds its inputs; pass inputs=None (or pass the split and the inputs)."
+            )
         return split
     if inputs is None:
-        raise InputShapeError("give the inputs (examples,) + input_shape, or a LinearizedLayer as the first "
-                              "argument.")
+        raise InputShapeError("give the inputs (examples,) + input_shape, or a LinearizedLayer as the first argument.")
     return linearize(split, inputs)
 
 

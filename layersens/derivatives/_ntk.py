@@ -39,7 +39,7 @@ def _contract(g: np.ndarray, out: np.ndarray, rows: int) -> None:
     flat = g.reshape(rows, -1)
     width = max(1, _F64_CHUNK_BYTES // (8 * rows))
     for start in range(0, flat.shape[1], width):
-        a = flat[:, start:start + width].astype(np.float64)
+        a = flat[:, start : start + width].astype(np.float64)
         out += a @ a.T
 
 
@@ -70,7 +70,8 @@ def layer_ntk(split, inputs=None, *, trace_axes: bool = True, method: str = "aut
             raise JacobianTooLargeError(
                 f"the full eNTK block of {lay.layer!r} for {count} example(s) is ({count}, {m}, {count}, {m}) = "
                 f"{format_bytes(nbytes)} of float64, and only {format_bytes(free)} of memory is available. Pass "
-                "trace_axes=True for the (examples, examples) kernel tr(J_n J_mᵀ), or use fewer examples.")
+                "trace_axes=True for the (examples, examples) kernel tr(J_n J_mᵀ), or use fewer examples."
+            )
     itemsize = np.dtype(lay.activation_dtype).itemsize
     if method == "auto":
         small = count * m * p * itemsize <= min(CONTRACTION_BYTES, available_memory() // 4)
@@ -97,6 +98,14 @@ def layer_ntk(split, inputs=None, *, trace_axes: bool = True, method: str = "aut
             _contract(g, theta, size)
         passes = side
     values = theta if trace_axes else theta.reshape(count, m, count, m)
-    return LayerNTK(values=values, trace_axes=bool(trace_axes), method=method, passes=int(passes), layer=lay.layer,
-                    model=lay.model.name, param_names=lay.param_names, activation_shape=tuple(lay.activation_shape),
-                    seconds=time.perf_counter() - start)
+    return LayerNTK(
+        values=values,
+        trace_axes=bool(trace_axes),
+        method=method,
+        passes=int(passes),
+        layer=lay.layer,
+        model=lay.model.name,
+        param_names=lay.param_names,
+        activation_shape=tuple(lay.activation_shape),
+        seconds=time.perf_counter() - start,
+    )

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._repr import Summarized
 from .._errors import InputShapeError, LayersensError
+from .._repr import Summarized
 from ..analysis import analyze
 from ._flat import as_examples, flat_function
 
@@ -50,14 +50,19 @@ class LinearizedLayer(Summarized):
     _no_reverse: str | None = dataclasses.field(default=None, repr=False)
 
     def _summary(self):
-        return [("layer", self.split.layer), ("shape", self.shape), ("params", self.split.param_names),
-                ("mode", "forward" if self._forward else "reverse")]
+        return [
+            ("layer", self.split.layer),
+            ("shape", self.shape),
+            ("params", self.split.param_names),
+            ("mode", "forward" if self._forward else "reverse"),
+        ]
 
     def _check_reverse(self):
         if self._no_reverse is not None:
             raise LayersensError(
                 f"no reverse products (vjp, rmatmat) through {self._no_reverse}: it has no reverse mode. Use "
-                "jvp/matmat, or give the loop static bounds (a fori_loop over Python ints is a scan).")
+                "jvp/matmat, or give the loop static bounds (a fori_loop over Python ints is a scan)."
+            )
 
     def _flat_vectors(self, v, k_axis: bool):
         """A dict of leaves (shared by all examples), or an array ``(P,)``/``(P, k)`` or per example
@@ -66,8 +71,9 @@ class LinearizedLayer(Summarized):
         if isinstance(v, dict):
             missing = set(self.split.param_names) - set(v)
             if missing:
-                raise InputShapeError(f"the vector lacks leaves {sorted(missing)}; give every one of "
-                                f"{list(self.split.param_names)}.")
+                raise InputShapeError(
+                    f"the vector lacks leaves {sorted(missing)}; give every one of {list(self.split.param_names)}."
+                )
             v = np.concatenate([np.ravel(v[name]) for name in self.split.param_names])
         v = np.asarray(v, self.activation.dtype)
         given = v.shape  # errors name the shape the caller gave, not one made from it below
@@ -77,8 +83,10 @@ class LinearizedLayer(Summarized):
         if v.ndim == want:
             v = np.broadcast_to(v, (n,) + v.shape)
         if v.ndim != want + 1 or v.shape[0] != n or v.shape[1] != p:
-            raise InputShapeError(f"vectors have shape {given}; expected ({p},{' k' if k_axis else ''}) or "
-                            f"({n}, {p}{', k' if k_axis else ''}).")
+            raise InputShapeError(
+                f"vectors have shape {given}; expected ({p},{' k' if k_axis else ''}) or "
+                f"({n}, {p}{', k' if k_axis else ''})."
+            )
         return v
 
     def _cotangents(self, u, k_axis: bool):
@@ -91,8 +99,10 @@ class LinearizedLayer(Summarized):
             u = u[..., None]
         want = (n, m) + ((u.shape[-1],) if k_axis and u.ndim == 3 else ())
         if u.shape != want or (k_axis and u.ndim != 3):
-            raise InputShapeError(f"cotangents have shape {given}; expected ({n}, {m}{', k' if k_axis else ''}) or "
-                            f"(examples,) + activation_shape{' (k = 1)' if k_axis else ''}.")
+            raise InputShapeError(
+                f"cotangents have shape {given}; expected ({n}, {m}{', k' if k_axis else ''}) or "
+                f"(examples,) + activation_shape{' (k = 1)' if k_axis else ''}."
+            )
         return u
 
     def jvp(self, v) -> np.ndarray:
@@ -149,8 +159,8 @@ class _Map:
 
 
 jax.tree_util.register_pytree_node(
-    _Map, lambda m: ((m.linear,), (m.forward, m.primal, m.output)),
-    lambda aux, children: _Map(children[0], *aux))
+    _Map, lambda m: ((m.linear,), (m.forward, m.primal, m.output)), lambda aux, children: _Map(children[0], *aux)
+)
 
 _JVP = jax.jit(lambda m, v: m.forward_fn()(v))
 _VJP = jax.jit(lambda m, u: m.reverse_fn()(u))
@@ -183,6 +193,12 @@ def linearize(split, inputs) -> LinearizedLayer:
         maps.append(m)
         values.append(np.asarray(out).reshape(split.activation_shape))
     blocked = next(iter(limits.reverse_blocked.values()), None)
-    return LinearizedLayer(split=split, inputs=x, activation=np.stack(values),
-                           shape=(len(x), split.num_outputs, split.num_params), _maps=tuple(maps), _forward=forward,
-                           _no_reverse=blocked)
+    return LinearizedLayer(
+        split=split,
+        inputs=x,
+        activation=np.stack(values),
+        shape=(len(x), split.num_outputs, split.num_params),
+        _maps=tuple(maps),
+        _forward=forward,
+        _no_reverse=blocked,
+    )

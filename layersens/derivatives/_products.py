@@ -46,10 +46,17 @@ class JacobianProducts(Summarized):
 
     def save(self, path):
         """Writes the products and the leaf names to ``path`` (``.npz``), atomically."""
-        return write_npz(path, self.arrays(), {"format": PRODUCTS_FORMAT, "layer": self.layer,
-                                               "param_names": list(self.param_names),
-                                               "param_shapes": [list(s) for s in self.param_shapes],
-                                               "frozen_params": list(self.frozen_params)})
+        return write_npz(
+            path,
+            self.arrays(),
+            {
+                "format": PRODUCTS_FORMAT,
+                "layer": self.layer,
+                "param_names": list(self.param_names),
+                "param_shapes": [list(s) for s in self.param_shapes],
+                "frozen_params": list(self.frozen_params),
+            },
+        )
 
 
 def products(split: LayerSplit, inputs, tangents=None, cotangents=None) -> JacobianProducts:
@@ -62,7 +69,9 @@ def products(split: LayerSplit, inputs, tangents=None, cotangents=None) -> Jacob
         raise InputShapeError("give tangents (--tangents V.npy) or cotangents (--cotangents U.npy), or both.")
     op = linearize(split, inputs)
     return JacobianProducts(
-        layer=split.layer, param_names=split.param_names, param_shapes=split.param_shapes,
+        layer=split.layer,
+        param_names=split.param_names,
+        param_shapes=split.param_shapes,
         frozen_params=split.frozen,
         jvp=None if tangents is None else op.matmat(np.asarray(tangents)),
         vjp=None if cotangents is None else op.rmatmat(np.asarray(cotangents)),

@@ -12,16 +12,15 @@ differentiated values (``split.param_names``):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dataclasses
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._repr import Summarized
 from .._errors import InputShapeError, JacobianTooLargeError, SelectionError, format_bytes
+from .._repr import Summarized
 from ..results import write_npz
 from ._flat import as_examples, flat_function
 
@@ -46,17 +45,28 @@ def readout_function(readout, activation_shape):
         except ValueError:
             index = None
     if isinstance(index, (int, np.integer)):
-        index = tuple(int(i) for i in np.unravel_index(int(index), activation_shape)) if 0 <= index < int(
-            np.prod(activation_shape)) else None
+        index = (
+            tuple(int(i) for i in np.unravel_index(int(index), activation_shape))
+            if 0 <= index < int(np.prod(activation_shape))
+            else None
+        )
     if isinstance(index, tuple) and len(index) == 1 and len(activation_shape) > 1:
         flat = index[0]
-        index = (tuple(int(i) for i in np.unravel_index(flat, activation_shape))
-                 if 0 <= flat < int(np.prod(activation_shape)) else None)
-    if (isinstance(index, tuple) and len(index) == len(activation_shape)
-            and all(0 <= i < d for i, d in zip(index, activation_shape))):
+        index = (
+            tuple(int(i) for i in np.unravel_index(flat, activation_shape))
+            if 0 <= flat < int(np.prod(activation_shape))
+            else None
+        )
+    if (
+        isinstance(index, tuple)
+        and len(index) == len(activation_shape)
+        and all(0 <= i < d for i, d in zip(index, activation_shape))
+    ):
         return (lambda h: h[index]), f"unit {index}"
-    raise SelectionError(f"readout is {readout!r}; use 'sum', a unit of the activation {tuple(activation_shape)} "
-                    "('unit:3,5,0' or a flat index such as 'unit:17'), or a function of the activation.")
+    raise SelectionError(
+        f"readout is {readout!r}; use 'sum', a unit of the activation {tuple(activation_shape)} "
+        "('unit:3,5,0' or a flat index such as 'unit:17'), or a function of the activation."
+    )
 
 
 def _scalar(split: LayerSplit, readout):
@@ -94,8 +104,14 @@ class ReadoutDerivative(Summarized):
     hessian_vectors: np.ndarray | None = None  # ∇²r v per example, for the vectors asked for (``hvp``)
 
     def _summary(self):
-        return [("layer", self.layer), ("readout", self.readout), ("params", self.param_names),
-                ("gradient", self.gradient), ("hessian", self.hessian), ("hessian_vectors", self.hessian_vectors)]
+        return [
+            ("layer", self.layer),
+            ("readout", self.readout),
+            ("params", self.param_names),
+            ("gradient", self.gradient),
+            ("hessian", self.hessian),
+            ("hessian_vectors", self.hessian_vectors),
+        ]
 
     def __getitem__(self, name: str) -> np.ndarray:
         """One leaf's gradient, ``(examples,) + leaf_shape``."""
@@ -103,7 +119,7 @@ class ReadoutDerivative(Summarized):
         for leaf, shape in zip(self.param_names, self.param_shapes):
             size = int(np.prod(shape, dtype=np.int64))
             if leaf == name:
-                return self.gradient[:, start:start + size].reshape((len(self.gradient),) + tuple(shape))
+                return self.gradient[:, start : start + size].reshape((len(self.gradient),) + tuple(shape))
             start += size
         raise KeyError(f"{name!r} was not differentiated; the leaves are {list(self.param_names)}.")
 
@@ -117,17 +133,28 @@ class ReadoutDerivative(Summarized):
             arrays["hessian"] = self.hessian
         if self.hessian_vectors is not None:
             arrays["hessian_vectors"] = self.hessian_vectors
-        meta = {"format": HESSIAN_FORMAT if self.hessian is not None else GRADIENT_FORMAT, "layer": self.layer,
-                "readout": self.readout, "param_names": list(self.param_names),
-                "param_shapes": [list(s) for s in self.param_shapes], "frozen_params": list(self.frozen_params)}
+        meta = {
+            "format": HESSIAN_FORMAT if self.hessian is not None else GRADIENT_FORMAT,
+            "layer": self.layer,
+            "readout": self.readout,
+            "param_names": list(self.param_names),
+            "param_shapes": [list(s) for s in self.param_shapes],
+            "frozen_params": list(self.frozen_params),
+        }
         return write_npz(path, arrays, meta)
 
 
 def _result(split: LayerSplit, name, values, gradient, hessian=None) -> ReadoutDerivative:
-    return ReadoutDerivative(layer=split.layer, readout=name, param_names=split.param_names,
-                             param_shapes=split.param_shapes, frozen_params=split.frozen,
-                             values=np.asarray(values), gradient=np.asarray(gradient),
-                             hessian=None if hessian is None else np.asarray(hessian))
+    return ReadoutDerivative(
+        layer=split.layer,
+        readout=name,
+        param_names=split.param_names,
+        param_shapes=split.param_shapes,
+        frozen_params=split.frozen,
+        values=np.asarray(values),
+        gradient=np.asarray(gradient),
+        hessian=None if hessian is None else np.asarray(hessian),
+    )
 
 
 def readout_gradient(split: LayerSplit, inputs, readout="sum") -> ReadoutDerivative:
@@ -155,8 +182,10 @@ def hvp(split: LayerSplit, inputs, vectors, readout="sum") -> np.ndarray:
     if v.ndim == 1:
         v = np.broadcast_to(v, (len(x),) + v.shape)
     if v.shape != (len(x), split.num_params):
-        raise InputShapeError(f"vectors have shape {given}; expected ({split.num_params},) or "
-                        f"({len(x)}, {split.num_params}) over the leaves {list(split.param_names)}.")
+        raise InputShapeError(
+            f"vectors have shape {given}; expected ({split.num_params},) or "
+            f"({len(x)}, {split.num_params}) over the leaves {list(split.param_names)}."
+        )
 
     @jax.jit
     def one(params, xn, vn):
@@ -186,5 +215,10 @@ def hessian(split: LayerSplit, inputs, readout="sum", max_params: int = MAX_HESS
         return r(theta), jax.grad(r)(theta), jax.hessian(r)(theta)
 
     results = [one(split.params, xn) for xn in x]
-    return _result(split, name, [r[0] for r in results], np.stack([np.asarray(r[1]) for r in results]),
-                   np.stack([np.asarray(r[2]) for r in results]))
+    return _result(
+        split,
+        name,
+        [r[0] for r in results],
+        np.stack([np.asarray(r[1]) for r in results]),
+        np.stack([np.asarray(r[2]) for r in results]),
+    )

@@ -67,8 +67,9 @@ def _svds(prod: Products, k: int, tol: float, seed: int):
         count[0] += u.shape[1]
         return prod.jtmat(u)
 
-    a = LinearOperator((m, p), matvec=lambda v: fwd(v)[:, 0], rmatvec=lambda u: rev(u)[:, 0], matmat=fwd,
-                       rmatmat=rev, dtype=prod.dtype)
+    a = LinearOperator(
+        (m, p), matvec=lambda v: fwd(v)[:, 0], rmatvec=lambda u: rev(u)[:, 0], matmat=fwd, rmatmat=rev, dtype=prod.dtype
+    )
     try:
         u, s, vt = svds(a, k=k, tol=tol, solver="propack", **_seeding(svds, seed))
         solver = "propack"
@@ -105,8 +106,17 @@ def _triplets(prod: Products, k: int, dense: bool, tol: float | None, seed: int)
     return u, s, v, jv, jtu, used + 2 * k, solver, None
 
 
-def spectrum(split, inputs=None, k: int = 6, *, tol: float | None = None, seed: int = 0, method: str = "auto",
-             frobenius_rtol: float = 0.01, max_samples: int = 1000) -> Spectrum:
+def spectrum(
+    split,
+    inputs=None,
+    k: int = 6,
+    *,
+    tol: float | None = None,
+    seed: int = 0,
+    method: str = "auto",
+    frobenius_rtol: float = 0.01,
+    max_samples: int = 1000,
+) -> Spectrum:
     """The ``k`` largest singular values and vectors of J_n (M × P) for each example, never forming J when
     min(M, P) is large, with effective ranks and the top directions by names (:class:`Spectrum`).
 
@@ -147,10 +157,21 @@ def spectrum(split, inputs=None, k: int = 6, *, tol: float | None = None, seed: 
         elif cost() <= min(PILOT, max_samples):
             todo.append(n)
         else:  # ‖J‖²_F = ‖J V‖²_F + ‖J (I − VVᵀ)‖²_F, the second by probes
-            probes = _draws(op._maps[n], "frobenius_sq", jax.random.split(jax.random.fold_in(
-                jax.random.key(seed), n))[1], jnp.asarray(v, op.activation.dtype))
-            f, e, drawn = sample(probes, float(np.square(jv).sum()), rtol=frobenius_rtol, max_samples=max_samples,
-                                 exact=None, exact_cost=cost, per_probe=1)
+            probes = _draws(
+                op._maps[n],
+                "frobenius_sq",
+                jax.random.split(jax.random.fold_in(jax.random.key(seed), n))[1],
+                jnp.asarray(v, op.activation.dtype),
+            )
+            f, e, drawn = sample(
+                probes,
+                float(np.square(jv).sum()),
+                rtol=frobenius_rtol,
+                max_samples=max_samples,
+                exact=None,
+                exact_cost=cost,
+                per_probe=1,
+            )
             passes[n] += drawn
             if f is None:
                 todo.append(n)
@@ -161,7 +182,20 @@ def spectrum(split, inputs=None, k: int = 6, *, tol: float | None = None, seed: 
         passes[todo] += cost()
     split = op.split
     return Spectrum(
-        layer=split.layer, model=split.model.name, param_names=split.param_names, param_shapes=split.param_shapes,
-        activation_shape=tuple(split.activation_shape), values=values, residuals=residuals, left=left, right=right,
-        frobenius_sq=fro, frobenius_sq_stderr=fro_err, frobenius_exact=fro_exact, method="+".join(sorted(solvers)),
-        tol=tol, passes=passes, seconds=time.perf_counter() - start)
+        layer=split.layer,
+        model=split.model.name,
+        param_names=split.param_names,
+        param_shapes=split.param_shapes,
+        activation_shape=tuple(split.activation_shape),
+        values=values,
+        residuals=residuals,
+        left=left,
+        right=right,
+        frobenius_sq=fro,
+        frobenius_sq_stderr=fro_err,
+        frobenius_exact=fro_exact,
+        method="+".join(sorted(solvers)),
+        tol=tol,
+        passes=passes,
+        seconds=time.perf_counter() - start,
+    )

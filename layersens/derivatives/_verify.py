@@ -36,9 +36,11 @@ class Verification:
 
     def describe(self) -> str:
         skipped = f", {self.kinks} value(s) at a kink skipped" if self.kinks else ""
-        return (f"{self.rows} rows against scalar gradients: largest error {self.row_error:.2g} of max|J| "
-                f"({self.scale:.3g}); {self.entries} columns against central differences (relative step "
-                f"{self.step:.1g}{skipped}): largest error {self.difference_error:.2g}")
+        return (
+            f"{self.rows} rows against scalar gradients: largest error {self.row_error:.2g} of max|J| "
+            f"({self.scale:.3g}); {self.entries} columns against central differences (relative step "
+            f"{self.step:.1g}{skipped}): largest error {self.difference_error:.2g}"
+        )
 
 
 def verify(jac, split, rows: int = 8, entries: int = 8, seed: int = 0) -> Verification:
@@ -88,5 +90,12 @@ def verify(jac, split, rows: int = 8, entries: int = 8, seed: int = 0) -> Verifi
         if smooth.any():
             error = np.abs(column - jac.matrix[n, :, j])[smooth]
             difference_error = max(difference_error, float(np.max(error)) / scale)
-    return Verification(rows=rows, row_error=row_error, entries=entries, difference_error=difference_error,
-                        step=step, scale=scale, kinks=kinks)
+    return Verification(
+        rows=rows,
+        row_error=row_error,
+        entries=entries,
+        difference_error=difference_error,
+        step=step,
+        scale=scale,
+        kinks=kinks,
+    )

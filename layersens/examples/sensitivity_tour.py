@@ -26,8 +26,10 @@ def main(out_dir=None) -> dict[str, Path]:
     model = layersens.load_model(layersens.examples.LENET_DIGITS)
     split = layersens.split(model, "relu2")
     x = model.example_inputs[:2]
-    print(f"relu2: {split.activation_shape} per example, {split.num_params:,} upstream parameters in "
-          f"{len(split.param_names)} leaves")
+    print(
+        f"relu2: {split.activation_shape} per example, {split.num_params:,} upstream parameters in "
+        f"{len(split.param_names)} leaves"
+    )
 
     # 2. One call: the exact sensitivity, the top 6 singular values, the NTK across the two examples.
     summary = layersens.summarize_layer(split, x, k=6, max_memory="64MB")
@@ -35,9 +37,11 @@ def main(out_dir=None) -> dict[str, Path]:
 
     # 3. The numbers, per example.
     for n in range(summary.num_examples):
-        print(f"example {n}: ‖J‖_F = {summary.frobenius[n]:.4g}, σ_1..σ_6 = "
-              + ", ".join(f"{v:.4g}" for v in summary.singular_values[n])
-              + f"; stable rank {summary.stable_rank[n]:.4g}, entropy rank (top 6) {summary.entropy_rank[n]:.4g}")
+        print(
+            f"example {n}: ‖J‖_F = {summary.frobenius[n]:.4g}, σ_1..σ_6 = "
+            + ", ".join(f"{v:.4g}" for v in summary.singular_values[n])
+            + f"; stable rank {summary.stable_rank[n]:.4g}, entropy rank (top 6) {summary.entropy_rank[n]:.4g}"
+        )
 
     # 4. Which parameters and units matter: shares of ‖J‖²_F.
     for leaf, share in sorted(summary.leaf_shares().items(), key=lambda item: -item[1]):
@@ -52,8 +56,10 @@ def main(out_dir=None) -> dict[str, Path]:
     #    through layersens's atomic writer (fig.savefig(path) works as well).
     from layersens.report import save_png
 
-    written = {kind: save_png(summary.plot(kind), out_dir / f"relu2-{kind}.png")
-               for kind in ("overview", "parameters", "units", "spectrum")}
+    written = {
+        kind: save_png(summary.plot(kind), out_dir / f"relu2-{kind}.png")
+        for kind in ("overview", "parameters", "units", "spectrum")
+    }
     print("figures in", out_dir)
     return written
 

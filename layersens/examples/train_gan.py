@@ -69,8 +69,13 @@ def train(steps: int = 3000, seed: int = 0, batch_size: int = 64):
         params, d_state, g_state, d_value, g_value = step(params, d_state, g_state, pairs(rng, images, batch_size))
         if (i + 1) % max(1, steps // 10) == 0:
             print(f"step {i + 1:5d}  discriminator loss {float(d_value):.4f}  generator loss {float(g_value):.4f}")
-    return model, jax.tree.map(np.asarray, params), float(d_value), float(g_value), pairs(rng, images,
-                                                                                         NUM_EXAMPLE_INPUTS)
+    return (
+        model,
+        jax.tree.map(np.asarray, params),
+        float(d_value),
+        float(g_value),
+        pairs(rng, images, NUM_EXAMPLE_INPUTS),
+    )
 
 
 def main(argv=None):
@@ -79,11 +84,20 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     model, params, d_value, g_value, inputs = train(args.steps, args.seed)
-    description = (f"GAN on scikit-learn digits (8x8, pixels in [-1, 1]), {args.steps} alternating Adam steps "
-                   f"(seed {args.seed}); final discriminator loss {d_value:.3f}, generator loss {g_value:.3f}. "
-                   "Inputs: 8 latent numbers then 64 pixels of a real image; output: [D(G(z)), D(real)].")
-    save_model(GAN_DIGITS, model, {"params": params}, input_shape=INPUT_SHAPE, example_inputs=inputs,
-               description=description, overwrite=True)
+    description = (
+        f"GAN on scikit-learn digits (8x8, pixels in [-1, 1]), {args.steps} alternating Adam steps "
+        f"(seed {args.seed}); final discriminator loss {d_value:.3f}, generator loss {g_value:.3f}. "
+        "Inputs: 8 latent numbers then 64 pixels of a real image; output: [D(G(z)), D(real)]."
+    )
+    save_model(
+        GAN_DIGITS,
+        model,
+        {"params": params},
+        input_shape=INPUT_SHAPE,
+        example_inputs=inputs,
+        description=description,
+        overwrite=True,
+    )
     print(f"wrote {GAN_DIGITS}")
 
 

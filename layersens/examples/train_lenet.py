@@ -86,10 +86,24 @@ def main(argv=None):
         f"images, labels {y_test[:NUM_EXAMPLE_INPUTS].tolist()}."
     )
     inputs = x_test[:NUM_EXAMPLE_INPUTS]
-    save_model(LENET_DIGITS, model, variables, input_shape=INPUT_SHAPE, call_kwargs={"train": False},
-               example_inputs=inputs, description=description, overwrite=True)
-    save_model(LENET_DIGITS_NNX, nnx_from_linen(variables), input_shape=INPUT_SHAPE,
-               example_inputs=inputs, description=description + " NNX port of the same weights.", overwrite=True)
+    save_model(
+        LENET_DIGITS,
+        model,
+        variables,
+        input_shape=INPUT_SHAPE,
+        call_kwargs={"train": False},
+        example_inputs=inputs,
+        description=description,
+        overwrite=True,
+    )
+    save_model(
+        LENET_DIGITS_NNX,
+        nnx_from_linen(variables),
+        input_shape=INPUT_SHAPE,
+        example_inputs=inputs,
+        description=description + " NNX port of the same weights.",
+        overwrite=True,
+    )
     print(f"wrote {LENET_DIGITS} and {LENET_DIGITS_NNX}")
 
 

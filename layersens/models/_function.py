@@ -48,8 +48,9 @@ def _path_name(path) -> str:
     return "/".join(parts)
 
 
-def from_function(apply_fn, params, input_shape, input_dtype: str = "float32", *, name: str | None = None,
-                  example_inputs=None) -> Model:
+def from_function(
+    apply_fn, params, input_shape, input_dtype: str = "float32", *, name: str | None = None, example_inputs=None
+) -> Model:
     """Wraps ``apply_fn(params, x)`` (see the module docstring); every leaf of ``params`` is differentiated."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     names = [_path_name(path) for path, _ in leaves]

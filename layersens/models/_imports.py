@@ -84,8 +84,9 @@ class Resolver:
         if not trusted and module_name not in self.imported:
             self.imported.append(module_name)
             if self.announce is not None:
-                self.announce(f"importing {module_name} for {what} {path} (this runs its code; allowed by "
-                              "--allow-import)")
+                self.announce(
+                    f"importing {module_name} for {what} {path} (this runs its code; allowed by --allow-import)"
+                )
         try:
             with self._search_path(not trusted):
                 obj = importlib.import_module(module_name)

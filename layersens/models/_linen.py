@@ -33,9 +33,7 @@ def from_linen(
     """
     variables = dict(unbox(variables))
     if "params" not in variables:
-        raise InputShapeError(
-            f"linen variables have collections {sorted(variables)}; expected a 'params' collection."
-        )
+        raise InputShapeError(f"linen variables have collections {sorted(variables)}; expected a 'params' collection.")
     params = variables.pop("params")
     constants = {k: v for k, v in variables.items() if k != "intermediates"}
     call_kwargs = dict(call_kwargs or {})
@@ -68,7 +66,8 @@ def from_linen(
         return flatten_captured(dict(state["intermediates"]))
 
     note = (
-        f"evaluation mode via call arguments {call_kwargs}" if call_kwargs
+        f"evaluation mode via call arguments {call_kwargs}"
+        if call_kwargs
         else "no call arguments; BatchNorm/Dropout behave as the module's defaults"
     )
     return Model(

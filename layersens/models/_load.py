@@ -37,23 +37,28 @@ def _read_spec(directory: Path, state_dir: Path) -> ModelSpec | None:
     if (directory / SPEC_FILE).exists():
         return read_spec_file(directory / SPEC_FILE)
     if not any((state_dir / name).exists() for name in ("_METADATA", "_CHECKPOINT_METADATA", "manifest.ocdbt")):
-        raise CheckpointError(f"{directory} holds neither a layersens model ({SPEC_FILE}) nor an Orbax checkpoint; "
-                              "give the folder written by layersens.save_model or by Orbax.")
+        raise CheckpointError(
+            f"{directory} holds neither a layersens model ({SPEC_FILE}) nor an Orbax checkpoint; "
+            "give the folder written by layersens.save_model or by Orbax."
+        )
     for name in ("_CHECKPOINT_METADATA", "_METADATA"):
         if (state_dir / name).exists():
             try:
                 json.loads((state_dir / name).read_text())
             except (ValueError, UnicodeDecodeError, RecursionError, OSError):
-                raise CheckpointError(f"{state_dir / name} is damaged (not JSON): the checkpoint cannot be read. "
-                                      "Restore it from a good copy, or save the model again.") from None
+                raise CheckpointError(
+                    f"{state_dir / name} is damaged (not JSON): the checkpoint cannot be read. "
+                    "Restore it from a good copy, or save the model again."
+                ) from None
     openable = state_dir
     try:
         with orbax_call(state_dir) as openable, checkpointer() as ck:
             custom = ck.metadata(openable).custom_metadata
     except Exception as e:  # noqa: BLE001 - Orbax and TensorStore raise many types; all mean "unreadable"
         raise_if_interrupted()  # a Ctrl-C that Orbax's threads or an extension's import turned into another error
-        raise CheckpointError(f"{directory} has no {SPEC_FILE} and is not a readable Orbax checkpoint "
-                              f"({shown(e, state_dir, openable)}).") from None
+        raise CheckpointError(
+            f"{directory} has no {SPEC_FILE} and is not a readable Orbax checkpoint ({shown(e, state_dir, openable)})."
+        ) from None
     if not custom:
         return None
     return ModelSpec.from_json(dict(custom), source=f"custom metadata of {state_dir}")
@@ -121,9 +126,15 @@ def load_model(
     if not directory.is_dir():
         raise CheckpointError(f"model directory {directory} does not exist (or is not a directory).")
     state_dir = _state_dir(directory)
-    options = {"module": module, "factory": factory, "kwargs": kwargs, "call_kwargs": call_kwargs,
-               "framework": framework, "input_dtype": input_dtype,
-               "input_shape": tuple(input_shape) if input_shape is not None else None}
+    options = {
+        "module": module,
+        "factory": factory,
+        "kwargs": kwargs,
+        "call_kwargs": call_kwargs,
+        "framework": framework,
+        "input_dtype": input_dtype,
+        "input_shape": tuple(input_shape) if input_shape is not None else None,
+    }
     resolver = Resolver(allow_import, search=[directory, directory.parent, Path.cwd()], announce=announce)
     spec = _spec_with_options(_read_spec(directory, state_dir), directory, options, resolver)
     built = build(spec, resolver) if spec.framework == "linen" else abstract_nnx(spec, resolver)
@@ -165,8 +176,10 @@ def _verify(spec: ModelSpec, state: dict, state_dir: Path):
     missing = sorted(set(spec.leaf_hashes) - set(found))
     extra = sorted(set(found) - set(spec.leaf_hashes))
     if missing or extra:
-        raise CheckpointError(f"the checkpoint in {state_dir} does not hold the leaves its spec recorded (missing "
-                              f"{missing}, unexpected {extra}): it was changed after saving. Save the model again.")
+        raise CheckpointError(
+            f"the checkpoint in {state_dir} does not hold the leaves its spec recorded (missing "
+            f"{missing}, unexpected {extra}): it was changed after saving. Save the model again."
+        )
     for name, digest in spec.leaf_hashes.items():
         if found[name] != digest:
             raise CheckpointError(

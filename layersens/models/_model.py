@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._repr import Summarized
 from .._errors import InputShapeError, InputValueError, InputWarning
+from .._repr import Summarized
 
 OUTPUT = "output"
 
@@ -54,10 +54,15 @@ class Model(Summarized):
     def _summary(self):
         leaves = flatten_params(self.params)
         size = sum(int(np.size(v)) for v in leaves.values())
-        return [("name", self.name), ("framework", self.framework), ("input_shape", self.input_shape),
-                ("input_dtype", self.input_dtype), ("params", f"{size:,} in {len(leaves)} leaves"),
-                ("example_inputs", None if self.example_inputs is None else self.example_inputs),
-                ("eval_mode", self.eval_mode)]
+        return [
+            ("name", self.name),
+            ("framework", self.framework),
+            ("input_shape", self.input_shape),
+            ("input_dtype", self.input_dtype),
+            ("params", f"{size:,} in {len(leaves)} leaves"),
+            ("example_inputs", None if self.example_inputs is None else self.example_inputs),
+            ("eval_mode", self.eval_mode),
+        ]
 
     def capture(self, params: dict, x, constants: dict | None = None) -> dict[str, jax.Array]:
         """Every addressable value of one forward pass over the batch ``x``."""
@@ -94,16 +99,25 @@ def check_examples(x, input_shape, target: np.dtype, name: str = "inputs") -> np
     if len(x) == 0:
         raise InputShapeError(f"{name} hold no examples (shape {x.shape}).")
     if x.dtype.kind == "c":
-        raise InputValueError(f"{name} are complex ({x.dtype}); the model takes real {target} inputs. Pass the "
-                              "real part, or real and imaginary parts as separate features.")
+        raise InputValueError(
+            f"{name} are complex ({x.dtype}); the model takes real {target} inputs. Pass the "
+            "real part, or real and imaginary parts as separate features."
+        )
     if target.kind == "f":
         if x.dtype.kind in "biu":
-            warnings.warn(f"{name} are {x.dtype} (values {x.min()}..{x.max()}) and were cast to {target} as they "
-                          "are, without scaling: scale them as the model's training data was.", InputWarning,
-                          stacklevel=4)
+            warnings.warn(
+                f"{name} are {x.dtype} (values {x.min()}..{x.max()}) and were cast to {target} as they "
+                "are, without scaling: scale them as the model's training data was.",
+                InputWarning,
+                stacklevel=4,
+            )
         elif x.dtype.itemsize > target.itemsize:
-            warnings.warn(f"{name} are {x.dtype}; the model computes in {target}, so they were cast (for {x.dtype} "
-                          "results: split(..., dtype='float64'), or --x64).", InputWarning, stacklevel=4)
+            warnings.warn(
+                f"{name} are {x.dtype}; the model computes in {target}, so they were cast (for {x.dtype} "
+                "results: split(..., dtype='float64'), or --x64).",
+                InputWarning,
+                stacklevel=4,
+            )
         if x.dtype.kind == "f":
             bad = ~np.isfinite(x)
             if bad.any():
@@ -111,8 +125,10 @@ def check_examples(x, input_shape, target: np.dtype, name: str = "inputs") -> np
     elif target.kind in "iub" and x.dtype.kind == "f":
         bad = ~np.isfinite(x) | (x != np.round(x))
         if bad.any():
-            raise InputValueError(f"{name} hold values that are not whole numbers ({_where(bad)}); the model takes "
-                                  f"{target} inputs (e.g. token ids).")
+            raise InputValueError(
+                f"{name} hold values that are not whole numbers ({_where(bad)}); the model takes "
+                f"{target} inputs (e.g. token ids)."
+            )
     return x.astype(target, copy=False)
 
 

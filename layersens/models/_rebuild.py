@@ -31,8 +31,10 @@ def _call_builder(spec: ModelSpec, resolver: Resolver):
     assert spec.factory is not None, "a spec names exactly one of module and factory (checked on creation)"
     fn = resolver.resolve(spec.factory, "the model's factory")
     if isinstance(fn, type) or not inspect.isfunction(fn) or is_library(fn.__module__):
-        raise SpecError(f"spec field 'factory' names {spec.factory!r}, which is not a function of the model's own "
-                        "code; a factory is a function returning the Flax module.")
+        raise SpecError(
+            f"spec field 'factory' names {spec.factory!r}, which is not a function of the model's own "
+            "code; a factory is a function returning the Flax module."
+        )
     return fn, kwargs
 
 
@@ -44,13 +46,17 @@ def build(spec: ModelSpec, resolver: Resolver):
     builder, kwargs = _call_builder(spec, resolver)
     if spec.module is not None:
         _check_framework(spec, "nnx" if issubclass(builder, nnx.Module) else "linen")
-    wants_rngs = spec.framework == "nnx" and "rngs" not in kwargs and (
-        spec.module is not None or "rngs" in inspect.signature(builder).parameters)
+    wants_rngs = (
+        spec.framework == "nnx"
+        and "rngs" not in kwargs
+        and (spec.module is not None or "rngs" in inspect.signature(builder).parameters)
+    )
     try:
         module = builder(**kwargs, **({"rngs": nnx.Rngs(0)} if wants_rngs else {}))
     except TypeError as e:
-        raise SpecError(f"cannot build {spec.builder} with the arguments {sorted(map(repr, kwargs))}: "
-                        f"{' '.join(str(e).split())}") from None
+        raise SpecError(
+            f"cannot build {spec.builder} with the arguments {sorted(map(repr, kwargs))}: {' '.join(str(e).split())}"
+        ) from None
     if isinstance(module, nnx.Module):
         kind = "nnx"
     elif isinstance(module, nn.Module):
@@ -63,8 +69,10 @@ def build(spec: ModelSpec, resolver: Resolver):
 
 def _check_framework(spec: ModelSpec, kind: str):
     if kind != spec.framework:
-        raise SpecError(f"the spec says framework {spec.framework!r}, but {spec.builder} builds a {kind} module; "
-                        f"set \"framework\": \"{kind}\".")
+        raise SpecError(
+            f"the spec says framework {spec.framework!r}, but {spec.builder} builds a {kind} module; "
+            f'set "framework": "{kind}".'
+        )
 
 
 def abstract_nnx(spec: ModelSpec, resolver: Resolver):
@@ -78,8 +86,10 @@ def check_linen_state(module, spec: ModelSpec, state: dict, where: Path, when: s
     try:
         expected = jax.eval_shape(lambda x: module.init(jax.random.key(0), x, **spec.call_kwargs), x)
     except Exception as e:  # noqa: BLE001 - whatever the user's module raises when it is initialized
-        raise SpecError(f"{spec.builder} with the recorded arguments cannot be initialized on inputs of shape "
-                        f"{spec.input_shape} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}).") from None
+        raise SpecError(
+            f"{spec.builder} with the recorded arguments cannot be initialized on inputs of shape "
+            f"{spec.input_shape} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})."
+        ) from None
     expected = {k: v for k, v in dict(unbox(expected)).items() if k != "intermediates"}
     check_shapes(expected, state, where, spec, when)
 
@@ -95,8 +105,10 @@ def check_shapes(expected, restored, where: Path, spec: ModelSpec, when: str = "
     parts = [f"missing {missing}" if missing else "", f"unexpected {extra}" if extra else "", "; ".join(wrong)]
     detail = "; ".join(p for p in parts if p)
     if when == "saving":
-        raise SpecError(f"the recorded arguments rebuild a {spec.builder} whose variables differ from the ones "
-                        f"being saved ({detail}); pass kwargs= or factory= that rebuild this model.")
+        raise SpecError(
+            f"the recorded arguments rebuild a {spec.builder} whose variables differ from the ones "
+            f"being saved ({detail}); pass kwargs= or factory= that rebuild this model."
+        )
     raise CheckpointError(
         f"the checkpoint in {where} does not fit {spec.builder} with kwargs {spec.kwargs}: {detail}. Check the "
         "spec's kwargs against the ones used for training."

@@ -52,11 +52,17 @@ def _rng_state(module) -> dict:
     for name, leaf in flatten_params(nnx.to_pure_dict(nnx.state(module, nnx.RngState))).items():
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
             data = np.asarray(jax.random.key_data(leaf))
-            recorded[name] = {"impl": str(jax.random.key_impl(leaf)), "shape": list(leaf.shape),
-                              "data": data.ravel().tolist()}
+            recorded[name] = {
+                "impl": str(jax.random.key_impl(leaf)),
+                "shape": list(leaf.shape),
+                "data": data.ravel().tolist(),
+            }
         else:
-            recorded[name] = {"dtype": np.dtype(leaf.dtype).name, "shape": list(np.shape(leaf)),
-                              "data": np.asarray(leaf).ravel().tolist()}
+            recorded[name] = {
+                "dtype": np.dtype(leaf.dtype).name,
+                "shape": list(np.shape(leaf)),
+                "data": np.asarray(leaf).ravel().tolist(),
+            }
     return recorded
 
 
@@ -99,8 +105,9 @@ def save_model(
         if kwargs is None and factory is None:
             _check_nnx_constructor(type(module))
         recorded = _record(dict(kwargs or {}), owner)
-        spec_probe = ModelSpec(framework="nnx", input_shape=tuple(input_shape), module=module_path,
-                               factory=factory_path, kwargs=recorded)
+        spec_probe = ModelSpec(
+            framework="nnx", input_shape=tuple(input_shape), module=module_path, factory=factory_path, kwargs=recorded
+        )
         fresh = abstract_nnx(spec_probe, user_resolver())
         state = _nnx_state_like(module, fresh)
         rng_state = _rng_state(module)
@@ -117,8 +124,7 @@ def save_model(
         if variables is None:
             raise SpecError("a linen module is saved with its variables: save_model(dir, module, variables, ...).")
         state = {k: v for k, v in dict(unbox(variables)).items() if k != "intermediates"}
-        recorded = _record(changed_fields(module) if kwargs is None and factory is None else dict(kwargs or {}),
-                           owner)
+        recorded = _record(changed_fields(module) if kwargs is None and factory is None else dict(kwargs or {}), owner)
     state = jax.tree.map(np.asarray, state)
     for name, leaf in flatten_params(state).items():
         if leaf.dtype.kind not in "biufc":
@@ -151,9 +157,13 @@ def save_model(
 
 def _check_nnx_constructor(cls):
     params = inspect.signature(cls.__init__).parameters
-    needed = [n for n, p in list(params.items())[1:]
-              if p.default is inspect.Parameter.empty and n != "rngs"
-              and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+    needed = [
+        n
+        for n, p in list(params.items())[1:]
+        if p.default is inspect.Parameter.empty
+        and n != "rngs"
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    ]
     if needed:
         raise SpecError(
             f"NNX module {cls.__name__} needs constructor arguments {needed}; an NNX module does not record them. "

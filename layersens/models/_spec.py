@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .._repr import Summarized
 from .._errors import SpecError
+from .._repr import Summarized
 from ._imports import parse_path
 
 SPEC_FILE = "layersens.json"
@@ -63,22 +63,31 @@ class ModelSpec(Summarized):
     rng_state: dict[str, dict] = dataclasses.field(default_factory=dict)
 
     def _summary(self):
-        return [("framework", self.framework), ("module", self.module or self.factory), ("kwargs", tuple(self.kwargs)),
-                ("input_shape", self.input_shape), ("input_dtype", self.input_dtype),
-                ("call_kwargs", self.call_kwargs), ("leaves", len(self.leaf_hashes))]
+        return [
+            ("framework", self.framework),
+            ("module", self.module or self.factory),
+            ("kwargs", tuple(self.kwargs)),
+            ("input_shape", self.input_shape),
+            ("input_dtype", self.input_dtype),
+            ("call_kwargs", self.call_kwargs),
+            ("leaves", len(self.leaf_hashes)),
+        ]
 
     def __post_init__(self):
         if self.framework not in FRAMEWORKS:
             raise SpecError(f"spec field 'framework' is {self.framework!r}; it must be one of {FRAMEWORKS}.")
         if (self.module is None) == (self.factory is None):
-            raise SpecError("a spec names exactly one of 'module' (a Flax module class) and 'factory' (a function "
-                            "returning the module).")
+            raise SpecError(
+                "a spec names exactly one of 'module' (a Flax module class) and 'factory' (a function "
+                "returning the module)."
+            )
         for name in ("module", "factory"):
             if getattr(self, name) is not None:
                 parse_path(getattr(self, name), f"spec field {name!r}")
         shape = self.input_shape
-        if not isinstance(shape, (list, tuple)) or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0
-                                                           for d in shape):
+        if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape
+        ):
             raise SpecError(f"spec field 'input_shape' is {shape!r}; it must be a list of positive integers.")
         object.__setattr__(self, "input_shape", tuple(shape))
         try:
@@ -86,8 +95,9 @@ class ModelSpec(Summarized):
         except Exception:  # numpy raises TypeError, ValueError or even SyntaxError for some strings
             dtype = None
         if dtype is None or dtype.kind not in "biuf" or not isinstance(self.input_dtype, str):
-            raise SpecError(f"spec field 'input_dtype' is {self.input_dtype!r}; give a numeric dtype such as "
-                            "'float32' or 'int32'.")
+            raise SpecError(
+                f"spec field 'input_dtype' is {self.input_dtype!r}; give a numeric dtype such as 'float32' or 'int32'."
+            )
         object.__setattr__(self, "input_dtype", dtype.name)
         for name in ("kwargs", "call_kwargs", "leaf_hashes", "rng_state"):
             if not isinstance(getattr(self, name), dict):

@@ -124,15 +124,20 @@ def encode(value, where: str):
     if is_flax_module_class(value):
         return {"__class__": import_path(value, where)}
     if isinstance(value, functools.partial):
-        return {"__partial__": import_path(value.func, where),
-                "args": [encode(v, f"{where}.args[{i}]") for i, v in enumerate(value.args)],
-                "kwargs": {k: encode(v, f"{where}.{k}") for k, v in value.keywords.items()}}
+        return {
+            "__partial__": import_path(value.func, where),
+            "args": [encode(v, f"{where}.args[{i}]") for i, v in enumerate(value.args)],
+            "kwargs": {k: encode(v, f"{where}.{k}") for k, v in value.keywords.items()},
+        }
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         if is_flax_module_class(type(value)):
-            raise Unrecordable(f"{where} is a module instance ({type(value).__name__}); pass its class or a "
-                               "factory instead")
-        return {"__dataclass__": import_path(type(value), where),
-                "fields": {k: encode(v, f"{where}.{k}") for k, v in changed_fields(value).items()}}
+            raise Unrecordable(
+                f"{where} is a module instance ({type(value).__name__}); pass its class or a factory instead"
+            )
+        return {
+            "__dataclass__": import_path(type(value), where),
+            "fields": {k: encode(v, f"{where}.{k}") for k, v in changed_fields(value).items()},
+        }
     if callable(value) and not isinstance(value, type):
         return {"__function__": import_path(value, where)}
     raise Unrecordable(f"{where} is a {type(value).__name__}, which has no JSON form or import path")
@@ -182,8 +187,9 @@ def decode(data, resolver, where: str):
         kwargs = data.get("kwargs", {})
         if not isinstance(args, list) or not isinstance(kwargs, dict):
             raise SpecError(f"{where}: a partial's args must be a list and its kwargs an object")
-        return functools.partial(target, *decode(args, resolver, f"{where}.args"),
-                                 **decode(kwargs, resolver, f"{where}.kwargs"))
+        return functools.partial(
+            target, *decode(args, resolver, f"{where}.args"), **decode(kwargs, resolver, f"{where}.kwargs")
+        )
     cls = resolver.resolve(value, f"{where} (config)")  # __dataclass__
     if not (isinstance(cls, type) and dataclasses.is_dataclass(cls)) or is_flax_module_class(cls):
         raise SpecError(f"{where}: {value!r} is not a config dataclass")

@@ -10,8 +10,22 @@ import numpy as np
 
 from .._errors import BudgetError, ModeError
 
-_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
-          "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1e3,
+    "kb": 1e3,
+    "kib": 2**10,
+    "m": 1e6,
+    "mb": 1e6,
+    "mib": 2**20,
+    "g": 1e9,
+    "gb": 1e9,
+    "gib": 2**30,
+    "t": 1e12,
+    "tb": 1e12,
+    "tib": 2**40,
+}
 
 # Working memory allowed by default when the user gives no budget. On CPU, chunks whose working set stays near
 # the caches ran faster than one wide chunk (LeNet fc1, one example: 61 ms at 32 MiB against 90 ms at 512 MiB;
@@ -35,9 +49,7 @@ def parse_bytes(text, name: str = "max_memory") -> int:
     else:
         match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
         if not match or match.group(2).lower() not in _UNITS:
-            raise BudgetError(
-                f"{name} is {text!r}; write a size such as '512MB', '2GiB' or a number of bytes."
-            )
+            raise BudgetError(f"{name} is {text!r}; write a size such as '512MB', '2GiB' or a number of bytes.")
         value = float(match.group(1)) * _UNITS[match.group(2).lower()]
     if not math.isfinite(value) or value > 2**62:
         raise BudgetError(f"{name} is {text!r}; write a size such as '512MB' or '2GiB'.")

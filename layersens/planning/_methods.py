@@ -137,8 +137,7 @@ class ColumnColouring(Method):
 
     def cost(self, split: LayerSplit, names):
         flops = analyze(split).cost.flops
-        return sum(w * (flops([n]) + WRITE_COST * split.num_outputs)
-                   for n, w in zip(names, self.within(split, names)))
+        return sum(w * (flops([n]) + WRITE_COST * split.num_outputs) for n, w in zip(names, self.within(split, names)))
 
     def returns_per_vector(self, split: LayerSplit, names):
         return split.num_outputs

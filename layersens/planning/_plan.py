@@ -7,16 +7,15 @@ program's memory may narrow the chunks further (the compiled object's ``plan`` s
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import dataclasses
 import html
+from typing import TYPE_CHECKING
 
 import jax
 import numpy as np
 
-from .._repr import Summarized
 from .._errors import InputShapeError, format_bytes
+from .._repr import Summarized
 from ..analysis import analyze
 from ._memory import chunk_size, working_memory
 from ._methods import Method
@@ -49,8 +48,13 @@ class PlannedBlock(Summarized):
     fixed_width: bool = False
 
     def _summary(self):
-        return [("method", self.method.name), ("names", self.names), ("basis", self.basis), ("width", self.width),
-                ("chunks", self.chunks)]
+        return [
+            ("method", self.method.name),
+            ("names", self.names),
+            ("basis", self.basis),
+            ("width", self.width),
+            ("chunks", self.chunks),
+        ]
 
     @property
     def chunks(self) -> int:
@@ -84,9 +88,15 @@ class Plan(Summarized):
     notes: tuple[str, ...] = ()
 
     def _summary(self):
-        return [("layer", self.layer), ("strategy", self.strategy), ("methods", self.describe()),
-                ("blocks", len(self.blocks)), ("budget", format_bytes(self.budget)), ("platform", self.platform),
-                ("notes", len(self.notes))]
+        return [
+            ("layer", self.layer),
+            ("strategy", self.strategy),
+            ("methods", self.describe()),
+            ("blocks", len(self.blocks)),
+            ("budget", format_bytes(self.budget)),
+            ("platform", self.platform),
+            ("notes", len(self.notes)),
+        ]
 
     def _repr_html_(self) -> str:
         return "<pre>" + html.escape(self.table()) + "</pre>"
@@ -111,8 +121,10 @@ class Plan(Summarized):
         """One line per block: method, leaves, passes, chunk width, estimated memory per chunk."""
         lines = [f"plan for {self.layer!r} ({self.strategy}, budget {format_bytes(self.budget)} on {self.platform})"]
         for b in self.blocks:
-            lines.append(f"  {b.method.name:<10} {'+'.join(b.names)}: {b.basis} passes in {b.chunks} chunk(s) of "
-                         f"{b.width}, ~{format_bytes(b.width * b.bytes_per_vector)} per chunk")
+            lines.append(
+                f"  {b.method.name:<10} {'+'.join(b.names)}: {b.basis} passes in {b.chunks} chunk(s) of "
+                f"{b.width}, ~{format_bytes(b.width * b.bytes_per_vector)} per chunk"
+            )
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
 
@@ -128,8 +140,7 @@ def example_spec(split: LayerSplit, example) -> jax.ShapeDtypeStruct:
         shape = shape[1:]
     if shape != want:
         raise InputShapeError(
-            f"example has shape {shape}; the model expects one example of shape {want} or a batch "
-            f"(examples,) + {want}."
+            f"example has shape {shape}; the model expects one example of shape {want} or a batch (examples,) + {want}."
         )
     return jax.ShapeDtypeStruct(want, np.dtype(split.input_dtype))
 
@@ -158,8 +169,15 @@ def plan(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=N
         notes.append(f"{name}: {reason} has no forward mode; its columns are computed in reverse mode")
     for name, reason in limits.reverse_blocked.items():
         notes.append(f"{name}: {reason} has no reverse mode; its columns are computed in forward mode")
-    return Plan(layer=split.layer, strategy=asked, blocks=tuple(planned), budget=budget,
-                budget_given=max_memory is not None, platform=platform, notes=tuple(notes))
+    return Plan(
+        layer=split.layer,
+        strategy=asked,
+        blocks=tuple(planned),
+        budget=budget,
+        budget_given=max_memory is not None,
+        platform=platform,
+        notes=tuple(notes),
+    )
 
 
 def _size(split: LayerSplit, block, budget: int) -> list[PlannedBlock]:
@@ -170,5 +188,6 @@ def _size(split: LayerSplit, block, budget: int) -> list[PlannedBlock]:
     if method.colouring and method.forward and len(names) > 1 and width < basis:
         # Several coloured leaves share a program only when they fit in one chunk; otherwise one each.
         return [p for name in names for p in _size(split, dataclasses.replace(block, names=(name,)), budget)]
-    return [PlannedBlock(names, method, basis, width, per_vector, method.cost(split, names),
-                         block.chunk_size is not None)]
+    return [
+        PlannedBlock(names, method, basis, width, per_vector, method.cost(split, names), block.chunk_size is not None)
+    ]

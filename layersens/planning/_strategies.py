@@ -49,9 +49,11 @@ def _dense(split: LayerSplit, method: Method, chunk_size) -> tuple[Block, ...]:
     rest = tuple(n for n in split.param_names if n in blocked)
     if method.forward:
         return tuple(Block(run, method, chunk_size) for run in contiguous_runs(split, own)) + (
-            (Block(rest, other, chunk_size),) if rest else ())
+            (Block(rest, other, chunk_size),) if rest else ()
+        )
     return ((Block(own, method, chunk_size),) if own else ()) + tuple(
-        Block(run, other, chunk_size) for run in contiguous_runs(split, rest))
+        Block(run, other, chunk_size) for run in contiguous_runs(split, rest)
+    )
 
 
 class Strategy(abc.ABC):
@@ -177,8 +179,11 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
     def options(name, active):
         found = [] if name in limits.forward_blocked else [(forward_method(name).cost(split, (name,)), "fwd")]
         # a member's share of a group: its writes (the passes are shared and costed with the group)
-        found += [(groups[g].basis_size(split, (name,)) * WRITE_COST * leaf_size(split, name), g)
-                  for g in active if eligible(name, g)]
+        found += [
+            (groups[g].basis_size(split, (name,)) * WRITE_COST * leaf_size(split, name), g)
+            for g in active
+            if eligible(name, g)
+        ]
         return found
 
     best = None

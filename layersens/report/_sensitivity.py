@@ -29,8 +29,9 @@ def draw_leaf_shares(ax, sens) -> None:
     ax.set_yticks(y, [f"{n} {tuple(shapes[n])}" for n in names], fontsize=SMALL + 1)
     ax.invert_yaxis()  # the first leaf on top, as listed
     for yi, share in zip(y, shares):
-        ax.annotate(f"{100 * share:.3g}%", (share, yi), xytext=(3, 0), textcoords="offset points", va="center",
-                    fontsize=SMALL)
+        ax.annotate(
+            f"{100 * share:.3g}%", (share, yi), xytext=(3, 0), textcoords="offset points", va="center", fontsize=SMALL
+        )
     ax.set_xlim(0, max(float(shares.max(initial=0)) * 1.18, 0.05))
     percent_axis(ax.xaxis)
     ax.set_xlabel(f"share of {FRO2} (%, summed over the examples)", fontsize=LABEL)
@@ -75,9 +76,11 @@ def parameters_figure(sens):
         ax.tick_params(labelsize=SMALL)
         ax.set_xlim(-0.7, len(per) - 0.3)
     norms = ", ".join(f"{v:.4g}" for v in sens.frobenius[:4]) + (" …" if sens.num_examples > 4 else "")
-    fig.suptitle(f"{sens.model} / {sens.layer}: which parameters move the layer ({examples_note(sens.num_examples)}; "
-                 f"{FRO} = {norms})\nbelow: one panel per leaf with channels, each output channel's share",
-                 fontsize=TITLE)
+    fig.suptitle(
+        f"{sens.model} / {sens.layer}: which parameters move the layer ({examples_note(sens.num_examples)}; "
+        f"{FRO} = {norms})\nbelow: one panel per leaf with channels, each output channel's share",
+        fontsize=TITLE,
+    )
     return fig
 
 
@@ -106,8 +109,7 @@ def units_figure(sens):
         cols = min(_UNIT_COLS, channels)
         rows = math.ceil(channels / cols)
         panel = 1.35
-        fig = figure(max(5.5, panel * cols * max(0.6, width / max(height, width)) + 1.6),
-                     max(3.4, panel * rows + 1.0))
+        fig = figure(max(5.5, panel * cols * max(0.6, width / max(height, width)) + 1.6), max(3.4, panel * rows + 1.0))
         axes = fig.subplots(rows, cols, squeeze=False)
         top = float(mean.max(initial=0)) or 1.0
         image = None
@@ -123,8 +125,9 @@ def units_figure(sens):
         axes[-1, 0].set_ylabel(f"height ({height})", fontsize=SMALL + 1)
         bar = fig.colorbar(image, ax=axes, shrink=0.9, aspect=30)
         bar.set_label(label, fontsize=LABEL)
-        fig.suptitle(title + "\n(one panel per channel; rows: height, columns: width; one colour scale)",
-                     fontsize=TITLE)
+        fig.suptitle(
+            title + "\n(one panel per channel; rows: height, columns: width; one colour scale)", fontsize=TITLE
+        )
         return fig
     if len(shape) == 2:
         fig = figure(7.5, 5.0)
@@ -146,12 +149,21 @@ def units_figure(sens):
     if 1 < sens.num_examples <= 8:
         markers = "os^vD<>P"
         for n, row in enumerate(sens.unit.reshape(sens.num_examples, -1)):
-            ax.plot(x, row, markers[n], markersize=5 if flat.size <= _MANY else 3, alpha=0.8, zorder=3,
-                    linestyle="none", label=f"example {n}")
+            ax.plot(
+                x,
+                row,
+                markers[n],
+                markersize=5 if flat.size <= _MANY else 3,
+                alpha=0.8,
+                zorder=3,
+                linestyle="none",
+                label=f"example {n}",
+            )
     ax.legend(fontsize=SMALL, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside: never over data
     if shape:
-        ax.set_xlabel(f"unit index of {sens.layer}" + (f" (flattened {shape})" if len(shape) > 1 else ""),
-                      fontsize=LABEL)
+        ax.set_xlabel(
+            f"unit index of {sens.layer}" + (f" (flattened {shape})" if len(shape) > 1 else ""), fontsize=LABEL
+        )
         integer_axis(ax.xaxis)
     else:
         ax.set_xticks([0], [f"{sens.layer} (a scalar)"])

@@ -18,16 +18,30 @@ def draw_spectrum(ax, summary) -> None:
     index = np.arange(1, k + 1)
     palette = colours(min(len(values), _SHOWN))
     for n, row in enumerate(values[:_SHOWN]):
-        ax.plot(index, row, "o-", color=palette[n], markersize=4, linewidth=1.2,
-                label=f"example {n} (stable rank {summary.stable_rank[n]:.3g})")
+        ax.plot(
+            index,
+            row,
+            "o-",
+            color=palette[n],
+            markersize=4,
+            linewidth=1.2,
+            label=f"example {n} (stable rank {summary.stable_rank[n]:.3g})",
+        )
     if len(values) > _SHOWN:
-        ax.fill_between(index, values.min(axis=0), values.max(axis=0), color="grey", alpha=0.25,
-                        label=f"range over all {len(values)} examples")
+        ax.fill_between(
+            index,
+            values.min(axis=0),
+            values.max(axis=0),
+            color="grey",
+            alpha=0.25,
+            label=f"range over all {len(values)} examples",
+        )
     value_scale(ax, values.ravel())
     ax.set_xticks(index)
     ax.set_xlabel("index i (1 = largest)", fontsize=LABEL)
-    ax.set_ylabel(r"singular value $\sigma_i$ of J" + (" (log scale)" if ax.get_yscale() == "log" else ""),
-                  fontsize=LABEL)
+    ax.set_ylabel(
+        r"singular value $\sigma_i$ of J" + (" (log scale)" if ax.get_yscale() == "log" else ""), fontsize=LABEL
+    )
     ax.set_title(f"top {k} singular values", fontsize=LABEL + 1)
     ax.legend(fontsize=SMALL, loc="upper right")
     ax.grid(True, which="both", alpha=0.3)
@@ -62,8 +76,11 @@ def spectrum_figure(summary):
     draw_directions(right, summary)
     m = int(np.prod(summary.activation_shape))
     p = int(sum(np.prod(s) for s in summary.sensitivity.param_shapes))
-    fig.suptitle(f"{summary.model} / {summary.layer}: spectrum of J per example "
-                 f"({examples_note(summary.num_examples)}; J is {m:,} × {p:,})", fontsize=TITLE)
+    fig.suptitle(
+        f"{summary.model} / {summary.layer}: spectrum of J per example "
+        f"({examples_note(summary.num_examples)}; J is {m:,} × {p:,})",
+        fontsize=TITLE,
+    )
     return fig
 
 
@@ -77,15 +94,21 @@ def overview_figure(summary):
     if panels == 3:
         draw_spectrum(axes[1], summary)
     draw_channel_shares(axes[-1], sens)
-    fig.suptitle(f"{summary.model} / {summary.layer}: sensitivity summary ({examples_note(summary.num_examples)})",
-                 fontsize=TITLE)
+    fig.suptitle(
+        f"{summary.model} / {summary.layer}: sensitivity summary ({examples_note(summary.num_examples)})",
+        fontsize=TITLE,
+    )
     return fig
 
 
 def summary_figure(summary, kind: str = "overview"):
     """One figure of a ``LayerSummary``: ``"overview"``, ``"parameters"``, ``"units"`` or ``"spectrum"``."""
-    kinds = {"overview": overview_figure, "parameters": lambda s: parameters_figure(s.sensitivity),
-             "units": lambda s: units_figure(s.sensitivity), "spectrum": spectrum_figure}
+    kinds = {
+        "overview": overview_figure,
+        "parameters": lambda s: parameters_figure(s.sensitivity),
+        "units": lambda s: units_figure(s.sensitivity),
+        "spectrum": spectrum_figure,
+    }
     if kind not in kinds:
         raise ValueError(f"kind is {kind!r}; choose one of {', '.join(kinds)}.")
     if kind == "spectrum" and summary.singular_values is None:
@@ -108,25 +131,53 @@ def profile_figure(profile):
     width = max(7.0, 0.75 * len(rows) + 3.0)
     fig = figure(width, 8.5)
     axes = fig.subplots(3, 1, sharex=True)
-    series = [(f"Frobenius norm {FRO}", [r.frobenius for r in rows], "tab:blue"),
-              ("top singular value " + r"$\sigma_1$", [r.sigma_1 for r in rows], "tab:orange"),
-              (f"stable rank {FRO2}" + r"$/\sigma_1^2$" + "\n(number of directions)", [r.stable_rank for r in rows],
-               "tab:green")]
+    series = [
+        (f"Frobenius norm {FRO}", [r.frobenius for r in rows], "tab:blue"),
+        ("top singular value " + r"$\sigma_1$", [r.sigma_1 for r in rows], "tab:orange"),
+        (
+            f"stable rank {FRO2}" + r"$/\sigma_1^2$" + "\n(number of directions)",
+            [r.stable_rank for r in rows],
+            "tab:green",
+        ),
+    ]
     for ax, (label, values, colour) in zip(axes, series):
         for xi, v in zip(x, values):
-            ax.plot(np.full(len(v), xi), v, ".", color=colour, alpha=0.45, markersize=5,
-                    label="each example" if xi == 0 else None)
-        ax.plot(x, [float(np.mean(v)) for v in values], "o-", color=colour, linewidth=1.5, markersize=5,
-                label="mean over examples")
+            ax.plot(
+                np.full(len(v), xi),
+                v,
+                ".",
+                color=colour,
+                alpha=0.45,
+                markersize=5,
+                label="each example" if xi == 0 else None,
+            )
+        ax.plot(
+            x,
+            [float(np.mean(v)) for v in values],
+            "o-",
+            color=colour,
+            linewidth=1.5,
+            markersize=5,
+            label="mean over examples",
+        )
         value_scale(ax, np.concatenate(values) if values else [])
         ax.set_ylabel(label + ("\n(log scale)" if ax.get_yscale() == "log" else ""), fontsize=LABEL)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=SMALL, loc="best")
-    axes[-1].set_xticks(x, [f"{r.layer}\n{r.num_params:,} params" for r in rows], rotation=45, ha="right",
-                        rotation_mode="anchor", fontsize=SMALL + 1)
+    axes[-1].set_xticks(
+        x,
+        [f"{r.layer}\n{r.num_params:,} params" for r in rows],
+        rotation=45,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=SMALL + 1,
+    )
     axes[-1].set_xlabel("layer, in depth order (input → output)", fontsize=LABEL)
     skipped = ", ".join(name for name, _ in profile.skipped)
     skipped = f"; skipped (no upstream parameters): {skipped}" if skipped else ""
-    fig.suptitle(f"{profile.model}: sensitivity of each layer to the parameters upstream of it "
-                 f"({examples_note(profile.num_examples)}){skipped}", fontsize=TITLE)
+    fig.suptitle(
+        f"{profile.model}: sensitivity of each layer to the parameters upstream of it "
+        f"({examples_note(profile.num_examples)}){skipped}",
+        fontsize=TITLE,
+    )
     return fig

@@ -35,17 +35,23 @@ def write_summary_report(summary, out_dir) -> tuple[Path, ...]:
     summary has a spectrum) and ``sensitivity.npz`` (``layersens.results.load_sensitivity`` reads it) into
     ``out_dir``, each atomically; returns their paths."""
     out_dir = Path(out_dir)
-    figures = {"parameters.png": "each parameter leaf's and output channel's share of ‖J‖²_F",
-               "units.png": "‖∂h/∂θ‖ of each unit, averaged over the examples"}
-    images = {"parameters.png": png(parameters_figure(summary.sensitivity)),
-              "units.png": png(units_figure(summary.sensitivity))}
+    figures = {
+        "parameters.png": "each parameter leaf's and output channel's share of ‖J‖²_F",
+        "units.png": "‖∂h/∂θ‖ of each unit, averaged over the examples",
+    }
+    images = {
+        "parameters.png": png(parameters_figure(summary.sensitivity)),
+        "units.png": png(units_figure(summary.sensitivity)),
+    }
     if summary.spectrum is not None:
         figures["spectrum.png"] = "top singular values per example, and where the top directions live"
         images["spectrum.png"] = png(spectrum_figure(summary))
     data = summary.to_dict()
     data["files"] = ["report.md", "report.json", *images, "sensitivity.npz"]
-    written = [write_bytes(out_dir / "report.md", summary_markdown(data, figures).encode()),
-               write_bytes(out_dir / "report.json", _json(data))]
+    written = [
+        write_bytes(out_dir / "report.md", summary_markdown(data, figures).encode()),
+        write_bytes(out_dir / "report.json", _json(data)),
+    ]
     written += [write_bytes(out_dir / name, image) for name, image in images.items()]
     written.append(Path(summary.sensitivity.save(out_dir / "sensitivity.npz")).absolute())
     return tuple(written)
@@ -58,8 +64,10 @@ def write_profile_report(profile, out_dir) -> tuple[Path, ...]:
     data["files"] = list(FILES["profile"])
     figures = {"profile.png": "‖J‖_F, σ₁ and the stable rank of each layer against depth"}
     image = png(profile_figure(profile)) if profile.rows else None
-    written = [write_bytes(out_dir / "report.md", profile_markdown(data, figures if image else {}).encode()),
-               write_bytes(out_dir / "report.json", _json(data))]
+    written = [
+        write_bytes(out_dir / "report.md", profile_markdown(data, figures if image else {}).encode()),
+        write_bytes(out_dir / "report.json", _json(data)),
+    ]
     if image is not None:
         written.append(write_bytes(out_dir / "profile.png", image))
     return tuple(written)

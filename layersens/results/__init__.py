@@ -1,12 +1,12 @@
 """Results: the dense and compressed Jacobians, their storage and their summaries."""
 
-from ._result import LayerJacobian, load_jacobian
 from ._compressed import CompressedJacobian
-from ._summary import JacobianSummary, LeafSummary, summarize
-from ._storage import check_output, npz_path, read_npz, write_npz
-from ._sensitivity import Entry, Sensitivity, load_sensitivity
 from ._estimate import Estimate
-from ._ntk import LayerNTK
-from ._spectral import SingularDirection, Spectrum
 from ._layer_summary import LayerSummary
+from ._ntk import LayerNTK
 from ._profile import ProfileRow, SensitivityProfile
+from ._result import LayerJacobian, load_jacobian
+from ._sensitivity import Entry, Sensitivity, load_sensitivity
+from ._spectral import SingularDirection, Spectrum
+from ._storage import check_output, npz_path, read_npz, write_npz
+from ._summary import JacobianSummary, LeafSummary, summarize

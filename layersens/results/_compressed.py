@@ -40,9 +40,16 @@ class CompressedJacobian(Summarized):
 
     def _summary(self):
         d = self.dense_part
-        return [("layer", self.layer), ("examples", d.num_examples), ("activation_shape", d.activation_shape),
-                ("channel_blocks", {n: None for n in self.channel_blocks}), ("dense_params", d.param_names),
-                ("size", format_bytes(self.nbytes)), ("mode", d.mode), ("device", d.device)]
+        return [
+            ("layer", self.layer),
+            ("examples", d.num_examples),
+            ("activation_shape", d.activation_shape),
+            ("channel_blocks", {n: None for n in self.channel_blocks}),
+            ("dense_params", d.param_names),
+            ("size", format_bytes(self.nbytes)),
+            ("mode", d.mode),
+            ("device", d.device),
+        ]
 
     @property
     def nbytes(self) -> int:
@@ -60,14 +67,14 @@ class CompressedJacobian(Summarized):
             size = int(np.prod(shape, dtype=np.int64))
             if name in self.channel_blocks:
                 s = self.structure[name]
-                view = matrix[:, :, start:start + size].reshape((n,) + act + (size // s.channels, s.channels))
+                view = matrix[:, :, start : start + size].reshape((n,) + act + (size // s.channels, s.channels))
                 block = self.channel_blocks[name]
                 for c in range(s.channels):
                     at = (slice(None),) * (1 + s.output_axis) + (c,)
                     view[at + (Ellipsis, c)] = block[at]
             else:
                 a, b = d.column_ranges[name]
-                matrix[:, :, start:start + size] = d.matrix[:, :, a:b]
+                matrix[:, :, start : start + size] = d.matrix[:, :, a:b]
             start += size
         matrix.flags.writeable = False
         return dataclasses.replace(d, matrix=matrix, param_names=self.param_names, param_shapes=self.param_shapes)

@@ -56,10 +56,15 @@ class Estimate(Summarized):
     seconds: float = 0.0
 
     def _summary(self):
-        return [("quantity", self.quantity), ("layer", self.layer), ("value", self.value),
-                ("method", self.method), ("samples", [int(s) for s in self.samples]),
-                ("exact", [bool(e) for e in self.exact]),
-                ("relative_stderr", [float(f"{r:.3g}") for r in self.relative_stderr])]
+        return [
+            ("quantity", self.quantity),
+            ("layer", self.layer),
+            ("value", self.value),
+            ("method", self.method),
+            ("samples", [int(s) for s in self.samples]),
+            ("exact", [bool(e) for e in self.exact]),
+            ("relative_stderr", [float(f"{r:.3g}") for r in self.relative_stderr]),
+        ]
 
     @property
     def num_examples(self) -> int:
@@ -90,18 +95,39 @@ class Estimate(Summarized):
         samples and passes spent, and whether it is exact."""
         n = self.num_examples
         totals = self.value.reshape(n, -1).sum(axis=1)
-        return {"format": NPZ_FORMAT, "quantity": self.quantity, "layer": self.layer, "model": self.model,
-                "method": self.method, "rtol": float(self.rtol), "max_samples": int(self.max_samples),
-                "value" if self.quantity == "frobenius_sq" else "sum": [float(t) for t in totals],
-                "relative_stderr": [float(r) for r in self.relative_stderr],
-                "samples": [int(s) for s in self.samples], "passes": [int(p) for p in self.passes],
-                "exact": [bool(e) for e in self.exact], "seconds": float(self.seconds)}
+        return {
+            "format": NPZ_FORMAT,
+            "quantity": self.quantity,
+            "layer": self.layer,
+            "model": self.model,
+            "method": self.method,
+            "rtol": float(self.rtol),
+            "max_samples": int(self.max_samples),
+            "value" if self.quantity == "frobenius_sq" else "sum": [float(t) for t in totals],
+            "relative_stderr": [float(r) for r in self.relative_stderr],
+            "samples": [int(s) for s in self.samples],
+            "passes": [int(p) for p in self.passes],
+            "exact": [bool(e) for e in self.exact],
+            "seconds": float(self.seconds),
+        }
 
     def save(self, path) -> Path:
         """Writes the arrays and the metadata (format ``layersens-estimate/1``) to ``path`` (``.npz``),
         atomically."""
         meta = self.to_dict()
-        meta.update(param_names=list(self.param_names), param_shapes=[list(s) for s in self.param_shapes],
-                    activation_shape=list(self.activation_shape))
-        return write_npz(path, {"value": self.value, "stderr": self.stderr, "samples": self.samples,
-                                "exact": self.exact, "passes": self.passes}, meta)
+        meta.update(
+            param_names=list(self.param_names),
+            param_shapes=[list(s) for s in self.param_shapes],
+            activation_shape=list(self.activation_shape),
+        )
+        return write_npz(
+            path,
+            {
+                "value": self.value,
+                "stderr": self.stderr,
+                "samples": self.samples,
+                "exact": self.exact,
+                "passes": self.passes,
+            },
+            meta,
+        )

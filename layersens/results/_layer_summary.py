@@ -41,14 +41,23 @@ class LayerSummary(Summarized):
     notes: tuple[str, ...] = ()
 
     def _summary(self):
-        return [("layer", self.layer), ("model", self.model), ("examples", self.num_examples),
-                ("activation_shape", self.activation_shape), ("params", self.sensitivity.param_names),
-                ("frobenius", tuple(float(f"{v:.4g}") for v in self.frobenius)),
-                ("sigma", None if self.singular_values is None else
-                 tuple(tuple(float(f"{v:.4g}") for v in row) for row in self.singular_values)),
-                ("stable_rank", None if self.stable_rank is None else
-                 tuple(float(f"{v:.4g}") for v in self.stable_rank)),
-                ("ntk", self.ntk is not None), ("seconds", f"{self.seconds:.3g}")]
+        return [
+            ("layer", self.layer),
+            ("model", self.model),
+            ("examples", self.num_examples),
+            ("activation_shape", self.activation_shape),
+            ("params", self.sensitivity.param_names),
+            ("frobenius", tuple(float(f"{v:.4g}") for v in self.frobenius)),
+            (
+                "sigma",
+                None
+                if self.singular_values is None
+                else tuple(tuple(float(f"{v:.4g}") for v in row) for row in self.singular_values),
+            ),
+            ("stable_rank", None if self.stable_rank is None else tuple(float(f"{v:.4g}") for v in self.stable_rank)),
+            ("ntk", self.ntk is not None),
+            ("seconds", f"{self.seconds:.3g}"),
+        ]
 
     layer = property(lambda self: self.sensitivity.layer)
     model = property(lambda self: self.sensitivity.model)
@@ -120,34 +129,53 @@ class LayerSummary(Summarized):
         for n in range(self.num_examples):
             row: dict = {"frobenius": float(self.frobenius[n])}
             if sp is not None and stable is not None:
-                row.update(singular_values=[float(v) for v in sp.values[n]],
-                           residuals=[float(v) for v in sp.residuals[n]], stable_rank=float(stable[n]),
-                           entropy_rank_top_k=float(sp.entropy_rank_top_k[n]),
-                           condition_top_k=float(sp.condition_top_k[n]), passes=int(sp.passes[n]),
-                           directions=[d.to_dict() for d in sp.directions(n)])
+                row.update(
+                    singular_values=[float(v) for v in sp.values[n]],
+                    residuals=[float(v) for v in sp.residuals[n]],
+                    stable_rank=float(stable[n]),
+                    entropy_rank_top_k=float(sp.entropy_rank_top_k[n]),
+                    condition_top_k=float(sp.condition_top_k[n]),
+                    passes=int(sp.passes[n]),
+                    directions=[d.to_dict() for d in sp.directions(n)],
+                )
             examples.append(row)
         shares = self.leaf_shares()
         leaves = []
         for name, shape in zip(s.param_names, s.param_shapes):
             channels = self.channel_shares(name)
-            leaves.append({"name": name, "shape": list(shape), "share": shares[name],
-                           "frobenius_sq": [float(v) for v in
-                                            s.parameter[name].reshape(self.num_examples, -1).sum(axis=1)],
-                           "channel_shares": [float(v) for v in channels],
-                           "top_channel": int(np.argmax(channels)) if channels.size else None})
+            leaves.append(
+                {
+                    "name": name,
+                    "shape": list(shape),
+                    "share": shares[name],
+                    "frobenius_sq": [float(v) for v in s.parameter[name].reshape(self.num_examples, -1).sum(axis=1)],
+                    "channel_shares": [float(v) for v in channels],
+                    "top_channel": int(np.argmax(channels)) if channels.size else None,
+                }
+            )
         whole = float(np.sum(np.square(self.frobenius))) or 1.0
-        return {"format": FORMAT, "layer": self.layer, "model": self.model, "examples": self.num_examples,
-                "activation_shape": list(self.activation_shape), "num_outputs": int(np.prod(self.activation_shape)),
-                "num_params": int(sum(np.prod(shape) for shape in s.param_shapes)), "wrt": s.wrt, "mode": s.mode,
-                "device": s.device, "k": None if self.spectrum is None else self.spectrum.k,
-                "spectrum_method": None if self.spectrum is None else self.spectrum.method,
-                "seconds": float(self.seconds), "notes": list(s.notes) + list(self.notes), "per_example": examples,
-                "leaves": leaves,
-                "unit_channel_shares": [float(v) for v in s.unit_channels().sum(axis=0) / whole],
-                "top_units": [{"index": list(i), "share": v} for i, v in self.top_units(10)],
-                "top_parameters": [{"leaf": leaf, "index": list(i), "share": v}
-                                   for leaf, i, v in self.top_parameters(10)],
-                "ntk": None if self.ntk is None else self.ntk.to_dict()}
+        return {
+            "format": FORMAT,
+            "layer": self.layer,
+            "model": self.model,
+            "examples": self.num_examples,
+            "activation_shape": list(self.activation_shape),
+            "num_outputs": int(np.prod(self.activation_shape)),
+            "num_params": int(sum(np.prod(shape) for shape in s.param_shapes)),
+            "wrt": s.wrt,
+            "mode": s.mode,
+            "device": s.device,
+            "k": None if self.spectrum is None else self.spectrum.k,
+            "spectrum_method": None if self.spectrum is None else self.spectrum.method,
+            "seconds": float(self.seconds),
+            "notes": list(s.notes) + list(self.notes),
+            "per_example": examples,
+            "leaves": leaves,
+            "unit_channel_shares": [float(v) for v in s.unit_channels().sum(axis=0) / whole],
+            "top_units": [{"index": list(i), "share": v} for i, v in self.top_units(10)],
+            "top_parameters": [{"leaf": leaf, "index": list(i), "share": v} for leaf, i, v in self.top_parameters(10)],
+            "ntk": None if self.ntk is None else self.ntk.to_dict(),
+        }
 
     def to_xarray(self):
         """An ``xarray.Dataset``: the sensitivity's variables (:meth:`Sensitivity.to_xarray`), with

@@ -43,8 +43,14 @@ class LayerNTK(Summarized):
     seconds: float = 0.0
 
     def _summary(self):
-        return [("layer", self.layer), ("values", self.values), ("trace_axes", self.trace_axes),
-                ("method", self.method), ("passes", self.passes), ("seconds", f"{self.seconds:.3g}")]
+        return [
+            ("layer", self.layer),
+            ("values", self.values),
+            ("trace_axes", self.trace_axes),
+            ("method", self.method),
+            ("passes", self.passes),
+            ("seconds", f"{self.seconds:.3g}"),
+        ]
 
     @property
     def num_examples(self) -> int:
@@ -59,10 +65,18 @@ class LayerNTK(Summarized):
     def to_dict(self) -> dict:
         """JSON-able numbers: the traced kernel itself (the full block is summarized by its shape, trace and
         Frobenius norm)."""
-        out = {"format": NPZ_FORMAT, "layer": self.layer, "model": self.model, "trace_axes": self.trace_axes,
-               "method": self.method, "passes": int(self.passes), "shape": list(self.values.shape),
-               "trace": float(np.trace(self.matrix)), "frobenius": float(np.linalg.norm(self.matrix)),
-               "seconds": float(self.seconds)}
+        out = {
+            "format": NPZ_FORMAT,
+            "layer": self.layer,
+            "model": self.model,
+            "trace_axes": self.trace_axes,
+            "method": self.method,
+            "passes": int(self.passes),
+            "shape": list(self.values.shape),
+            "trace": float(np.trace(self.matrix)),
+            "frobenius": float(np.linalg.norm(self.matrix)),
+            "seconds": float(self.seconds),
+        }
         if self.trace_axes:
             out["values"] = [[float(v) for v in row] for row in self.values]
         return out

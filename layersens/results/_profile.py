@@ -38,9 +38,16 @@ class ProfileRow(Summarized):
     seconds: float = 0.0
 
     def _summary(self):
-        return [("layer", self.layer), ("depth", self.depth), ("shape", self.shape), ("params", self.num_params),
-                ("frobenius_mean", f"{self.frobenius_mean:.4g}"), ("sigma_1_mean", f"{self.sigma_1_mean:.4g}"),
-                ("stable_rank_mean", f"{self.stable_rank_mean:.4g}"), ("top_leaves", self.top_leaves())]
+        return [
+            ("layer", self.layer),
+            ("depth", self.depth),
+            ("shape", self.shape),
+            ("params", self.num_params),
+            ("frobenius_mean", f"{self.frobenius_mean:.4g}"),
+            ("sigma_1_mean", f"{self.sigma_1_mean:.4g}"),
+            ("stable_rank_mean", f"{self.stable_rank_mean:.4g}"),
+            ("top_leaves", self.top_leaves()),
+        ]
 
     @property
     def frobenius_mean(self) -> float:
@@ -71,13 +78,20 @@ class ProfileRow(Summarized):
         return self.leaf_shares[:count]
 
     def to_dict(self) -> dict:
-        return {"layer": self.layer, "depth": self.depth, "shape": list(self.shape), "num_params": self.num_params,
-                "frobenius": [float(v) for v in self.frobenius], "frobenius_mean": self.frobenius_mean,
-                "singular_values": [[float(v) for v in row] for row in self.singular_values],
-                "sigma_1_mean": self.sigma_1_mean, "stable_rank": [float(v) for v in self.stable_rank],
-                "stable_rank_mean": self.stable_rank_mean,
-                "leaf_shares": [{"leaf": name, "share": share} for name, share in self.leaf_shares],
-                "seconds": float(self.seconds)}
+        return {
+            "layer": self.layer,
+            "depth": self.depth,
+            "shape": list(self.shape),
+            "num_params": self.num_params,
+            "frobenius": [float(v) for v in self.frobenius],
+            "frobenius_mean": self.frobenius_mean,
+            "singular_values": [[float(v) for v in row] for row in self.singular_values],
+            "sigma_1_mean": self.sigma_1_mean,
+            "stable_rank": [float(v) for v in self.stable_rank],
+            "stable_rank_mean": self.stable_rank_mean,
+            "leaf_shares": [{"leaf": name, "share": share} for name, share in self.leaf_shares],
+            "seconds": float(self.seconds),
+        }
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -101,9 +115,14 @@ class SensitivityProfile(Summarized):
     seconds: float = 0.0
 
     def _summary(self):
-        return [("model", self.model), ("layers", tuple(r.layer for r in self.rows)),
-                ("skipped", tuple(name for name, _ in self.skipped)), ("examples", self.num_examples),
-                ("k", self.k), ("seconds", f"{self.seconds:.3g}")]
+        return [
+            ("model", self.model),
+            ("layers", tuple(r.layer for r in self.rows)),
+            ("skipped", tuple(name for name, _ in self.skipped)),
+            ("examples", self.num_examples),
+            ("k", self.k),
+            ("seconds", f"{self.seconds:.3g}"),
+        ]
 
     @property
     def layers(self) -> tuple[str, ...]:
@@ -117,9 +136,15 @@ class SensitivityProfile(Summarized):
 
     def to_dict(self) -> dict:
         """Every number a report shows, JSON-able."""
-        return {"format": FORMAT, "model": self.model, "examples": self.num_examples, "k": self.k,
-                "seconds": float(self.seconds), "rows": [row.to_dict() for row in self.rows],
-                "skipped": [{"layer": name, "why": why} for name, why in self.skipped]}
+        return {
+            "format": FORMAT,
+            "model": self.model,
+            "examples": self.num_examples,
+            "k": self.k,
+            "seconds": float(self.seconds),
+            "rows": [row.to_dict() for row in self.rows],
+            "skipped": [{"layer": name, "why": why} for name, why in self.skipped],
+        }
 
     def to_xarray(self):
         """An ``xarray.Dataset`` over ``(layer, example)``: ``frobenius``, ``sigma_1``, ``stable_rank``, with the
@@ -129,11 +154,18 @@ class SensitivityProfile(Summarized):
         xr = _xarray("SensitivityProfile.to_xarray")
         stack = lambda values: np.stack(values) if values else np.zeros((0, self.num_examples))  # noqa: E731
         return xr.Dataset(
-            {"frobenius": (("layer", "example"), stack([r.frobenius for r in self.rows])),
-             "sigma_1": (("layer", "example"), stack([r.sigma_1 for r in self.rows])),
-             "stable_rank": (("layer", "example"), stack([r.stable_rank for r in self.rows]))},
-            coords={"layer": list(self.layers), "depth": ("layer", [r.depth for r in self.rows]),
-                    "example": np.arange(self.num_examples)}, attrs={"model": self.model})
+            {
+                "frobenius": (("layer", "example"), stack([r.frobenius for r in self.rows])),
+                "sigma_1": (("layer", "example"), stack([r.sigma_1 for r in self.rows])),
+                "stable_rank": (("layer", "example"), stack([r.stable_rank for r in self.rows])),
+            },
+            coords={
+                "layer": list(self.layers),
+                "depth": ("layer", [r.depth for r in self.rows]),
+                "example": np.arange(self.num_examples),
+            },
+            attrs={"model": self.model},
+        )
 
     def plot(self):
         """‖J‖_F, σ₁ and the stable rank against depth: a matplotlib ``Figure`` (no pyplot state). Needs

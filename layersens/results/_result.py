@@ -8,9 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .._errors import format_bytes
+from .._errors import CheckpointError, format_bytes
 from .._repr import Summarized
-from .._errors import CheckpointError
 from ._storage import read_npz, write_npz
 
 if TYPE_CHECKING:
@@ -62,11 +61,20 @@ class LayerJacobian(Summarized):
     verification: Verification | None = None  # a layersens.Verification when spot-checked (extract(verify=True))
 
     def _summary(self):
-        return [("layer", self.layer), ("model", self.model), ("matrix", self.matrix),
-                ("size", format_bytes(self.nbytes)), ("activation_shape", self.activation_shape),
-                ("wrt", self.wrt), ("params", self.param_names), ("mode", self.mode), ("device", self.device),
-                ("seconds", f"{self.seconds:.3g}"), ("compile_seconds", f"{self.compile_seconds:.3g}"),
-                ("notes", len(self.notes))]
+        return [
+            ("layer", self.layer),
+            ("model", self.model),
+            ("matrix", self.matrix),
+            ("size", format_bytes(self.nbytes)),
+            ("activation_shape", self.activation_shape),
+            ("wrt", self.wrt),
+            ("params", self.param_names),
+            ("mode", self.mode),
+            ("device", self.device),
+            ("seconds", f"{self.seconds:.3g}"),
+            ("compile_seconds", f"{self.compile_seconds:.3g}"),
+            ("notes", len(self.notes)),
+        ]
 
     @property
     def num_examples(self) -> int:
@@ -129,8 +137,22 @@ class LayerJacobian(Summarized):
         )
 
     def metadata(self) -> dict:
-        fields = ("layer", "model", "framework", "param_names", "excluded_params", "mode", "dtype", "device",
-                  "eval_mode", "compile_seconds", "seconds", "notes", "frozen_params", "wrt")
+        fields = (
+            "layer",
+            "model",
+            "framework",
+            "param_names",
+            "excluded_params",
+            "mode",
+            "dtype",
+            "device",
+            "eval_mode",
+            "compile_seconds",
+            "seconds",
+            "notes",
+            "frozen_params",
+            "wrt",
+        )
         meta = {name: getattr(self, name) for name in fields}
         meta["param_shapes"] = [list(s) for s in self.param_shapes]
         if self.verification is not None:
@@ -140,8 +162,9 @@ class LayerJacobian(Summarized):
 
     def save(self, path) -> Path:
         """Writes the Jacobian, activation, inputs and metadata to ``path`` (``.npz``), atomically."""
-        return write_npz(path, {"matrix": self.matrix, "activation": self.activation, "inputs": self.inputs},
-                         self.metadata())
+        return write_npz(
+            path, {"matrix": self.matrix, "activation": self.activation, "inputs": self.inputs}, self.metadata()
+        )
 
 
 def _names(value, field: str) -> tuple[str, ...]:
@@ -161,21 +184,25 @@ def _text(meta: dict, field: str) -> str:
 def load_jacobian(path) -> LayerJacobian:
     """Reads a file written by :meth:`LayerJacobian.save` (``layersens extract --out``), checking that its
     metadata and arrays agree."""
-    arrays, meta = read_npz(path, NPZ_FORMAT, ("matrix", "activation", "inputs"), what="a Jacobian",
-                            others=OTHER_RESULTS)
+    arrays, meta = read_npz(
+        path, NPZ_FORMAT, ("matrix", "activation", "inputs"), what="a Jacobian", others=OTHER_RESULTS
+    )
     try:
-        fields: dict[str, Any] = {f: _text(meta, f) for f in ("layer", "model", "framework", "mode", "dtype",
-                                                              "device", "eval_mode")}
+        fields: dict[str, Any] = {
+            f: _text(meta, f) for f in ("layer", "model", "framework", "mode", "dtype", "device", "eval_mode")
+        }
         fields["wrt"] = _text(meta, "wrt") if "wrt" in meta else "parameters"
         names = _names(meta["param_names"], "param_names")
         shapes = meta["param_shapes"]
         if not isinstance(shapes, list) or not all(
-                isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40
-                                            for d in s) for s in shapes):
+            isinstance(s, list) and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in s)
+            for s in shapes
+        ):
             raise ValueError("param_shapes must be lists of non-negative integers")
         notes = meta.get("notes", [])
         jac = LayerJacobian(
-            **arrays, **fields,
+            **arrays,
+            **fields,
             param_names=names,
             param_shapes=tuple(tuple(s) for s in shapes),
             excluded_params=_names(meta["excluded_params"], "excluded_params"),
@@ -210,8 +237,10 @@ OTHER_RESULTS = {
     "layersens-readout-gradient/1": ("a readout gradient", "layersens gradient"),
     "layersens-readout-hessian/1": ("a readout Hessian and gradient", "layersens hessian"),
     "layersens-products/1": ("products with a Jacobian (J V, Jᵀ U)", "layersens products"),
-    "layersens-sensitivity/1": ("per-parameter and per-unit sensitivities (layersens.load_sensitivity reads it)",
-                                "layersens.sensitivity"),
+    "layersens-sensitivity/1": (
+        "per-parameter and per-unit sensitivities (layersens.load_sensitivity reads it)",
+        "layersens.sensitivity",
+    ),
     "layersens-spectrum/1": ("a layer's top singular values and vectors", "layersens.spectrum"),
     "layersens-ntk/1": ("a layer's empirical NTK", "layersens.layer_ntk"),
     "layersens-estimate/1": ("an estimate with its standard error", "layersens.estimate_frobenius and its kin"),

@@ -76,11 +76,20 @@ class Sensitivity(Summarized):
     notes: tuple[str, ...] = ()
 
     def _summary(self):
-        return [("layer", self.layer), ("model", self.model), ("examples", self.num_examples),
-                ("activation_shape", self.activation_shape), ("wrt", self.wrt), ("params", self.param_names),
-                ("frobenius", tuple(float(f"{v:.4g}") for v in self.frobenius)), ("mode", self.mode),
-                ("device", self.device), ("seconds", f"{self.seconds:.3g}"),
-                ("compile_seconds", f"{self.compile_seconds:.3g}"), ("notes", len(self.notes))]
+        return [
+            ("layer", self.layer),
+            ("model", self.model),
+            ("examples", self.num_examples),
+            ("activation_shape", self.activation_shape),
+            ("wrt", self.wrt),
+            ("params", self.param_names),
+            ("frobenius", tuple(float(f"{v:.4g}") for v in self.frobenius)),
+            ("mode", self.mode),
+            ("device", self.device),
+            ("seconds", f"{self.seconds:.3g}"),
+            ("compile_seconds", f"{self.compile_seconds:.3g}"),
+            ("notes", len(self.notes)),
+        ]
 
     @property
     def num_examples(self) -> int:
@@ -94,8 +103,9 @@ class Sensitivity(Summarized):
         """``(examples, C)``: diag(JᵀJ) summed over all but ``leaf``'s last axis (its channels; a 0-d leaf is one
         channel). Each row sums to the leaf's share of that example's ‖J‖²_F."""
         if leaf not in self.parameter:
-            raise KeyError(f"{leaf!r} is not a differentiated leaf of {self.layer!r}; they are "
-                           f"{list(self.param_names)}.")
+            raise KeyError(
+                f"{leaf!r} is not a differentiated leaf of {self.layer!r}; they are {list(self.param_names)}."
+            )
         values = self.parameter[leaf]
         channels = values.shape[-1] if values.ndim > 1 else 1
         return values.reshape(self.num_examples, -1, channels).sum(axis=1)
@@ -117,9 +127,15 @@ class Sensitivity(Summarized):
 
     def metadata(self) -> dict:
         meta = {name: getattr(self, name) for name in _META}
-        meta.update(param_names=list(self.param_names), param_shapes=[list(s) for s in self.param_shapes],
-                    activation_shape=list(self.activation_shape), seconds=self.seconds,
-                    compile_seconds=self.compile_seconds, notes=list(self.notes), format=NPZ_FORMAT)
+        meta.update(
+            param_names=list(self.param_names),
+            param_shapes=[list(s) for s in self.param_shapes],
+            activation_shape=list(self.activation_shape),
+            seconds=self.seconds,
+            compile_seconds=self.compile_seconds,
+            notes=list(self.notes),
+            format=NPZ_FORMAT,
+        )
         return meta
 
     def save(self, path) -> Path:
@@ -127,8 +143,9 @@ class Sensitivity(Summarized):
         (``.npz``), atomically."""
         flat = [self.parameter[n].reshape(self.num_examples, -1) for n in self.param_names]
         parameter = np.concatenate(flat, axis=1) if flat else np.zeros((self.num_examples, 0))
-        return write_npz(path, {"parameter": parameter, "unit": self.unit, "frobenius": self.frobenius},
-                         self.metadata())
+        return write_npz(
+            path, {"parameter": parameter, "unit": self.unit, "frobenius": self.frobenius}, self.metadata()
+        )
 
     def to_xarray(self):
         """An ``xarray.Dataset``: ``unit`` over ``(example, height, width, channel)`` (3-axis activations) or
@@ -176,26 +193,39 @@ def _checked(meta: dict, arrays: dict) -> Sensitivity:
         raise ValueError("param_shapes and activation_shape must be lists of non-negative integers, one per leaf")
     p, u, f = (np.asarray(arrays[k]) for k in ("parameter", "unit", "frobenius"))
     sizes = [int(np.prod(s, dtype=np.int64)) for s in shapes]
-    if any(not np.issubdtype(a.dtype, np.floating) for a in (p, u, f)) or f.ndim != 1 or \
-            p.shape != (len(f), sum(sizes)) or u.shape != (len(f),) + tuple(act):
-        raise ValueError(f"arrays parameter {p.shape}, unit {u.shape}, frobenius {f.shape} do not fit the leaves "
-                         f"{dict(zip(names, shapes))} and activation {tuple(act)}")
+    if (
+        any(not np.issubdtype(a.dtype, np.floating) for a in (p, u, f))
+        or f.ndim != 1
+        or p.shape != (len(f), sum(sizes))
+        or u.shape != (len(f),) + tuple(act)
+    ):
+        raise ValueError(
+            f"arrays parameter {p.shape}, unit {u.shape}, frobenius {f.shape} do not fit the leaves "
+            f"{dict(zip(names, shapes))} and activation {tuple(act)}"
+        )
     bounds = np.cumsum([0] + sizes)
     parameter = {n: p[:, a:b].reshape((len(f),) + tuple(s)) for n, s, a, b in zip(names, shapes, bounds, bounds[1:])}
     notes = meta.get("notes", [])
     if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
         raise ValueError("notes must be a list of strings")
-    return Sensitivity(**{k: meta[k] for k in _META}, param_names=tuple(names),
-                       param_shapes=tuple(tuple(s) for s in shapes), activation_shape=tuple(act),
-                       parameter=parameter, unit=u, frobenius=f, seconds=float(meta.get("seconds", 0.0)),
-                       compile_seconds=float(meta.get("compile_seconds", 0.0)), notes=tuple(notes))
+    return Sensitivity(
+        **{k: meta[k] for k in _META},
+        param_names=tuple(names),
+        param_shapes=tuple(tuple(s) for s in shapes),
+        activation_shape=tuple(act),
+        parameter=parameter,
+        unit=u,
+        frobenius=f,
+        seconds=float(meta.get("seconds", 0.0)),
+        compile_seconds=float(meta.get("compile_seconds", 0.0)),
+        notes=tuple(notes),
+    )
 
 
 def load_sensitivity(path) -> Sensitivity:
     """Reads a file written by :meth:`Sensitivity.save`, checking that its metadata and arrays agree."""
     others = {**OTHER_RESULTS, JACOBIAN_FORMAT: ("a Jacobian", "layersens extract --out")}
-    arrays, meta = read_npz(path, NPZ_FORMAT, ("parameter", "unit", "frobenius"), what="a sensitivity",
-                            others=others)
+    arrays, meta = read_npz(path, NPZ_FORMAT, ("parameter", "unit", "frobenius"), what="a sensitivity", others=others)
     try:
         return _checked(meta, arrays)
     except (KeyError, TypeError, ValueError, OverflowError) as e:

@@ -40,9 +40,13 @@ class SingularDirection(Summarized):
     position_shares: np.ndarray
 
     def _summary(self):
-        return [("example", self.example), ("index", self.index), ("value", f"{self.value:.6g}"),
-                ("leaves", tuple(f"{n}: {s:.3f}" for n, s in self.leaf_shares)),
-                ("top_channels", tuple(f"{c}: {s:.3f}" for c, s in self.top_channels()))]
+        return [
+            ("example", self.example),
+            ("index", self.index),
+            ("value", f"{self.value:.6g}"),
+            ("leaves", tuple(f"{n}: {s:.3f}" for n, s in self.leaf_shares)),
+            ("top_channels", tuple(f"{c}: {s:.3f}" for c, s in self.top_channels())),
+        ]
 
     def top_channels(self, count: int = _TOP) -> tuple[tuple[int, float], ...]:
         order = np.argsort(-self.channel_shares, kind="stable")[:count]
@@ -51,14 +55,20 @@ class SingularDirection(Summarized):
     def top_positions(self, count: int = _TOP) -> tuple[tuple[tuple[int, ...], float], ...]:
         flat = self.position_shares.reshape(-1)
         order = np.argsort(-flat, kind="stable")[:count]
-        return tuple((tuple(int(i) for i in np.unravel_index(at, self.position_shares.shape)), float(flat[at]))
-                     for at in order)
+        return tuple(
+            (tuple(int(i) for i in np.unravel_index(at, self.position_shares.shape)), float(flat[at])) for at in order
+        )
 
     def to_dict(self) -> dict:
-        return {"example": self.example, "index": self.index, "value": self.value, "residual": self.residual,
-                "leaf_shares": dict(self.leaf_shares),
-                "top_channels": [[c, s] for c, s in self.top_channels()],
-                "top_positions": [[list(p), s] for p, s in self.top_positions()]}
+        return {
+            "example": self.example,
+            "index": self.index,
+            "value": self.value,
+            "residual": self.residual,
+            "leaf_shares": dict(self.leaf_shares),
+            "top_channels": [[c, s] for c, s in self.top_channels()],
+            "top_positions": [[list(p), s] for p, s in self.top_positions()],
+        }
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -99,10 +109,15 @@ class Spectrum(Summarized):
     seconds: float = 0.0
 
     def _summary(self):
-        return [("layer", self.layer), ("k", self.k), ("values", self.values), ("method", self.method),
-                ("sigma_1", [float(f"{v:.6g}") for v in self.values[:, 0]]),
-                ("stable_rank", [float(f"{v:.4g}") for v in self.stable_rank]),
-                ("entropy_rank_top_k", [float(f"{v:.4g}") for v in self.entropy_rank_top_k])]
+        return [
+            ("layer", self.layer),
+            ("k", self.k),
+            ("values", self.values),
+            ("method", self.method),
+            ("sigma_1", [float(f"{v:.6g}") for v in self.values[:, 0]]),
+            ("stable_rank", [float(f"{v:.4g}") for v in self.stable_rank]),
+            ("entropy_rank_top_k", [float(f"{v:.4g}") for v in self.entropy_rank_top_k]),
+        ]
 
     @property
     def k(self) -> int:
@@ -167,10 +182,14 @@ class Spectrum(Summarized):
         shares = self.leaf_shares[example, index]
         order = np.argsort(-shares, kind="stable")
         return SingularDirection(
-            example=int(example), index=int(index), value=float(self.values[example, index]),
+            example=int(example),
+            index=int(index),
+            value=float(self.values[example, index]),
             residual=float(self.residuals[example, index]),
             leaf_shares=tuple((self.param_names[i], float(shares[i])) for i in order),
-            channel_shares=self.channel_shares[example, index], position_shares=self.position_shares[example, index])
+            channel_shares=self.channel_shares[example, index],
+            position_shares=self.position_shares[example, index],
+        )
 
     def directions(self, example: int = 0) -> tuple[SingularDirection, ...]:
         return tuple(self.direction(i, example) for i in range(self.k))
@@ -179,23 +198,52 @@ class Spectrum(Summarized):
         """JSON-able numbers: per example the values, residuals, ranks, condition estimate and directions."""
         examples = []
         for n in range(self.num_examples):
-            examples.append({
-                "values": [float(v) for v in self.values[n]], "residuals": [float(r) for r in self.residuals[n]],
-                "frobenius_sq": float(self.frobenius_sq[n]), "frobenius_sq_stderr": float(self.frobenius_sq_stderr[n]),
-                "frobenius_exact": bool(self.frobenius_exact[n]), "stable_rank": float(self.stable_rank[n]),
-                "stable_rank_stderr": float(self.stable_rank_stderr[n]),
-                "entropy_rank_top_k": float(self.entropy_rank_top_k[n]),
-                "condition_top_k": float(self.condition_top_k[n]), "passes": int(self.passes[n]),
-                "directions": [d.to_dict() for d in self.directions(n)]})
-        return {"format": NPZ_FORMAT, "layer": self.layer, "model": self.model, "k": self.k, "method": self.method,
-                "tol": self.tol, "seconds": float(self.seconds), "examples": examples}
+            examples.append(
+                {
+                    "values": [float(v) for v in self.values[n]],
+                    "residuals": [float(r) for r in self.residuals[n]],
+                    "frobenius_sq": float(self.frobenius_sq[n]),
+                    "frobenius_sq_stderr": float(self.frobenius_sq_stderr[n]),
+                    "frobenius_exact": bool(self.frobenius_exact[n]),
+                    "stable_rank": float(self.stable_rank[n]),
+                    "stable_rank_stderr": float(self.stable_rank_stderr[n]),
+                    "entropy_rank_top_k": float(self.entropy_rank_top_k[n]),
+                    "condition_top_k": float(self.condition_top_k[n]),
+                    "passes": int(self.passes[n]),
+                    "directions": [d.to_dict() for d in self.directions(n)],
+                }
+            )
+        return {
+            "format": NPZ_FORMAT,
+            "layer": self.layer,
+            "model": self.model,
+            "k": self.k,
+            "method": self.method,
+            "tol": self.tol,
+            "seconds": float(self.seconds),
+            "examples": examples,
+        }
 
     def save(self, path) -> Path:
         """Writes the values, vectors and norms with :meth:`to_dict` as metadata (format ``layersens-spectrum/1``)
         to ``path`` (``.npz``), atomically."""
         meta = self.to_dict()
-        meta.update(param_names=list(self.param_names), param_shapes=[list(s) for s in self.param_shapes],
-                    activation_shape=list(self.activation_shape))
-        arrays = {name: getattr(self, name) for name in ("values", "residuals", "left", "right", "frobenius_sq",
-                                                         "frobenius_sq_stderr", "frobenius_exact", "passes")}
+        meta.update(
+            param_names=list(self.param_names),
+            param_shapes=[list(s) for s in self.param_shapes],
+            activation_shape=list(self.activation_shape),
+        )
+        arrays = {
+            name: getattr(self, name)
+            for name in (
+                "values",
+                "residuals",
+                "left",
+                "right",
+                "frobenius_sq",
+                "frobenius_sq_stderr",
+                "frobenius_exact",
+                "passes",
+            )
+        }
         return write_npz(path, arrays, meta)

@@ -63,8 +63,10 @@ def _check_existing(given: Path, path: Path, overwrite: bool, option: str) -> Pa
             raise OutputError(f"{option} {candidate}{where} is {kind}; give a file name such as relu1.npz.")
     if os.path.lexists(path) and not overwrite:
         what = f" (a symbolic link to {target})" if link else ""
-        raise OutputError(f"{option} {path}{what} already exists; pass --overwrite (overwrite=True) to replace it, "
-                          "or choose another name.")
+        raise OutputError(
+            f"{option} {path}{what} already exists; pass --overwrite (overwrite=True) to replace it, "
+            "or choose another name."
+        )
     return target
 
 
@@ -76,13 +78,16 @@ def _check_folder(folder: Path, given: Path, option: str) -> None:
         raise OutputError(f"{option} {given}: {existing} is a file, not a folder; choose another path.")
     if existing != folder:  # created when the result is written, not before: nothing is made on an error
         if not os.access(existing, os.W_OK | os.X_OK):
-            raise OutputError(f"{option} {given} cannot be written ({existing} is not writable); choose a writable "
-                              "folder.")
+            raise OutputError(
+                f"{option} {given} cannot be written ({existing} is not writable); choose a writable folder."
+            )
         return
     try:
         check_writable(folder)
     except OSError as e:
-        raise OutputError(f"{option} {given} cannot be written ({e.strerror or e}); choose a writable folder.") from None
+        raise OutputError(
+            f"{option} {given} cannot be written ({e.strerror or e}); choose a writable folder."
+        ) from None
 
 
 def write_npz(path, arrays: dict, metadata: dict) -> Path:
@@ -93,8 +98,13 @@ def write_npz(path, arrays: dict, metadata: dict) -> Path:
     return path
 
 
-def read_npz(path, expected_format: str, names, what: str = "a layersens result",
-             others: dict[str, tuple[str, str]] | None = None) -> tuple[dict, dict]:
+def read_npz(
+    path,
+    expected_format: str,
+    names,
+    what: str = "a layersens result",
+    others: dict[str, tuple[str, str]] | None = None,
+) -> tuple[dict, dict]:
     """The arrays ``names`` and the metadata of a file written by :func:`write_npz` in ``expected_format``.
     ``others`` maps the formats of other layersens files to (what they hold, the command that writes them), so
     that such a file is named for what it is."""
@@ -109,16 +119,20 @@ def read_npz(path, expected_format: str, names, what: str = "a layersens result"
         raise CheckpointError(f"{path} cannot be read ({e.strerror or e}).") from None
     if kind != "npz":
         words = "a single .npy array" if kind == "npy" else kind
-        raise CheckpointError(f"{path} is not a readable layersens result file: it is {words}, not an .npz archive "
-                              "with layersens metadata. Results are written by `layersens extract --out FILE.npz` "
-                              "(LayerJacobian.save).")
+        raise CheckpointError(
+            f"{path} is not a readable layersens result file: it is {words}, not an .npz archive "
+            "with layersens metadata. Results are written by `layersens extract --out FILE.npz` "
+            "(LayerJacobian.save)."
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             members = [m for m in data.files if m != "metadata"]
             if "metadata" not in data.files:
-                raise CheckpointError(f"{path} is an .npz archive of arrays {members} without layersens metadata, "
-                                      "not a layersens result file. Results are written by `layersens extract "
-                                      "--out FILE.npz` (LayerJacobian.save).")
+                raise CheckpointError(
+                    f"{path} is an .npz archive of arrays {members} without layersens metadata, "
+                    "not a layersens result file. Results are written by `layersens extract "
+                    "--out FILE.npz` (LayerJacobian.save)."
+                )
             meta = json.loads(bytes(data["metadata"]).decode())
             found = meta.get("format") if isinstance(meta, dict) else None
             if found == expected_format:
@@ -135,8 +149,10 @@ def read_npz(path, expected_format: str, names, what: str = "a layersens result"
         known = others or {}
         if isinstance(found, str) and found in known:
             holds, command = known[found]
-            raise CheckpointError(f"{path} holds {holds} ({found}), written by `{command}`, not {what}; read its "
-                                  f"arrays ({', '.join(members)}) with numpy.load({str(path)!r}).")
+            raise CheckpointError(
+                f"{path} holds {holds} ({found}), written by `{command}`, not {what}; read its "
+                f"arrays ({', '.join(members)}) with numpy.load({str(path)!r})."
+            )
         label = f" (its format is {found!r})" if isinstance(found, str) else ""
         raise CheckpointError(f"{path} is not a {expected_format} file{label}.")
     meta.pop("format")

@@ -43,9 +43,15 @@ class JacobianSummary(Summarized):
     finite: bool = True  # False: the matrix holds NaN or Inf, and rank and condition were not computed
 
     def _summary(self):
-        return [("layer", self.layer), ("shape", self.shape), ("frobenius", f"{self.frobenius:.6g}"),
-                ("zero_fraction", f"{self.zero_fraction:.3g}"), ("leaves", tuple(leaf.name for leaf in self.leaves)),
-                ("rank", self.rank), ("finite", self.finite)]
+        return [
+            ("layer", self.layer),
+            ("shape", self.shape),
+            ("frobenius", f"{self.frobenius:.6g}"),
+            ("zero_fraction", f"{self.zero_fraction:.3g}"),
+            ("leaves", tuple(leaf.name for leaf in self.leaves)),
+            ("rank", self.rank),
+            ("finite", self.finite),
+        ]
 
 
 def _scaled_singular_values(matrix: np.ndarray) -> tuple[np.ndarray, float]:

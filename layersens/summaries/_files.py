@@ -16,8 +16,10 @@ from ..derivatives import PRODUCTS_FORMAT, JacobianProducts, ReadoutDerivative
 from ..results import load_jacobian, load_sensitivity, read_npz
 
 SENSITIVITY_FORMAT = "layersens-sensitivity/1"
-READOUT_FORMATS = {"layersens-readout-gradient/1": "a readout gradient",
-                   "layersens-readout-hessian/1": "a readout Hessian and gradient"}
+READOUT_FORMATS = {
+    "layersens-readout-gradient/1": "a readout gradient",
+    "layersens-readout-hessian/1": "a readout Hessian and gradient",
+}
 # Results read back as their arrays and metadata (their classes have no reader yet).
 OTHER_FORMATS = ("layersens-spectrum/1", "layersens-ntk/1", "layersens-estimate/1")
 
@@ -52,8 +54,11 @@ def _leaves(meta: dict) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...], i
     names, shapes = meta["param_names"], meta["param_shapes"]
     if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and len(set(names)) == len(names)):
         raise ValueError("param_names must be a list of distinct strings")
-    if not (isinstance(shapes, list) and len(shapes) == len(names) and all(
-            isinstance(s, list) and all(type(d) is int and 0 <= d < 2**40 for d in s) for s in shapes)):
+    if not (
+        isinstance(shapes, list)
+        and len(shapes) == len(names)
+        and all(isinstance(s, list) and all(type(d) is int and 0 <= d < 2**40 for d in s) for s in shapes)
+    ):
         raise ValueError("param_shapes must be lists of non-negative integers, one per leaf")
     return tuple(names), tuple(tuple(s) for s in shapes), sum(int(np.prod(s, dtype=np.int64)) for s in shapes)
 
@@ -77,14 +82,28 @@ def _readout(path, fmt: str, members: list[str]) -> ReadoutDerivative:
     arrays, meta = read_npz(path, fmt, names, what=READOUT_FORMATS[fmt])
     leaves, shapes, size = _leaves(meta)
     count = len(arrays["values"]) if np.ndim(arrays["values"]) == 1 else -1
-    _floating(arrays, {"values": (count,), "gradient": (count, size), "hessian": (count, size, size),
-                       "hessian_vectors": (count, size)})
+    _floating(
+        arrays,
+        {
+            "values": (count,),
+            "gradient": (count, size),
+            "hessian": (count, size, size),
+            "hessian_vectors": (count, size),
+        },
+    )
     if not isinstance(meta["layer"], str) or not isinstance(meta["readout"], str):
         raise ValueError("layer and readout must be strings")
-    return ReadoutDerivative(layer=meta["layer"], readout=meta["readout"], param_names=leaves, param_shapes=shapes,
-                             frozen_params=_strings(meta, "frozen_params"), values=arrays["values"],
-                             gradient=arrays["gradient"], hessian=arrays.get("hessian"),
-                             hessian_vectors=arrays.get("hessian_vectors"))
+    return ReadoutDerivative(
+        layer=meta["layer"],
+        readout=meta["readout"],
+        param_names=leaves,
+        param_shapes=shapes,
+        frozen_params=_strings(meta, "frozen_params"),
+        values=arrays["values"],
+        gradient=arrays["gradient"],
+        hessian=arrays.get("hessian"),
+        hessian_vectors=arrays.get("hessian_vectors"),
+    )
 
 
 def _products(path, members: list[str]) -> JacobianProducts:
@@ -92,14 +111,20 @@ def _products(path, members: list[str]) -> JacobianProducts:
     leaves, shapes, size = _leaves(meta)
     for name, axis in (("jvp", None), ("vjp", size)):
         a = arrays.get(name)
-        if a is not None and (a.ndim != 3 or not np.issubdtype(a.dtype, np.floating) or
-                              (axis is not None and a.shape[1] != axis)):
+        if a is not None and (
+            a.ndim != 3 or not np.issubdtype(a.dtype, np.floating) or (axis is not None and a.shape[1] != axis)
+        ):
             raise ValueError(f"{name} is {a.dtype} {a.shape}; expected (examples, {axis or 'M'}, k), floating")
     if not isinstance(meta["layer"], str):
         raise ValueError("layer must be a string")
-    return JacobianProducts(layer=meta["layer"], param_names=leaves, param_shapes=shapes,
-                            frozen_params=_strings(meta, "frozen_params"), jvp=arrays.get("jvp"),
-                            vjp=arrays.get("vjp"))
+    return JacobianProducts(
+        layer=meta["layer"],
+        param_names=leaves,
+        param_shapes=shapes,
+        frozen_params=_strings(meta, "frozen_params"),
+        jvp=arrays.get("jvp"),
+        vjp=arrays.get("vjp"),
+    )
 
 
 def read_result(path):

@@ -39,8 +39,10 @@ def check_k(k, split: LayerSplit) -> int:
     """``k`` as an int, refused unless 0 <= k <= min(M, P) (0: no spectrum)."""
     m, p = split.num_outputs, split.num_params
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= min(m, p):
-        raise InputShapeError(f"k is {k!r}; J of {split.layer!r} is {m:,} × {p:,} per example, so choose 0 to "
-                              f"{min(m, p):,} singular values (0: none).")
+        raise InputShapeError(
+            f"k is {k!r}; J of {split.layer!r} is {m:,} × {p:,} per example, so choose 0 to "
+            f"{min(m, p):,} singular values (0: none)."
+        )
     return int(k)
 
 
@@ -54,8 +56,16 @@ def _ntk_method(split: LayerSplit, count: int, budget: int | None) -> str:
     return "contraction" if nbytes <= budget else "products"
 
 
-def summarize_layer(split: LayerSplit, inputs, *, k: int = 6, max_memory=None, device=None, ntk: bool = True,
-                    progress: Progress | None = None) -> LayerSummary:
+def summarize_layer(
+    split: LayerSplit,
+    inputs,
+    *,
+    k: int = 6,
+    max_memory=None,
+    device=None,
+    ntk: bool = True,
+    progress: Progress | None = None,
+) -> LayerSummary:
     """The exact sensitivity of ``split``'s layer (‖J_n‖_F, diag(J_nᵀJ_n) per parameter, ‖∂h_i/∂θ‖ per unit:
     :func:`layersens.sensitivity`), the ``k`` largest singular values and directions of each J_n
     (:func:`layersens.spectrum`) with the exact stable rank ‖J‖²_F / σ₁², and with ``ntk`` the traced empirical
@@ -86,8 +96,12 @@ def summarize_layer(split: LayerSplit, inputs, *, k: int = 6, max_memory=None, d
             step = f"{split.layer}: top {k} singular value(s)"
             report(step, 0, None)
             # one probe asked for ‖J‖²_F: the exact value from the sensitivity replaces its estimate
-            spec = dataclasses.replace(spectrum(op, None, k=k, max_samples=1), frobenius_sq=np.square(sens.frobenius),
-                                       frobenius_sq_stderr=np.zeros(len(x)), frobenius_exact=np.ones(len(x), bool))
+            spec = dataclasses.replace(
+                spectrum(op, None, k=k, max_samples=1),
+                frobenius_sq=np.square(sens.frobenius),
+                frobenius_sq_stderr=np.zeros(len(x)),
+                frobenius_exact=np.ones(len(x), bool),
+            )
             report(step, 1, 1)
         if ntk:
             step = f"{split.layer}: NTK across {len(x)} example(s)"
@@ -95,5 +109,4 @@ def summarize_layer(split: LayerSplit, inputs, *, k: int = 6, max_memory=None, d
             method = _ntk_method(split, len(x), budget)
             kernel = layer_ntk(op, None, method=method, max_memory=budget)
             report(step, 1, 1)
-    return LayerSummary(sensitivity=sens, spectrum=spec, ntk=kernel, seconds=time.perf_counter() - start,
-                        notes=notes)
+    return LayerSummary(sensitivity=sens, spectrum=spec, ntk=kernel, seconds=time.perf_counter() - start, notes=notes)

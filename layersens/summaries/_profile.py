@@ -33,8 +33,9 @@ def _check_k(k) -> int:
     return int(k)
 
 
-def profile(model: Model, inputs, *, layers=None, k: int = 1, max_memory=None, progress: Progress | None = None,
-            dtype=None) -> SensitivityProfile:
+def profile(
+    model: Model, inputs, *, layers=None, k: int = 1, max_memory=None, progress: Progress | None = None, dtype=None
+) -> SensitivityProfile:
     """One :class:`ProfileRow` per addressable layer of ``model`` (``layers``: a subset of names), in the order
     of :func:`layersens.list_layers` (depth): ‖J_n‖_F (exact), the ``k`` largest singular values (k ≥ 1), the
     stable rank ‖J‖²_F / σ₁² and each upstream leaf's share of ‖J‖²_F, per example of ``inputs``. Layers no
@@ -64,13 +65,28 @@ def profile(model: Model, inputs, *, layers=None, k: int = 1, max_memory=None, p
         def told(step: str, done: int, total: int | None, where: str = where) -> None:
             report(where + step, done, total)
 
-        summary = summarize_layer(cut, x, k=min(k, cut.num_outputs, cut.num_params), max_memory=max_memory,
-                                  ntk=False, progress=told)
+        summary = summarize_layer(
+            cut, x, k=min(k, cut.num_outputs, cut.num_params), max_memory=max_memory, ntk=False, progress=told
+        )
         assert summary.spectrum is not None  # k >= 1
         shares = sorted(summary.leaf_shares().items(), key=lambda item: -item[1])
-        rows.append(ProfileRow(layer=info.name, depth=depth[info.name], shape=tuple(info.shape),
-                               num_params=cut.num_params, frobenius=summary.frobenius,
-                               singular_values=summary.spectrum.values, leaf_shares=tuple(shares),
-                               seconds=time.perf_counter() - began))
-    return SensitivityProfile(model=model.name, rows=tuple(rows), skipped=tuple(skipped), num_examples=len(x),
-                              k=int(k), seconds=time.perf_counter() - start)
+        rows.append(
+            ProfileRow(
+                layer=info.name,
+                depth=depth[info.name],
+                shape=tuple(info.shape),
+                num_params=cut.num_params,
+                frobenius=summary.frobenius,
+                singular_values=summary.spectrum.values,
+                leaf_shares=tuple(shares),
+                seconds=time.perf_counter() - began,
+            )
+        )
+    return SensitivityProfile(
+        model=model.name,
+        rows=tuple(rows),
+        skipped=tuple(skipped),
+        num_examples=len(x),
+        k=int(k),
+        seconds=time.perf_counter() - start,
+    )

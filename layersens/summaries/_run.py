@@ -24,10 +24,22 @@ def _prepare(model, inputs, num_examples, allow_import, out, overwrite, kind: st
     return model, select_inputs(model, inputs, num_examples, dtype), out
 
 
-def summarize_model(model, layer: str, inputs=None, *, num_examples: int | None = None, k: int = 6,
-                    max_memory=None, device=None, ntk: bool = True, progress: Progress | None = None,
-                    dtype=None, allow_import: bool = False, out=None,
-                    overwrite: bool = False) -> tuple[LayerSummary, tuple[Path, ...]]:
+def summarize_model(
+    model,
+    layer: str,
+    inputs=None,
+    *,
+    num_examples: int | None = None,
+    k: int = 6,
+    max_memory=None,
+    device=None,
+    ntk: bool = True,
+    progress: Progress | None = None,
+    dtype=None,
+    allow_import: bool = False,
+    out=None,
+    overwrite: bool = False,
+) -> tuple[LayerSummary, tuple[Path, ...]]:
     """Loads ``model`` (a directory) if needed, takes ``inputs`` (an array, a ``.npy`` path, or the first
     ``num_examples`` of the model's own, default 4), splits it at ``layer`` (in ``dtype``, e.g. ``"float64"``),
     runs :func:`summarize_layer` and, with ``out`` (a directory, refused if it holds a report unless
@@ -35,8 +47,9 @@ def summarize_model(model, layer: str, inputs=None, *, num_examples: int | None 
     progress = progress or _quiet
     model, x, out = _prepare(model, inputs, num_examples, allow_import, out, overwrite, "summary", progress, dtype)
     progress(f"{layer}: tracing", 0, None)
-    summary = summarize_layer(split(model, layer, dtype=dtype), x, k=k, max_memory=max_memory, device=device, ntk=ntk,
-                              progress=progress)
+    summary = summarize_layer(
+        split(model, layer, dtype=dtype), x, k=k, max_memory=max_memory, device=device, ntk=ntk, progress=progress
+    )
     if out is None:
         return summary, ()
     from ..report import write_summary_report
@@ -45,9 +58,20 @@ def summarize_model(model, layer: str, inputs=None, *, num_examples: int | None 
     return summary, write_summary_report(summary, out)
 
 
-def profile_model(model, inputs=None, *, layers=None, num_examples: int | None = None, k: int = 1,
-                  max_memory=None, progress: Progress | None = None, dtype=None, allow_import: bool = False,
-                  out=None, overwrite: bool = False) -> tuple[SensitivityProfile, tuple[Path, ...]]:
+def profile_model(
+    model,
+    inputs=None,
+    *,
+    layers=None,
+    num_examples: int | None = None,
+    k: int = 1,
+    max_memory=None,
+    progress: Progress | None = None,
+    dtype=None,
+    allow_import: bool = False,
+    out=None,
+    overwrite: bool = False,
+) -> tuple[SensitivityProfile, tuple[Path, ...]]:
     """:func:`profile` from a model or its directory, as :func:`summarize_model` does for one layer."""
     progress = progress or _quiet
     model, x, out = _prepare(model, inputs, num_examples, allow_import, out, overwrite, "profile", progress, dtype)

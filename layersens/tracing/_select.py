@@ -110,8 +110,10 @@ def _predicate(wrt):
 
         return nnx.filterlib.to_predicate(wrt)
     except Exception:
-        raise SelectionError(f"wrt is {wrt!r}; give glob patterns (e.g. 'generator/*'), a predicate "
-                        "(path, value) -> bool, or an NNX filter.") from None
+        raise SelectionError(
+            f"wrt is {wrt!r}; give glob patterns (e.g. 'generator/*'), a predicate "
+            "(path, value) -> bool, or an NNX filter."
+        ) from None
 
 
 def select(names, values: dict, wrt, upstream_list) -> tuple[str, ...]:
@@ -122,9 +124,12 @@ def select(names, values: dict, wrt, upstream_list) -> tuple[str, ...]:
             raise SelectionError("wrt is empty; give at least one pattern, e.g. 'generator/*'.")
         include = [p for p in patterns if not p.startswith("!")]
         exclude = [p[1:] for p in patterns if p.startswith("!")]
-        chosen = tuple(n for n in names
-                       if (not include or any(fnmatch.fnmatchcase(n, p) for p in include))
-                       and not any(fnmatch.fnmatchcase(n, p) for p in exclude))
+        chosen = tuple(
+            n
+            for n in names
+            if (not include or any(fnmatch.fnmatchcase(n, p) for p in include))
+            and not any(fnmatch.fnmatchcase(n, p) for p in exclude)
+        )
         described = " ".join(patterns)
     else:
         predicate = _predicate(wrt)

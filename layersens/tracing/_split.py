@@ -19,8 +19,8 @@ import numpy as np
 from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
-from .._repr import Summarized
 from .._errors import InputShapeError, SelectionError, UnknownLayerError
+from .._repr import Summarized
 from ..analysis import first_use, jaxpr_dependence, prune
 from ..models import OUTPUT, Model
 from ._select import INPUT, Differentiated, Wrt, WrtKind, as_wrt, select
@@ -46,8 +46,13 @@ class LayerInfo(Summarized):
         return self.num_outputs * self.num_upstream_params * np.dtype(self.dtype).itemsize
 
     def _summary(self):
-        return [("name", self.name), ("shape", self.shape), ("dtype", self.dtype), ("upstream", self.upstream),
-                ("num_upstream_params", self.num_upstream_params)]
+        return [
+            ("name", self.name),
+            ("shape", self.shape),
+            ("dtype", self.dtype),
+            ("upstream", self.upstream),
+            ("num_upstream_params", self.num_upstream_params),
+        ]
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -90,10 +95,17 @@ class LayerSplit(Summarized):
     point_jaxpr: jcore.ClosedJaxpr | None = dataclasses.field(default=None, repr=False)
 
     def _summary(self):
-        return [("layer", self.layer), ("model", self.model.name), ("activation", f"{self.activation_dtype}"
-                f"{list(self.activation_shape)}"), ("wrt", str(self.wrt)), ("params", self.param_names),
-                ("num_params", f"{self.num_params:,}"), ("frozen", len(self.frozen)), ("excluded", len(self.excluded)),
-                ("notes", len(self.notes))]
+        return [
+            ("layer", self.layer),
+            ("model", self.model.name),
+            ("activation", f"{self.activation_dtype}{list(self.activation_shape)}"),
+            ("wrt", str(self.wrt)),
+            ("params", self.param_names),
+            ("num_params", f"{self.num_params:,}"),
+            ("frozen", len(self.frozen)),
+            ("excluded", len(self.excluded)),
+            ("notes", len(self.notes)),
+        ]
 
     @property
     def differentiated(self) -> Differentiated:
@@ -188,13 +200,15 @@ def list_layers(model: Model, dtype=None) -> tuple[LayerInfo, ...]:
         if not _batched(shape):
             continue  # not batched along the first axis: no per-example value to address
         up = tuple(n for n in order if position[n] in dependence[name])
-        infos.append(LayerInfo(
-            name=name,
-            shape=tuple(shape.shape[1:]),
-            dtype=str(shape.dtype),
-            upstream=up,
-            num_upstream_params=int(sum(np.size(trace.leaves[n]) for n in up)),
-        ))
+        infos.append(
+            LayerInfo(
+                name=name,
+                shape=tuple(shape.shape[1:]),
+                dtype=str(shape.dtype),
+                upstream=up,
+                num_upstream_params=int(sum(np.size(trace.leaves[n]) for n in up)),
+            )
+        )
     return tuple(infos)
 
 
@@ -212,7 +226,8 @@ def _layer_jaxpr(trace: ModelTrace, layer: str, cut: str | None = None) -> jcore
         jaxpr = closed.jaxpr.replace(
             invars=list(closed.jaxpr.invars) + [new],
             eqns=[e.replace(invars=[swap(v) for v in e.invars]) for e in closed.jaxpr.eqns],
-            outvars=[swap(v) for v in closed.jaxpr.outvars])
+            outvars=[swap(v) for v in closed.jaxpr.outvars],
+        )
         closed = jcore.ClosedJaxpr(jaxpr, closed.consts)
         shape = trace.shapes[cut]
         extra = [jax.ShapeDtypeStruct(tuple(shape.shape[1:]), shape.dtype)]
@@ -263,7 +278,7 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         reached = jaxpr_dependence(jaxpr)[0]
         if len(jaxpr.jaxpr.invars) - 1 not in reached:
             order = _layer_order(trace)
-            earlier = [n for n in order[:order.index(layer)] if n != wrt_layer]
+            earlier = [n for n in order[: order.index(layer)] if n != wrt_layer]
             raise SelectionError(
                 f"{layer!r} does not depend on {wrt_layer!r}; choose a layer computed before it on its path, e.g. "
                 f"{', '.join(earlier[-5:]) or 'none'}."
@@ -276,9 +291,11 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         inputs = tuple(trace.leaf_names) + (INPUT,)
         point_jaxpr = None
     if draws_random(jaxpr.jaxpr):
-        notes.append(f"{model.name} draws random numbers on the way to {layer!r} in evaluation mode (noise, such as "
-                     "a VAE's); every call draws the same numbers from the model's fixed random-number state, so "
-                     "results are reproducible, and the Jacobian is that of this one draw.")
+        notes.append(
+            f"{model.name} draws random numbers on the way to {layer!r} in evaluation mode (noise, such as "
+            "a VAE's); every call draws the same numbers from the model's fixed random-number state, so "
+            "results are reproducible, and the Jacobian is that of this one draw."
+        )
     if dtype is not None:
         notes += _precision_notes(trace, layer, np.dtype(dtype))
     (reached,) = jaxpr_dependence(jaxpr)
@@ -324,15 +341,16 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
 def _check_real(differentiated: dict, shape, layer: str):
     """Complex numbers are refused: see the README (a real Jacobian of complex quantities needs a convention)."""
     for name, value in differentiated.items():
-        if jnp.issubdtype(np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype,
-                          jnp.complexfloating):
+        if jnp.issubdtype(np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype, jnp.complexfloating):
             raise SelectionError(
                 f"leaf {name!r} is complex ({value.dtype}); layersens computes real Jacobians only. Keep the real "
                 "and imaginary parts as two real leaves (e.g. w = w_re + 1j * w_im inside the model)."
             )
     if jnp.issubdtype(shape.dtype, jnp.complexfloating):
-        raise SelectionError(f"layer {layer!r} is complex ({shape.dtype}); layersens computes real Jacobians only. "
-                        "Capture its real and imaginary parts (jnp.real, jnp.imag) as two layers.")
+        raise SelectionError(
+            f"layer {layer!r} is complex ({shape.dtype}); layersens computes real Jacobians only. "
+            "Capture its real and imaginary parts (jnp.real, jnp.imag) as two layers."
+        )
 
 
 RANDOM_PRIMITIVES = (P.random_bits_p, P.threefry2x32_p, P.rng_bit_generator_p, P.rng_uniform_p)
@@ -360,13 +378,18 @@ def _precision_notes(trace: ModelTrace, layer: str, dtype: np.dtype) -> list[str
     if not np.issubdtype(dtype, np.floating):
         return []
     order = _layer_order(trace)
-    lower = [n for n in order[:order.index(layer) + 1]
-             if jnp.issubdtype(trace.shapes[n].dtype, jnp.floating) and np.dtype(trace.shapes[n].dtype) < dtype]
+    lower = [
+        n
+        for n in order[: order.index(layer) + 1]
+        if jnp.issubdtype(trace.shapes[n].dtype, jnp.floating) and np.dtype(trace.shapes[n].dtype) < dtype
+    ]
     if np.dtype(trace.shapes[layer].dtype) >= dtype or not lower:
         return []
     first = lower[0]
-    note = (f"{dtype.name} was asked for, but {first!r} computes in {np.dtype(trace.shapes[first].dtype).name} (a "
-            f"module built with a lower dtype, e.g. dtype=jnp.float32): {layer!r} and its Jacobian have that "
-            f"accuracy. Build the model with dtype=jnp.{dtype.name} for {dtype.name} results.")
+    note = (
+        f"{dtype.name} was asked for, but {first!r} computes in {np.dtype(trace.shapes[first].dtype).name} (a "
+        f"module built with a lower dtype, e.g. dtype=jnp.float32): {layer!r} and its Jacobian have that "
+        f"accuracy. Build the model with dtype=jnp.{dtype.name} for {dtype.name} results."
+    )
     warnings.warn(note, PrecisionWarning, stacklevel=3)
     return [note]

@@ -119,11 +119,11 @@ def _trace(model: Model, dtype) -> ModelTrace:
     layer_names = list(holder["names"])
     shapes = list(shapes)
     jaxpr = closed.jaxpr
-    derived = [(n, v) for n, v in derived_values(jaxpr, set(jaxpr.outvars), model.framework == "linen")
-               if n not in layer_names]
+    derived = [
+        (n, v) for n, v in derived_values(jaxpr, set(jaxpr.outvars), model.framework == "linen") if n not in layer_names
+    ]
     if derived:
-        closed = jcore.ClosedJaxpr(jaxpr.replace(outvars=list(jaxpr.outvars) + [v for _, v in derived]),
-                                   closed.consts)
+        closed = jcore.ClosedJaxpr(jaxpr.replace(outvars=list(jaxpr.outvars) + [v for _, v in derived]), closed.consts)
         layer_names += [n for n, _ in derived]
         # jax types Var.aval as AbstractValue; a traced value's is a ShapedArray, with shape and dtype
         shapes += [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for _, v in derived]  # type: ignore[attr-defined]
