@@ -87,7 +87,10 @@ def show_summary(summary) -> None:
             f"channel {channel}"
         )
     if summary.ntk is not None and summary.ntk.trace_axes:
-        say("NTK         tr(J_n J_mᵀ): " + "; ".join(_values(row, 8) for row in summary.ntk.values[:8]))
+        values = summary.ntk.values
+        say(f"NTK         tr(J_n J_mᵀ), row n = example n{' (the first 8)' if len(values) > 8 else ''}:")
+        for n, row in enumerate(values[:8]):
+            say(f"  {n:>9}   " + _values(row, 8))
     for note in tuple(s.notes) + tuple(summary.notes):
         say(f"note        {note}")
     say(f"time        {summary.seconds:.3g} s ({s.mode} on {s.device})")

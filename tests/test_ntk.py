@@ -112,3 +112,21 @@ def test_report_and_storage(tiny, tmp_path):
     assert "values" not in full and full["shape"] == [2, 108, 2, 108]
     with pytest.raises(layersens.ModeError, match="products"):
         layersens.layer_ntk(split, X, method="ntvp")
+
+
+def test_the_compressed_jacobian_gives_the_traced_kernel_where_the_dense_one_is_too_large(tiny, lenet, monkeypatch):
+    """A channel-diagonal leaf's block is zero off its diagonal: the inner products of the compressed blocks are
+    those of the dense ones. ``auto`` takes that way when the dense J of all examples is over the limit."""
+    from layersens.derivatives import _ntk
+
+    split, j = tiny
+    close(layersens.layer_ntk(split, X, method="compressed").values, traced(j))
+    x = lenet.example_inputs[:2]
+    relu2 = layersens.split(lenet, "relu2")
+    dense = layersens.layer_ntk(relu2, x, method="contraction")
+    monkeypatch.setattr(_ntk, "CONTRACTION_BYTES", 100 * 2**20)  # relu2 × 2 is 306 MB dense, ~20 MB compressed
+    picked = layersens.layer_ntk(relu2, x)
+    assert picked.method == "compressed"
+    close(picked.values, dense.values)
+    with pytest.raises(layersens.ModeError, match="traced kernel only"):
+        layersens.layer_ntk(split, X, trace_axes=False, method="compressed")

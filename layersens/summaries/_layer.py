@@ -48,12 +48,11 @@ def check_k(k, split: LayerSplit) -> int:
 
 def _ntk_method(split: LayerSplit, count: int, budget: int | None) -> str:
     """``"contraction"`` (the dense J of all examples, contracted) when it fits the working-memory budget the user
-    gave, else ``"products"`` (chunks of the identity through the linearization); without a budget, the NTK's own
-    choice."""
+    gave, else the NTK's own choice among the compressed J and products (see :func:`layersens.layer_ntk`)."""
     if budget is None:
         return "auto"
     nbytes = count * split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
-    return "contraction" if nbytes <= budget else "products"
+    return "contraction" if nbytes <= budget else "auto"
 
 
 def summarize_layer(
