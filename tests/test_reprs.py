@@ -43,3 +43,14 @@ def test_reprs_name_what_the_object_is(objects):
     assert "matrix=float32[3, 108, 36]" in repr(objects["jacobian"]) and "layer='act'" in repr(objects["jacobian"])
     assert "layer='act'" in repr(objects["split"]) and "wrt='parameters'" in repr(objects["split"])
     assert "<th style='text-align:left'>matrix</th>" in objects["jacobian"]._repr_html_()
+
+
+def test_a_jacobian_as_xarray_has_named_dimensions_per_leaf(objects):
+    xr = pytest.importorskip("xarray")
+    jac = objects["jacobian"]
+    ds = jac.to_xarray()
+    assert isinstance(ds, xr.Dataset) and set(ds.data_vars) == set(jac.param_names) | {"activation"}
+    kernel = ds["conv/kernel"]
+    assert kernel.dims == ("example", "height", "width", "channel") + tuple(f"conv/kernel_axis{k}" for k in range(4))
+    np.testing.assert_array_equal(kernel.values, jac["conv/kernel"])
+    assert ds["activation"].dims == ("example", "height", "width", "channel")

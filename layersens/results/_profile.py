@@ -149,7 +149,7 @@ class SensitivityProfile(Summarized):
     def to_xarray(self):
         """An ``xarray.Dataset`` over ``(layer, example)``: ``frobenius``, ``sigma_1``, ``stable_rank``, with the
         layers' ``depth`` as a coordinate. Needs xarray."""
-        from ._sensitivity import _xarray
+        from ._xarray import xarray_module as _xarray
 
         xr = _xarray("SensitivityProfile.to_xarray")
         stack = lambda values: np.stack(values) if values else np.zeros((0, self.num_examples))  # noqa: E731

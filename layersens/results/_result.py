@@ -11,6 +11,7 @@ import numpy as np
 from .._errors import CheckpointError, format_bytes
 from .._repr import Summarized
 from ._storage import read_npz, write_npz
+from ._xarray import activation_dims, leaf_dims, xarray_module
 
 if TYPE_CHECKING:
     from ..derivatives import Verification
@@ -124,16 +125,20 @@ class LayerJacobian(Summarized):
         return {name: self[name] for name in self.param_names}
 
     def to_xarray(self):
-        """The Jacobian as an ``xarray.DataArray`` with named axes (needs xarray installed)."""
-        import xarray as xr
-
-        names = np.concatenate([[n] * (b - a) for n, (a, b) in self.column_ranges.items()])
-        return xr.DataArray(
-            self.matrix,
-            dims=self.axes,
-            coords={"leaf": ("parameter", names)},
-            name=f"d{self.layer}/dtheta",
-            attrs={"model": self.model, "mode": self.mode},
+        """The Jacobian as an ``xarray.Dataset`` with named dimensions: one variable per leaf over ``(example,
+        height, width, channel, <leaf>_axis0, ...)`` (activation axes named as in :func:`activation_dims`), the
+        activation over ``(example, height, width, channel)``. Views of :attr:`matrix`, no copy. Needs xarray."""
+        xr = xarray_module("LayerJacobian.to_xarray")
+        act = activation_dims(self.activation_shape)
+        data = {
+            name: (("example",) + act + leaf_dims(name, len(shape)), self[name])
+            for name, shape in zip(self.param_names, self.param_shapes)
+        }
+        data["activation"] = (("example",) + act, self.activation)
+        return xr.Dataset(
+            data,
+            coords={"example": np.arange(self.num_examples)},
+            attrs={"layer": self.layer, "model": self.model, "mode": self.mode, "wrt": self.wrt},
         )
 
     def metadata(self) -> dict:

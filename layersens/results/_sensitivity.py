@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .._errors import CheckpointError, LayersensError
+from .._errors import CheckpointError
 from .._repr import Summarized
 from ._result import NPZ_FORMAT as JACOBIAN_FORMAT
 from ._result import OTHER_RESULTS
 from ._storage import read_npz, write_npz
+from ._xarray import activation_dims, leaf_dims, xarray_module
 
 NPZ_FORMAT = "layersens-sensitivity/1"
 _META = ("layer", "model", "wrt", "mode", "device")
@@ -151,13 +152,12 @@ class Sensitivity(Summarized):
         """An ``xarray.Dataset``: ``unit`` over ``(example, height, width, channel)`` (3-axis activations) or
         ``(example, unit_axis0, ...)``, ``frobenius`` over ``example``, one variable per leaf over
         ``(example, <leaf>_axis0, ...)``. Needs xarray."""
-        xr = _xarray("Sensitivity.to_xarray")
-        shape = self.activation_shape
-        axes = ("height", "width", "channel") if len(shape) == 3 else tuple(f"unit_axis{k}" for k in range(len(shape)))
+        xr = xarray_module("Sensitivity.to_xarray")
+        axes = activation_dims(self.activation_shape)
         data = {"unit": (("example",) + axes, self.unit), "frobenius": (("example",), self.frobenius)}
         for name in self.param_names:
             values = self.parameter[name]
-            data[name] = (("example",) + tuple(f"{name}_axis{k}" for k in range(values.ndim - 1)), values)
+            data[name] = (("example",) + leaf_dims(name, values.ndim - 1), values)
         attrs = {name: getattr(self, name) for name in _META}
         return xr.Dataset(data, coords={"example": np.arange(self.num_examples)}, attrs=attrs)
 
@@ -168,15 +168,6 @@ class Sensitivity(Summarized):
         from ..report import sensitivity_figure
 
         return sensitivity_figure(self, kind)
-
-
-def _xarray(what: str):
-    """The xarray module, or an error saying how to install it."""
-    try:
-        import xarray
-    except ImportError:
-        raise LayersensError(f"{what} needs xarray: pip install xarray (or 'layersens[xarray]')") from None
-    return xarray
 
 
 def _checked(meta: dict, arrays: dict) -> Sensitivity:
