@@ -29,6 +29,10 @@ from layersens._errors import LayersensError, SpecError
 from . import STARTED_AS_PROGRAM
 
 out = Console(highlight=False, soft_wrap=True)
+if not out.is_terminal:
+    # Written to a file or a pipe, tables are read later, not on an 80-column screen: room for names and numbers
+    # (a terminal's own width is kept).
+    out.width = max(out.width, 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 INTERRUPTED = "interrupted; nothing was written."
