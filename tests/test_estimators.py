@@ -16,7 +16,7 @@ import pytest
 import layersens
 from layersens.derivatives._estimate import PILOT, relative, switch_to_exact
 from layersens.derivatives._linops import exact_passes
-from tests.tiny_models import TinyCNN, random_linen_variables
+from tests.tiny_models import random_linen_variables
 
 X = np.random.default_rng(7).normal(size=(2, 6, 6, 1)).astype(np.float32)
 SEEDS = range(100)
@@ -33,12 +33,8 @@ class Mixer(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    module = TinyCNN()
-    model = layersens.from_linen(
-        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
-    )
-    split = layersens.split(model, "act")
+def tiny(tiny_cnn):
+    split = layersens.split(tiny_cnn, "act")
     return split, layersens.linearize(split, X[:1]), layersens.jacobian(split, X[:1]).matrix.astype(np.float64)
 
 

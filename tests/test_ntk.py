@@ -11,18 +11,14 @@ import numpy as np
 import pytest
 
 import layersens
-from tests.tiny_models import TinyCNN, TinyMLP, random_linen_variables
+from tests.tiny_models import TinyMLP, random_linen_variables
 
 X = np.random.default_rng(11).normal(size=(3, 6, 6, 1)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    module = TinyCNN()
-    model = layersens.from_linen(
-        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
-    )
-    split = layersens.split(model, "act")
+def tiny(tiny_cnn):
+    split = layersens.split(tiny_cnn, "act")
     return split, layersens.jacobian(split, X).matrix.astype(np.float64)
 
 

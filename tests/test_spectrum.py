@@ -17,18 +17,14 @@ import pytest
 from scipy.linalg import subspace_angles
 
 import layersens
-from tests.tiny_models import TinyCNN, TinyMLP, random_linen_variables
+from tests.tiny_models import TinyMLP, random_linen_variables
 
 X = np.random.default_rng(5).normal(size=(2, 6, 6, 1)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
-def tiny():
-    module = TinyCNN()
-    model = layersens.from_linen(
-        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
-    )
-    return layersens.split(model, "act")
+def tiny(tiny_cnn):
+    return layersens.split(tiny_cnn, "act")
 
 
 @pytest.fixture(scope="module")
