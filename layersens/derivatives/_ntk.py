@@ -6,7 +6,7 @@ Three ways, chosen by size:
 
 * ``"contraction"``: ``layersens.jacobian`` of all examples (the structured plan: 12 passes per example for
   LeNet's relu1, 423 for relu2, 129 for fc1) and Θ = J Jᵀ in float64, in column chunks. Used when the dense J
-  of all examples takes at most ``CONTRACTION_BYTES`` and a quarter of the available memory.
+  of all examples takes at most ``CONTRACTION_BYTES``, a quarter of the available memory and ``max_memory``.
 * ``"compressed"`` (traced kernel only): the same passes, kept as ``layersens.compressed_jacobian`` keeps them:
   a channel-diagonal leaf's block is zero off its diagonal, so ⟨J_n, J_m⟩ over it is the inner product of the
   compressed blocks (1 / C of the dense size). Used when the compressed J fits where the dense one does not
@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from .._errors import JacobianTooLargeError, ModeError, format_bytes
-from ..planning import available_memory
+from ..planning import available_memory, parse_bytes
 from ..results import LayerNTK
 from ._flat import as_examples
 from ._linops import Products, chunk_width, operator, plan_passes
@@ -93,7 +93,10 @@ def layer_ntk(split, inputs=None, *, trace_axes: bool = True, method: str = "aut
     if method == "compressed" and not trace_axes:
         raise ModeError("method 'compressed' gives the traced kernel only; pass trace_axes=True, or another method.")
     if method == "auto":
-        if count * m * p * itemsize <= limit:
+        # the dense J of all examples only within the working-memory budget the user gave; the compressed one
+        # (1 / C of it for channel-diagonal leaves) within the general limit
+        dense_limit = limit if max_memory is None else min(limit, parse_bytes(max_memory))
+        if count * m * p * itemsize <= dense_limit:
             method = "contraction"
         elif trace_axes and count * _compressed_columns(lay, x, max_memory) * m * itemsize <= limit:
             method = "compressed"

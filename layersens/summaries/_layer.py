@@ -46,15 +46,6 @@ def check_k(k, split: LayerSplit) -> int:
     return int(k)
 
 
-def _ntk_method(split: LayerSplit, count: int, budget: int | None) -> str:
-    """``"contraction"`` (the dense J of all examples, contracted) when it fits the working-memory budget the user
-    gave, else the NTK's own choice among the compressed J and products (see :func:`layersens.layer_ntk`)."""
-    if budget is None:
-        return "auto"
-    nbytes = count * split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
-    return "contraction" if nbytes <= budget else "auto"
-
-
 def summarize_layer(
     split: LayerSplit,
     inputs,
@@ -105,7 +96,6 @@ def summarize_layer(
         if ntk:
             step = f"{split.layer}: NTK across {len(x)} example(s)"
             report(step, 0, None)
-            method = _ntk_method(split, len(x), budget)
-            kernel = layer_ntk(op, None, method=method, max_memory=budget)
+            kernel = layer_ntk(op, None, max_memory=budget)  # the dense J only within the budget
             report(step, 1, 1)
     return LayerSummary(sensitivity=sens, spectrum=spec, ntk=kernel, seconds=time.perf_counter() - start, notes=notes)
