@@ -14,6 +14,8 @@ from pathlib import Path
 
 from layersens import LayersensError, format_bytes
 
+from .._atomic import check_report_dir as check_directory
+from .._atomic import write_bytes
 from . import _format as fmt
 from ._names import COMPRESSED_METHOD, method_budget
 
@@ -380,17 +382,7 @@ def report_markdown(report) -> str:
 def check_report_dir(out_dir, overwrite: bool = False, option: str = "--out") -> Path:
     """Checks, before a benchmark runs, that its report can be written into ``out_dir``: not a file (nor inside
     one), and holding no earlier report unless ``overwrite``. Returns the directory."""
-    from .._atomic import check_report_dir as check
-
-    return check(out_dir, FILES, overwrite, option, what="a benchmark report")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """One report file, through the project's one atomic writer (the permissions the user's new files get, a
-    temporary renamed into place, stale temporaries of a killed run removed)."""
-    from .._atomic import write_bytes
-
-    write_bytes(path, data)
+    return check_directory(out_dir, FILES, overwrite, option, what="a benchmark report")
 
 
 def write_report(report, out_dir) -> tuple[Path, Path, Path]:
@@ -412,7 +404,7 @@ def write_report(report, out_dir) -> tuple[Path, Path, Path]:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, data in zip(paths, contents):
-            _write_atomic(path, data)
+            write_bytes(path, data)  # the project's one atomic writer
     except OSError as e:
         raise LayersensError(
             f"cannot write the benchmark report into {out_dir} ({e.strerror or e}); choose a "
