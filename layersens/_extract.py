@@ -9,14 +9,15 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import check_free_space
-from ._errors import InputShapeError, InputWarning
-from .compute import check_size, jacobian, resolve_device
+from ._errors import InputShapeError, InputWarning, OutputError
+from ._progress import announce, written
+from .compute import check_size, jacobian, resolve_device, stream_jacobian
 from .derivatives import JacobianProducts, ReadoutDerivative, hvp, products, readout_function, readout_gradient
 from .derivatives import hessian as hessian_of
 from .derivatives import verify as verify_jacobian
 from .models import Model, load_model
 from .planning import Auto, as_strategy, parse_bytes
-from .results import LayerJacobian, check_output
+from .results import LayerJacobian, StoredJacobian, check_output, check_store_output, is_store_path
 from .tracing import split
 
 DEFAULT_NUM_EXAMPLES = 4
@@ -112,11 +113,13 @@ def select_inputs(model: Model, inputs=None, num_examples: int | None = None, dt
     return model.check_inputs(model.example_inputs[:n], "example inputs", dtype=target)
 
 
-def _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import):
+def _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, progress=None):
     """The split and the checked inputs every one-call path starts from (the model loaded if given a path)."""
     if not isinstance(model, Model):
+        announce(progress, f"loading {model}")
         model = load_model(model, allow_import=allow_import)
     x = select_inputs(model, inputs, num_examples, dtype)
+    announce(progress, f"tracing {model.name} to {layer}")
     return split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer), x
 
 
@@ -137,29 +140,59 @@ def extract(
     out=None,
     overwrite: bool = False,
     verify: bool = False,
-) -> LayerJacobian:
+    compressed: bool = False,
+) -> LayerJacobian | StoredJacobian:
     """Loads (if given a directory), splits at ``layer`` and computes the per-example Jacobian.
 
     ``inputs`` is an array, a ``.npy`` path, or ``None`` for the model's own example inputs (the first
     ``num_examples``, default 4). ``dtype`` (e.g. ``"float64"``), ``wrt`` and ``wrt_layer`` are
     :func:`layersens.split`'s. With ``out``, the result is also saved there (the path is checked before
-    anything is computed; an existing file is replaced only with ``overwrite``). ``verify`` spot-checks the result
-    (:func:`layersens.verify`). See :func:`layersens.jacobian` for the other arguments.
+    anything is computed; an existing file is replaced only with ``overwrite``): a ``.npz`` file holds a
+    :class:`LayerJacobian` computed in memory; a ``.zarr`` store is written chunk by chunk within ``max_memory``
+    whatever the Jacobian's size (:func:`layersens.stream_jacobian`; ``compressed`` keeps channel diagonals as
+    such; an unfinished store of the same computation is resumed) and returned as a lazy
+    :class:`~layersens.StoredJacobian`. ``verify`` spot-checks the result (:func:`layersens.verify`). See
+    :func:`layersens.jacobian` for the other arguments, and ``layersens._progress`` for what ``progress`` hears.
     """
     # Every argument is read once, here, before anything is loaded or computed.
-    out = None if out is None else check_output(out, overwrite)
+    store = out is not None and is_store_path(out)
+    if compressed and not store:
+        raise OutputError(
+            "the compressed form is written to a store: give --out NAME.zarr with --format compressed "
+            "(or use layersens.compressed_jacobian in Python)."
+        )
+    if out is not None:
+        out = check_store_output(out, overwrite) if store else check_output(out, overwrite)
     mode = as_strategy(mode)
     max_memory = None if max_memory is None else parse_bytes(max_memory)
     device = resolve_device(device)
-    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
-    nbytes = check_size(cut, len(x))
-    if out is not None:
-        check_free_space(out, nbytes)
-    result = jacobian(cut, x, mode=mode, max_memory=max_memory, device=device, progress=progress)
+    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, progress)
+    result: LayerJacobian | StoredJacobian
+    if store:
+        result = stream_jacobian(
+            cut,
+            x,
+            out,
+            compressed=compressed,
+            overwrite=overwrite,
+            mode=mode,
+            max_memory=max_memory,
+            device=device,
+            progress=progress,
+            written=written(progress),
+        )
+    else:
+        nbytes = check_size(cut, len(x))
+        if out is not None:
+            check_free_space(out, nbytes)
+        result = jacobian(cut, x, mode=mode, max_memory=max_memory, device=device, progress=progress)
     if verify:
+        announce(progress, "verifying")
         result = dataclasses.replace(result, verification=verify_jacobian(result, cut))
-    if out is not None:
-        result.save(out)
+    if out is not None and not store:
+        assert isinstance(result, LayerJacobian)
+        announce(progress, f"writing {out}")
+        result.save(out, wrote=written(progress))
     return result
 
 

@@ -9,10 +9,12 @@ from typing import TYPE_CHECKING, Callable, cast
 import numpy as np
 
 from .._errors import JacobianTooLargeError, format_bytes
+from .._progress import announce
 from ..planning import Auto, Structured, available_memory
-from ..results import CompressedJacobian, LayerJacobian
+from ..results import CompressedJacobian, LayerJacobian, StoredJacobian
 from ._cache import prepared_for
 from ._sinks import CompressedSink, DenseSink, Result, Sink
+from ._store_sink import StoreSink
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -58,7 +60,9 @@ def run(
 
 
 def _run(split: LayerSplit, x: np.ndarray, sink: Sink[Result], mode, max_memory, device, progress) -> Result:
+    announce(progress, f"planning and compiling d{split.layer}/dθ")
     prepared, fresh = prepared_for(split, x, mode, max_memory, device)
+    announce(progress, f"d{split.layer}/dθ on {prepared.device.platform}:{prepared.device.id}", examples=len(x))
     result = prepared.execute(x, sink, progress)
     if not fresh:
         return result
@@ -127,3 +131,31 @@ def compressed_jacobian(
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     return _run(split, x, CompressedSink(), mode, max_memory, device, progress)
+
+
+def stream_jacobian(
+    split: LayerSplit,
+    inputs,
+    out,
+    *,
+    compressed: bool = False,
+    overwrite: bool = False,
+    mode=Auto(),
+    max_memory=None,
+    device=None,
+    progress: Callable[[int, int], None] | None = None,
+    written: Callable[[int], None] | None = None,
+) -> StoredJacobian:
+    """The Jacobian streamed into the zarr store ``out`` (a ``.zarr`` directory) chunk by chunk, never whole in
+    memory; rerun with the same arguments, it resumes an unfinished store where it stopped.
+
+    Memory: ``max_memory`` for the device's chunks, plus slabs being filled (a quarter of it; see
+    :class:`StoreSink`), plus a fixed overhead (the model, the compiled programs, zarr's buffers), whatever the
+    Jacobian's size. ``compressed`` stores channel-diagonal leaves as their diagonals. An existing store of
+    another computation is refused; ``overwrite`` replaces it. ``written(nbytes)`` is told of each slab
+    written. In a multi-process run (``jax.distributed``) each process computes and writes its own share of
+    (example, block) pairs into the same store. Returns the store, opened lazily.
+    """
+    x = split.model.check_inputs(inputs, dtype=split.input_dtype)
+    sink = StoreSink(out, compressed=compressed, overwrite=overwrite, written=written)
+    return _run(split, x, sink, mode, max_memory, device, progress)

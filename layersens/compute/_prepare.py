@@ -81,6 +81,7 @@ class _Step:
     blocks: Callable[[int, int, list], list[JacobianBlock]]
     basis: int
     width: int
+    names: tuple[str, ...] | None  # the plan block's leaves; None for one program over every block
 
     def offsets(self):
         # The last chunk overlaps the one before rather than being narrower: one compiled width.
@@ -94,13 +95,13 @@ def _compile_block(split: LayerSplit, block, params, x0, budget: int, structure)
         k = kernel(block.method, split, block.names, width, structure)
         if width >= block.basis:
             compute = jax.jit(k.compute).lower(params, x0, np.int32(0)).compile()
-            step, working = _Step(None, compute, k.blocks, block.basis, width), program_memory(compute)
+            step, working = _Step(None, compute, k.blocks, block.basis, width, block.names), program_memory(compute)
         else:
             assert k.linearize is not None and k.chunk is not None, "every kernel but a fused one has both"
             linear = jax.eval_shape(k.linearize, params, x0)
             linearize = jax.jit(k.linearize).lower(params, x0).compile()
             chunk = jax.jit(k.chunk).lower(linear, np.int32(0)).compile()
-            step = _Step(linearize, chunk, k.blocks, block.basis, width)
+            step = _Step(linearize, chunk, k.blocks, block.basis, width, block.names)
             linearize_bytes, chunk_bytes = program_memory(linearize), program_memory(chunk, with_arguments=True)
             working = None if linearize_bytes is None or chunk_bytes is None else max(linearize_bytes, chunk_bytes)
         narrowable = not block.fixed_width and not (block.method.colouring and len(block.names) > 1)
@@ -168,7 +169,7 @@ class PreparedJacobian:
     def execute(self, x: np.ndarray, target: Sink[Result], progress=None) -> Result:
         """:meth:`run` for inputs already checked and cast (``Model.check_inputs``)."""
         split = self.split
-        target.begin(Job(split, self.plan, self.structure, len(x), f"{self.device.platform}:{self.device.id}"))
+        target.begin(Job(split, self.plan, self.structure, len(x), f"{self.device.platform}:{self.device.id}", x))
         compile_seconds = 0.0
         if target.whole_matrix and len(x) == 1 and self.dense is not None:
             if "dense" not in self._compiled:
@@ -186,30 +187,79 @@ class PreparedJacobian:
             return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
 
         start = time.perf_counter()
-        activation = np.empty((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
-        examples = jax.device_put(list(x), self.device)  # one transfer, instead of a slicing dispatch per chunk
-        total = len(x) * sum(len(step.offsets()) for step in self.steps)
-        done = 0
+        activation = np.zeros((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
+        processes, me = process_share(target)
+        units = [(n, s) for n in range(len(x)) for s in range(len(self.steps))]
+        mine = [u for i, u in enumerate(units) if i % processes == me]  # a process's share: whole (example, block)s
+        total = sum(len(self.steps[s].offsets()) for _, s in mine)
+        tick = _Ticker(progress, total)
         # One chunk in flight at a time: dispatching the next before placing this one was measured slower (two
         # chunks' device buffers alive made the allocator map fresh pages; XLA already uses every core).
-        for n in range(len(x)):
-            activation[n] = np.asarray(self.activation(self.params, examples[n]))
-            for step in self.steps:
-                linear = step.linearize(self.params, examples[n]) if step.linearize is not None else None
-                covered = 0
-                for offset in step.offsets():
-                    if linear is None:
-                        outputs = step.compute(self.params, examples[n], np.int32(offset))
-                    else:
-                        outputs = step.compute(linear, np.int32(offset))
-                    for block in step.blocks(n, offset, [np.asarray(o) for o in outputs]):
-                        target.put(block.after(covered))  # the last chunk overlaps the one before: trimmed
-                    covered = offset + step.width
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-                del linear
+        for n in sorted({n for n, _ in mine}):
+            steps = [s for m, s in mine if m == n]
+            if not target.needed(n, None, 0, 0):  # resumed: this example is done
+                tick.skip(sum(len(self.steps[s].offsets()) for s in steps))
+                continue
+            example = jax.device_put(x[n], self.device)
+            activation[n] = np.asarray(self.activation(self.params, example))
+            target.activation(n, activation[n])
+            for s in steps:
+                self._step(self.steps[s], n, example, target, tick)
+        finish_share(processes)
         return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
+
+    def _step(self, step: _Step, n: int, example, target: Sink, tick: _Ticker) -> None:
+        """One plan block of example ``n``: its chunks the sink still needs, each block handed over once."""
+        offsets = step.offsets()
+        wanted = [step.names is None or target.needed(n, step.names, offset, offset + step.width) for offset in offsets]
+        if not any(wanted):
+            tick.skip(len(offsets))
+            return
+        linear = step.linearize(self.params, example) if step.linearize is not None else None
+        covered = 0
+        for offset, want in zip(offsets, wanted):
+            if want:
+                if linear is None:
+                    outputs = step.compute(self.params, example, np.int32(offset))
+                else:
+                    outputs = step.compute(linear, np.int32(offset))
+                for block in step.blocks(n, offset, [np.asarray(o) for o in outputs]):
+                    target.put(block.after(covered))  # the last chunk overlaps the one before: trimmed
+                tick.advance(1)
+            else:
+                tick.skip(1)
+            covered = offset + step.width
+
+
+class _Ticker:
+    """Counts chunks for ``progress(done, total)``: computed chunks as they land on the host, skipped (resumed)
+    ones at once."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+    skip = advance
+
+
+def process_share(sink: Sink) -> tuple[int, int]:
+    """(processes, this process's index) among which ``sink``'s blocks are shared: a multi-process run
+    (``jax.distributed``) splits the work of a shared sink; every other sink gets all of it in each process."""
+    if not sink.shared or jax.process_count() == 1:
+        return 1, 0
+    return jax.process_count(), jax.process_index()
+
+
+def finish_share(processes: int) -> None:
+    """Waits for every process of a shared run to finish its share (a barrier over the processes)."""
+    if processes > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("layersens: every share written")
 
 
 def prepare(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=None) -> PreparedJacobian:
@@ -241,7 +291,7 @@ def compile_plan(split: LayerSplit, planned: Plan, dev: jax.Device, hold=None) -
         compute = jax.jit(fused.compute).lower(params, x0, np.int32(0)).compile()
         working = program_memory(compute)
         if working is None or working <= budget:
-            steps = (_Step(None, compute, fused.blocks, 1, 1),)
+            steps = (_Step(None, compute, fused.blocks, 1, 1, None),)
             example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
             if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
                 dense = jax.jit(dense_program(split, fused))

@@ -35,6 +35,7 @@ class Job:
     structure: Mapping[str, ChannelStructure]  # of the split's leaves (``analysis``), as the plan used it
     num_examples: int
     device: str
+    inputs: np.ndarray | None = dataclasses.field(default=None, repr=False)  # the examples, checked and cast
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,10 +57,22 @@ class Sink(abc.ABC, Generic[Result]):
     """
 
     whole_matrix: bool = False
+    # ``shared``: processes of a multi-process run (``jax.distributed``) may each feed their own share of the
+    # blocks to their own instance, and the shares make the whole (a store on a shared disk). Other sinks get
+    # every block in every process.
+    shared: bool = False
 
     @abc.abstractmethod
     def begin(self, job: Job) -> None:
         """Prepares for ``job.num_examples`` examples of ``job.split``."""
+
+    def needed(self, example: int, names: tuple[str, ...] | None, start: int, stop: int) -> bool:
+        """Whether basis vectors ``start .. stop`` of the plan block over ``names`` (``None``: all of example
+        ``example``) must still be computed; a sink that resumes earlier work says no for what it holds."""
+        return True
+
+    def activation(self, example: int, values: np.ndarray) -> None:
+        """Takes one example's layer values as they are computed (a sink that writes as it goes keeps them)."""
 
     @abc.abstractmethod
     def put(self, block: JacobianBlock) -> None:

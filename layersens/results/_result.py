@@ -165,11 +165,11 @@ class LayerJacobian(Summarized):
         meta["format"] = NPZ_FORMAT
         return meta
 
-    def save(self, path) -> Path:
-        """Writes the Jacobian, activation, inputs and metadata to ``path`` (``.npz``), atomically."""
-        return write_npz(
-            path, {"matrix": self.matrix, "activation": self.activation, "inputs": self.inputs}, self.metadata()
-        )
+    def save(self, path, wrote=None) -> Path:
+        """Writes the Jacobian, activation, inputs and metadata to ``path`` (``.npz``), atomically;
+        ``wrote(nbytes)`` is told of the bytes as they are written."""
+        arrays = {"matrix": self.matrix, "activation": self.activation, "inputs": self.inputs}
+        return write_npz(path, arrays, self.metadata(), wrote)
 
 
 def _names(value, field: str) -> tuple[str, ...]:
@@ -186,7 +186,7 @@ def _text(meta: dict, field: str) -> str:
     return value
 
 
-def load_jacobian(path) -> LayerJacobian:
+def load_jacobian_npz(path) -> LayerJacobian:
     """Reads a file written by :meth:`LayerJacobian.save` (``layersens extract --out``), checking that its
     metadata and arrays agree."""
     arrays, meta = read_npz(

@@ -23,6 +23,7 @@ from .._atomic import (
     sniff,
 )
 from .._errors import CheckpointError, OutputError
+from .._progress import CountingFile
 
 
 def npz_path(path) -> Path:
@@ -48,6 +49,38 @@ def check_output(path, overwrite: bool = False, option: str = "--out", nbytes: i
     if nbytes is not None:
         check_free_space(path, nbytes, option)
     return path
+
+
+def is_store_path(path) -> bool:
+    """Whether ``path`` names a zarr store (``.zarr``) rather than a ``.npz`` file."""
+    return Path(path).suffix == ".zarr"
+
+
+def check_store_output(path, overwrite: bool = False, option: str = "--out") -> Path:
+    """The ``.zarr`` store a streamed Jacobian goes to, checked before any computation. An existing layersens
+    store is resumed (if it holds the same computation, checked when it is opened) or, with ``overwrite``,
+    replaced; anything else there is refused: a file, or a directory that is not a layersens store."""
+    given = Path(path)
+    check_name(given, option)
+    target = resolve_target(given)
+    if target.exists() or os.path.lexists(given):
+        if not target.is_dir():
+            raise OutputError(
+                f"{option} {given} exists and is not a directory; a store is a directory: choose a new "
+                "name ending in .zarr."
+            )
+        meta = target / "zarr.json"
+        try:
+            ours = meta.is_file() and "layersens-jacobian-store/" in meta.read_text(errors="replace")
+        except OSError:
+            ours = False
+        if not ours:
+            raise OutputError(
+                f"{option} {given} is a directory that is not a layersens Jacobian store; nothing was written. "
+                "Choose a new name ending in .zarr."
+            )
+    _check_folder(target.parent, given, option)
+    return target
 
 
 def _check_existing(given: Path, path: Path, overwrite: bool, option: str) -> Path:
@@ -90,11 +123,13 @@ def _check_folder(folder: Path, given: Path, option: str) -> None:
         ) from None
 
 
-def write_npz(path, arrays: dict, metadata: dict) -> Path:
-    """Writes ``arrays`` and ``metadata`` to ``path`` (``.npz`` added if missing), atomically."""
+def write_npz(path, arrays: dict, metadata: dict, wrote=None) -> Path:
+    """Writes ``arrays`` and ``metadata`` to ``path`` (``.npz`` added if missing), atomically; ``wrote(nbytes)``
+    is told of the bytes as they are written."""
     path = npz_path(path)
     with atomic_file(path) as f:
-        np.savez(f, **arrays, metadata=np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8))
+        target = f if wrote is None else CountingFile(f, wrote)
+        np.savez(target, **arrays, metadata=np.frombuffer(json.dumps(metadata).encode(), dtype=np.uint8))
     return path
 
 

@@ -1,0 +1,377 @@
+"""A Jacobian in a zarr store (``extract --out J.zarr``), read lazily: indexing a leaf, an example or rows reads only
+the chunks they lie in; :meth:`StoredJacobian.load` reads it whole; :meth:`StoredJacobian.sensitivity` streams
+over it within a memory budget."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from .._errors import CheckpointError, JacobianTooLargeError, format_bytes
+from .._repr import Summarized
+from ._result import LayerJacobian, load_jacobian_npz
+from ._store_format import STORE_FORMAT, StoredArray
+from ._xarray import xarray_module
+
+
+def is_store(path) -> bool:
+    """Whether ``path`` is a zarr store directory (it need not be a layersens one)."""
+    return Path(path).is_dir() and (Path(path) / "zarr.json").is_file()
+
+
+def load_jacobian(path) -> LayerJacobian | StoredJacobian:
+    """Reads a Jacobian written by ``layersens extract --out``: a ``.npz`` file whole, as a :class:`LayerJacobian`
+    (its metadata and arrays checked); a store (``--out J.zarr``) lazily, as a :class:`StoredJacobian` (index it,
+    stream over it, or ``.load()`` it whole)."""
+    return open_store(path) if is_store(path) else load_jacobian_npz(path)
+
+
+def open_store(path, timings: tuple[float, float] | None = None) -> StoredJacobian:
+    """Opens a store written by ``extract(..., out="J.zarr")`` (read-only), naming what is wrong if it cannot."""
+    import zarr
+
+    path = Path(path)
+    if not is_store(path):
+        raise CheckpointError(f"{path} is not a zarr store (no zarr.json inside).")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+        meta = dict(group.attrs)
+    except Exception as e:  # zarr raises many kinds for a damaged store
+        raise CheckpointError(f"{path} cannot be read as a zarr store ({type(e).__name__}: {e}).") from None
+    if meta.get("format") != STORE_FORMAT:
+        raise CheckpointError(f"{path} is a zarr store but not a layersens Jacobian (format {meta.get('format')!r}).")
+    try:
+        arrays = tuple(StoredArray.from_description(d, group[d["path"]].shape) for d in meta["arrays"])
+        seconds, compile_seconds = timings if timings is not None else (0.0, 0.0)
+        stored = StoredJacobian(
+            path=path,
+            layer=str(meta["layer"]),
+            model=str(meta["model"]),
+            framework=str(meta["framework"]),
+            param_names=tuple(meta["param_names"]),
+            param_shapes=tuple(tuple(int(d) for d in s) for s in meta["param_shapes"]),
+            excluded_params=tuple(meta["excluded_params"]),
+            frozen_params=tuple(meta["frozen_params"]),
+            wrt=str(meta["wrt"]),
+            mode=str(meta["mode"]),
+            dtype=str(meta["dtype"]),
+            device=str(meta["device"]),
+            eval_mode=str(meta["eval_mode"]),
+            notes=tuple(meta["notes"]),
+            layout=str(meta["layout"]),
+            activation_shape=tuple(int(d) for d in meta["activation_shape"]),
+            num_examples=int(meta["num_examples"]),
+            channels={k: (int(v["channels"]), int(v["axis"])) for k, v in meta["channels"].items()},
+            arrays=arrays,
+            versions=dict(meta.get("versions", {})),
+            seconds=seconds,
+            compile_seconds=compile_seconds,
+            _group=group,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path} has inconsistent metadata ({type(e).__name__}: {e}).") from None
+    return stored
+
+
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
+class StoredJacobian(Summarized):
+    """A layer's Jacobian on disk (see :class:`LayerJacobian` for the fields they share).
+
+    ``J[leaf]`` is a lazy :class:`StoredLeaf` (index it: ``J[leaf][0]``, ``J[leaf][:, rows]``); :meth:`example`
+    reads one example's ``(M, P)`` matrix; :meth:`load` the whole :class:`LayerJacobian` (if it fits);
+    :meth:`sensitivity` streams diag(JᵀJ), unit norms and ‖J‖_F; :meth:`to_xarray` is a lazily loaded view.
+    ``complete`` says whether every slab has been written (a run that was stopped leaves it ``False``: rerun it).
+    """
+
+    path: Path
+    layer: str
+    model: str
+    framework: str
+    param_names: tuple[str, ...]
+    param_shapes: tuple[tuple[int, ...], ...]
+    excluded_params: tuple[str, ...]
+    frozen_params: tuple[str, ...]
+    wrt: str
+    mode: str
+    dtype: str
+    device: str
+    eval_mode: str
+    notes: tuple[str, ...]
+    layout: str
+    activation_shape: tuple[int, ...]
+    num_examples: int
+    channels: dict[str, tuple[int, int]]  # leaves stored as channel diagonals: (channels, layer axis)
+    arrays: tuple[StoredArray, ...]
+    versions: dict
+    seconds: float = 0.0
+    compile_seconds: float = 0.0
+    verification: object = None  # a layersens.Verification when spot-checked (extract(verify=True))
+    _group: object = dataclasses.field(default=None, repr=False)
+
+    def _summary(self):
+        done, total = self.progress
+        return [
+            ("path", str(self.path)),
+            ("layer", self.layer),
+            ("shape", (self.num_examples, self.num_outputs, self.num_params)),
+            ("dtype", self.dtype),
+            ("size", format_bytes(self.nbytes)),
+            ("layout", self.layout),
+            ("complete", f"{done}/{total} slabs" if done < total else "yes"),
+            ("mode", self.mode),
+        ]
+
+    @property
+    def num_outputs(self) -> int:
+        return int(np.prod(self.activation_shape, dtype=np.int64))
+
+    @property
+    def num_params(self) -> int:
+        return sum(int(np.prod(s, dtype=np.int64)) for s in self.param_shapes)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the dense Jacobian (what :meth:`load` would hold)."""
+        return self.num_examples * self.num_outputs * self.num_params * np.dtype(self.dtype).itemsize
+
+    @property
+    def column_ranges(self) -> dict[str, tuple[int, int]]:
+        ranges, start = {}, 0
+        for name, shape in zip(self.param_names, self.param_shapes):
+            stop = start + int(np.prod(shape, dtype=np.int64))
+            ranges[name] = (start, stop)
+            start = stop
+        return ranges
+
+    @property
+    def progress(self) -> tuple[int, int]:
+        """(slabs written, slabs in all), activations counted as slabs."""
+        group = self._group
+        done = int(np.asarray(group["ledger/activation"][...]).sum())  # type: ignore[index]
+        total = self.num_examples
+        for a in self.arrays:
+            done += int(np.asarray(group[a.ledger_path][...]).sum())  # type: ignore[index]
+            total += self.num_examples * a.num_slabs
+        return done, total
+
+    @property
+    def complete(self) -> bool:
+        done, total = self.progress
+        return done == total
+
+    def _check_complete(self) -> None:
+        done, total = self.progress
+        if done < total:
+            raise CheckpointError(
+                f"{self.path} is unfinished ({done} of {total} slabs written): rerun the command that made it to "
+                "resume it."
+            )
+
+    @property
+    def activation(self) -> np.ndarray:
+        self._check_complete()
+        return np.asarray(self._group["activation"][...])  # type: ignore[index]
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return np.asarray(self._group["inputs"][...])  # type: ignore[index]
+
+    def __getitem__(self, name: str) -> StoredLeaf:
+        """The lazy Jacobian w.r.t. leaf ``name``: ``(examples, M, P_leaf)``, read when indexed."""
+        for a in self.arrays:
+            if a.leaf == name:
+                self._check_complete()
+                return StoredLeaf(self, a)
+        raise KeyError(f"{name!r} is not an upstream parameter of {self.layer!r}; they are {list(self.param_names)}.")
+
+    @property
+    def matrix(self) -> StoredMatrix:
+        """The flat ``(examples, M, P)`` view, lazy: ``J.matrix[n, i]`` reads row ``i`` of example ``n`` only."""
+        self._check_complete()
+        return StoredMatrix(self)
+
+    def max_abs(self) -> float:
+        """The largest ``|J|`` entry, read slab by slab."""
+        self._check_complete()
+        best = 0.0
+        for a in self.arrays:
+            data = self._group[a.path]  # type: ignore[index]
+            step = max(1, (64 << 20) // max(1, a.shape[2] * np.dtype(self.dtype).itemsize))
+            for n in range(self.num_examples):
+                for r0 in range(0, a.shape[1], step):
+                    block = np.asarray(data[n, r0 : r0 + step])
+                    best = max(best, float(np.max(np.abs(block))) if block.size else 0.0)
+        return best
+
+    def example(self, n: int) -> np.ndarray:
+        """Example ``n``'s ``(M, P)`` matrix (reads that example's chunks only)."""
+        return np.concatenate([self[name][n] for name in self.param_names], axis=-1)
+
+    def load(self, max_bytes: int | None = None) -> LayerJacobian:
+        """The whole Jacobian in memory as a :class:`LayerJacobian` (refused if larger than ``max_bytes``)."""
+        if max_bytes is not None and self.nbytes > max_bytes:
+            raise JacobianTooLargeError(
+                f"{self.path} holds {format_bytes(self.nbytes)} of Jacobian, more than {format_bytes(max_bytes)}; "
+                "index it lazily (J[leaf][example]) or stream over it (J.sensitivity())."
+            )
+        matrix = np.stack([self.example(n) for n in range(self.num_examples)]) if self.num_examples else None
+        matrix.flags.writeable = False  # type: ignore[union-attr]
+        return LayerJacobian(
+            layer=self.layer,
+            model=self.model,
+            framework=self.framework,
+            matrix=matrix,  # type: ignore[arg-type]
+            activation=self.activation,
+            inputs=self.inputs,
+            param_names=self.param_names,
+            param_shapes=self.param_shapes,
+            excluded_params=self.excluded_params,
+            frozen_params=self.frozen_params,
+            wrt=self.wrt,
+            mode=self.mode,
+            dtype=self.dtype,
+            device=self.device,
+            eval_mode=self.eval_mode,
+            notes=self.notes,
+            seconds=self.seconds,
+            compile_seconds=self.compile_seconds,
+        )
+
+    def to_xarray(self):
+        """A lazily loaded ``xarray.Dataset``: one variable per leaf over ``(example, unit, <leaf>_parameter)``
+        (``<leaf>_within`` for a leaf stored as its channel diagonal), read when its values are asked for."""
+        self._check_complete()
+        xr = xarray_module("StoredJacobian.to_xarray")
+        parts = []
+        for kind in sorted({a.path.split("/")[0] for a in self.arrays}):
+            ds = xr.open_zarr(str(self.path), group=kind, consolidated=False, zarr_format=3)
+            parts.append(ds.rename({a.path.split("/")[1]: a.leaf for a in self.arrays if a.path.startswith(kind)}))
+        ds = xr.merge(parts)
+        ds.attrs.update({"layer": self.layer, "model": self.model, "mode": self.mode, "layout": self.layout})
+        return ds
+
+    def sensitivity_sums(self, max_memory: int = 256 * 2**20):
+        """Σ_i J[i, p]² per parameter (leaf → ``(examples, P_leaf)``) and Σ_p J[i, p]² per unit
+        (``(examples, M)``), float64, reading at most about ``max_memory`` bytes at a time."""
+        self._check_complete()
+        E, M = self.num_examples, self.num_outputs
+        columns = {a.leaf: np.zeros((E, int(np.prod(self._shape(a.leaf))))) for a in self.arrays}
+        rows = np.zeros((E, M))
+        item = np.dtype(self.dtype).itemsize
+        for a in self.arrays:
+            data = self._group[a.path]  # type: ignore[index]
+            K = a.shape[2]
+            step = max(1, max_memory // max(1, K * item * 2))  # rows per read, with room for their squares
+            channel = self.channels.get(a.leaf)
+            for n in range(E):
+                for r0 in range(0, M, step):
+                    block = np.square(np.asarray(data[n, r0 : r0 + step]), dtype=np.float64)
+                    rows[n, r0 : r0 + len(block)] += block.sum(axis=1)
+                    if channel is None:
+                        columns[a.leaf][n] += block.sum(axis=0)
+                    else:  # (r, w) is column (w, c) with c = r's channel: sum rows channel by channel
+                        C, axis = channel
+                        chan = _row_channels(self.activation_shape, axis, r0, r0 + len(block))
+                        sums = np.zeros((K, C))
+                        np.add.at(sums.T, chan, block)
+                        columns[a.leaf][n] += sums.reshape(-1)
+        return columns, rows
+
+    def _shape(self, leaf: str) -> tuple[int, ...]:
+        return self.param_shapes[self.param_names.index(leaf)]
+
+
+def _row_channels(activation_shape, axis: int, start: int, stop: int) -> np.ndarray:
+    """The channel (index along ``axis``) of each flat activation element ``start .. stop``."""
+    axis %= len(activation_shape)
+    stride = int(np.prod(activation_shape[axis + 1 :], dtype=np.int64))
+    return (np.arange(start, stop) // stride) % activation_shape[axis]
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class StoredLeaf:
+    """The Jacobian w.r.t. one leaf, ``(examples, M, P_leaf)``, on disk: indexing reads only what it covers.
+    A leaf stored as its channel diagonal is expanded (zeros off the diagonal) as it is read."""
+
+    stored: StoredJacobian
+    array: StoredArray
+
+    def __repr__(self) -> str:
+        return f"StoredLeaf({self.array.leaf!r}, shape={self.shape}, dtype={self.stored.dtype})"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        E, M = self.stored.num_examples, self.stored.num_outputs
+        return (E, M, int(np.prod(self.stored._shape(self.array.leaf), dtype=np.int64)))
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        data = self.stored._group[self.array.path]  # type: ignore[index]
+        channel = self.stored.channels.get(self.array.leaf)
+        if channel is None:
+            if any(isinstance(k, (np.ndarray, list)) for k in key):
+                return np.asarray(data.get_orthogonal_selection(key))
+            return np.asarray(data[key])
+        C, axis = channel
+        E, M, P = self.shape
+        examples, rows, cols = (np.arange(n)[k] for n, k in zip((E, M, P), key))
+        within = np.unique(cols // C)  # only the within-channel columns asked for are read
+        values = np.asarray(data.get_orthogonal_selection((np.atleast_1d(examples), np.atleast_1d(rows), within)))
+        row_c = _row_channels(self.stored.activation_shape, axis, 0, M)[np.atleast_1d(rows)]
+        w_at = np.searchsorted(within, np.atleast_1d(cols) // C)
+        gathered = values[:, :, w_at]  # (e, r, c_cols)
+        mask = row_c[:, None] == (np.atleast_1d(cols) % C)[None, :]
+        out = np.where(mask[None], gathered, 0).astype(values.dtype)
+        squeeze = tuple(i for i, k in enumerate(key) if isinstance(k, (int, np.integer)))
+        return out.squeeze(axis=squeeze) if squeeze else out
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class StoredMatrix:
+    """A stored Jacobian's flat ``(examples, M, P)`` matrix, read only where indexed (columns are gathered from
+    the leaves they belong to)."""
+
+    stored: StoredJacobian
+
+    def __repr__(self) -> str:
+        return f"StoredMatrix(shape={self.shape}, dtype={self.dtype}, path={str(self.stored.path)!r})"
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.stored.num_examples, self.stored.num_outputs, self.stored.num_params)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.stored.dtype)
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self[:], dtype=dtype)
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        e, r, c = key
+        columns = np.arange(self.shape[2])[c]
+        scalar = np.ndim(columns) == 0
+        columns = np.atleast_1d(columns)
+        parts, order = [], []
+        for name, (start, stop) in self.stored.column_ranges.items():
+            inside = (columns >= start) & (columns < stop)
+            if inside.any():
+                parts.append(self.stored[name][e, r, columns[inside] - start])
+                order.append(np.flatnonzero(inside))
+        if not parts:
+            return np.zeros(self.shape[:2] + (0,), self.dtype)[e, r]
+        values = np.concatenate(parts, axis=-1)
+        values = values[..., np.argsort(np.concatenate(order), kind="stable")]
+        return values[..., 0] if scalar else values
