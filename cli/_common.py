@@ -15,13 +15,14 @@ import functools
 import json
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from layersens import MODE_ALIASES, MODE_NAMES, _interrupt
 from layersens._errors import LayersensError, SpecError
@@ -169,6 +170,92 @@ class LazyProgress:
             self.bar.start()
             self.task = self.bar.add_task(escape(self.description), total=total)
         self.bar.update(self.task, completed=done, total=total)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+class RunProgress:
+    """The display of one run on stderr (only on a terminal, and not with ``--quiet``; a log gets no control
+    characters): each step as a spinner line with its elapsed time (loading, tracing, compiling, writing), the
+    computation as a bar in examples and chunks, counted as chunks land on the host, with its rate and an ETA,
+    and the bytes written. One line, gone when the run ends; early errors print alone. It implements the
+    library's progress protocol (``layersens._progress``): ``progress(done, total)``, ``stage``, ``wrote``,
+    ``skipped``. Each call checks for a Ctrl-C that a library swallowed."""
+
+    def __init__(self, quiet: bool = False):
+        self.enabled = err.is_terminal and not quiet
+        self.bar: Progress | None = None
+        self.examples: int | None = None
+        self.written = 0
+        self.skipped_chunks = 0
+        self.began = time.monotonic()
+
+    def _show(self, **fields):
+        if self.bar is None:
+            self.bar = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[count]}"),
+                TextColumn("{task.fields[rate]}"),
+                TimeElapsedColumn(),
+                console=err,
+                transient=True,
+            )
+            self.bar.start()
+            self.task = self.bar.add_task("", total=None, count="", rate="")
+        self.bar.update(self.task, **fields)
+
+    def stage(self, text: str, examples: int | None = None):
+        _interrupt.raise_if_interrupted()
+        self.examples, self.written, self.skipped_chunks = examples, 0, 0
+        self.began = time.monotonic()
+        if self.enabled:
+            self._show(description=escape(text), completed=0, total=None, count="", rate="")
+            if self.bar is not None:
+                self.bar.reset(self.task, total=None, description=escape(text), count="", rate="")
+
+    def skipped(self, count: int):
+        self.skipped_chunks += count  # resumed chunks: done, but not part of the rate
+
+    def __call__(self, done: int, total: int):
+        _interrupt.raise_if_interrupted()
+        if not self.enabled:
+            return
+        count = f"{done}/{total} chunks"
+        if self.examples:
+            count = f"{done * self.examples // max(total, 1)}/{self.examples} examples · {count}"
+        computed, elapsed = done - self.skipped_chunks, time.monotonic() - self.began
+        rate = ""
+        if computed > 0 and elapsed > 0:
+            per_second = computed / elapsed
+            rate = f"{per_second:.3g} chunks/s · ETA {_clock((total - done) / per_second)}"
+        if self.written:
+            rate += f" · {_bytes(self.written)} written"
+        self._show(completed=done, total=total, count=count, rate=rate)
+
+    def wrote(self, nbytes: int):
+        self.written += nbytes
+        if self.enabled:
+            self._show(rate=f"{_bytes(self.written)} written")
 
     def __enter__(self):
         return self
@@ -412,6 +499,30 @@ mode_option = click.option(
         for name in MODE_NAMES
     )
     + ".",
+)
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress display on the terminal.")
+
+format_option = click.option(
+    "--format",
+    "layout",
+    type=click.Choice(["dense", "compressed"]),
+    default="dense",
+    show_default=True,
+    help="For a .zarr store: dense leaves, or channel-diagonal leaves kept as their diagonals (1/C of the size).",
+)
+
+device_options = options(
+    click.option(
+        "--device",
+        help="cpu, gpu, or one device such as cpu:2 or gpu:1 [default: JAX's default device]",
+    ),
+    click.option(
+        "--devices",
+        type=click.IntRange(min=1),
+        help="Spread the work over this many local devices of the platform (over examples; over chunks of one "
+        "example) [default: 1]",
+    ),
 )
 
 max_memory_option = click.option(

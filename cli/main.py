@@ -20,10 +20,12 @@ from . import bench
 from ._common import (
     CONTEXT,
     CommandGroup,
-    LazyProgress,
+    RunProgress,
     StepProgress,
     clean_errors,
+    device_options,
     err,
+    format_option,
     inputs_options,
     layer_option,
     load,
@@ -34,6 +36,7 @@ from ._common import (
     out,
     out_options,
     overwrite_option,
+    quiet_option,
     say,
     verbose_option,
     wrt_options,
@@ -114,8 +117,9 @@ Examples:
 @inputs_options
 @mode_option
 @max_memory_option
-@click.option("--device", help="cpu or gpu [default: JAX's default device]")
-@out_options("<layer>.npz in the working directory")
+@device_options
+@out_options("<layer>.npz in the working directory; NAME.zarr streams to a store")
+@format_option
 @click.option(
     "--verify",
     is_flag=True,
@@ -123,6 +127,7 @@ Examples:
     "finite differences; report the largest errors.",
 )
 @verbose_option
+@quiet_option
 @wrt_options
 @clean_errors
 def extract(
@@ -133,19 +138,24 @@ def extract(
     mode,
     max_memory,
     device,
+    devices,
     out_path,
     overwrite,
+    layout,
     verify,
     verbose,
+    quiet,
     wrt,
     wrt_layer,
     **options,
 ):
     """Compute the per-example Jacobian of LAYER with respect to the parameters upstream of it (or those --wrt
-    selects, the input, or an earlier layer), and save it (atomically) as .npz with its metadata."""
+    selects, the input, or an earlier layer), and save it (atomically) as .npz with its metadata, or stream it
+    chunk by chunk into a .zarr store (any size, within --max-memory; rerun the same command to resume)."""
     path = out_path or Path(_file_name(layer) + ".npz")
-    model = load(model_dir, **options)
-    with LazyProgress(f"d{layer}/dθ") as progress:
+    with RunProgress(quiet) as progress:
+        progress.stage(f"loading {model_dir}")
+        model = load(model_dir, **options)
         jac = layersens.extract(
             model,
             layer,
@@ -154,6 +164,7 @@ def extract(
             mode=mode,
             max_memory=max_memory,
             device=device,
+            devices=devices,
             progress=progress,
             dtype="float64" if options["x64"] else None,
             wrt=wrt,
@@ -161,8 +172,10 @@ def extract(
             out=path,
             overwrite=overwrite,
             verify=verify,
+            compressed=layout == "compressed",
         )
-    path = layersens.results.npz_path(path)
+    store = isinstance(jac, layersens.StoredJacobian)
+    path = jac.path if store else layersens.results.npz_path(path)
     say(f"model       {model_dir} ({jac.model}, {jac.framework}; {jac.eval_mode})")
     say(f"layer       {jac.layer}: {jac.activation_shape} per example = {jac.num_outputs:,} outputs")
     say(f"inputs      {jac.num_examples} example(s) of shape {tuple(jac.inputs.shape[1:])}")
@@ -187,7 +200,10 @@ def extract(
     if jac.verification is not None:
         say(f"verify      {jac.verification.describe()}")
     say(f"time        {jac.seconds:.3f} s compute + {jac.compile_seconds:.3f} s compile")
-    say(f"wrote       {path}  (read it back with layersens.load_jacobian)")
+    if store:
+        on_disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+        say(f"store       {jac.layout}; {format_bytes(on_disk)} on disk (zstd; all-zero chunks not written)")
+    say(f"wrote       {path}  (read it back with layersens.load_jacobian{'; lazily' if store else ''})")
 
 
 @main.command(

@@ -11,7 +11,7 @@ import numpy as np
 from ._atomic import check_free_space
 from ._errors import InputShapeError, InputWarning, OutputError
 from ._progress import announce, written
-from .compute import check_size, jacobian, resolve_device, stream_jacobian
+from .compute import check_size, jacobian, resolve_devices, stream_jacobian
 from .derivatives import JacobianProducts, ReadoutDerivative, hvp, products, readout_function, readout_gradient
 from .derivatives import hessian as hessian_of
 from .derivatives import verify as verify_jacobian
@@ -132,6 +132,7 @@ def extract(
     mode=Auto(),
     max_memory=None,
     device=None,
+    devices: int | None = None,
     allow_import: bool = False,
     progress=None,
     dtype=None,
@@ -165,7 +166,8 @@ def extract(
         out = check_store_output(out, overwrite) if store else check_output(out, overwrite)
     mode = as_strategy(mode)
     max_memory = None if max_memory is None else parse_bytes(max_memory)
-    device = resolve_device(device)
+    chosen = resolve_devices(device, devices)
+    device, devices = chosen[0], len(chosen)
     cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, progress)
     result: LayerJacobian | StoredJacobian
     if store:
@@ -178,6 +180,7 @@ def extract(
             mode=mode,
             max_memory=max_memory,
             device=device,
+            devices=devices,
             progress=progress,
             written=written(progress),
         )
@@ -185,7 +188,7 @@ def extract(
         nbytes = check_size(cut, len(x))
         if out is not None:
             check_free_space(out, nbytes)
-        result = jacobian(cut, x, mode=mode, max_memory=max_memory, device=device, progress=progress)
+        result = jacobian(cut, x, mode=mode, max_memory=max_memory, device=device, devices=devices, progress=progress)
     if verify:
         announce(progress, "verifying")
         result = dataclasses.replace(result, verification=verify_jacobian(result, cut))

@@ -4,7 +4,15 @@ from ._blocks import JacobianBlock, Layout
 from ._cache import PREPARED_KEPT, kept_plans, prepared_for
 from ._jacobian import check_size, compressed_jacobian, dense_bytes, jacobian, run, stream_jacobian
 from ._kernels import KERNELS, Kernel, dense_program, fused_kernel, kernel, one_hot_rows
-from ._prepare import DEVICE_DENSE_MAX_BYTES, PreparedJacobian, compile_plan, prepare, program_memory, resolve_device
+from ._prepare import (
+    DEVICE_DENSE_MAX_BYTES,
+    PreparedJacobian,
+    compile_plan,
+    prepare,
+    program_memory,
+    resolve_device,
+    resolve_devices,
+)
 from ._sensitivity import SensitivitySink, sensitivity
 from ._sinks import CompressedSink, DenseSink, Done, Job, Sink, place_diagonal
 from ._store_sink import StoreSink, fingerprint

@@ -15,7 +15,7 @@ import weakref
 from typing import TYPE_CHECKING
 
 from ..planning import Plan, as_strategy, example_spec, plan, working_memory
-from ._prepare import PreparedJacobian, compile_plan, resolve_device
+from ._prepare import PreparedJacobian, compile_plan, resolve_devices
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -46,10 +46,11 @@ def kept_plans(split: LayerSplit) -> int:
     return 0 if kept is None else len(kept.prepared)
 
 
-def prepared_for(split: LayerSplit, example, mode, max_memory, device) -> tuple[PreparedJacobian, bool]:
+def prepared_for(split: LayerSplit, example, mode, max_memory, device, devices=None) -> tuple[PreparedJacobian, bool]:
     """The compiled plan for these arguments, kept from an earlier call or freshly compiled (then ``True``)."""
     example_spec(split, example)
-    dev = resolve_device(device)
+    chosen = resolve_devices(device, devices)
+    dev = chosen[0]
     strategy = as_strategy(mode)
     kept = _KEPT.get(split)
     if kept is None:
@@ -58,9 +59,9 @@ def prepared_for(split: LayerSplit, example, mode, max_memory, device) -> tuple[
     planned = kept.plans.get(plan_key)
     if planned is None:
         planned = _remember(kept.plans, plan_key, plan(split, example, strategy, max_memory, dev))
-    key = (dev, planned)
+    key = (chosen, planned)
     prepared = kept.prepared.get(key)
     if prepared is not None:
         kept.prepared.move_to_end(key)
         return prepared, False
-    return _remember(kept.prepared, key, compile_plan(split, planned, dev, hold=weakref.proxy)), True
+    return _remember(kept.prepared, key, compile_plan(split, planned, chosen, hold=weakref.proxy)), True

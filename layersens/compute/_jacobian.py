@@ -51,18 +51,21 @@ def run(
     mode=Auto(),
     max_memory=None,
     device=None,
+    devices: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Result:
     """Every block of ``split``'s Jacobian for ``inputs``, into ``sink``; returns what the sink makes. The first
     call for a given plan and device compiles it (its time is added to the result's ``compile_seconds``)."""
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
-    return _run(split, x, sink, mode, max_memory, device, progress)
+    return _run(split, x, sink, mode, max_memory, device, progress, devices)
 
 
-def _run(split: LayerSplit, x: np.ndarray, sink: Sink[Result], mode, max_memory, device, progress) -> Result:
+def _run(
+    split: LayerSplit, x: np.ndarray, sink: Sink[Result], mode, max_memory, device, progress, devices=None
+) -> Result:
     announce(progress, f"planning and compiling d{split.layer}/dθ")
-    prepared, fresh = prepared_for(split, x, mode, max_memory, device)
-    announce(progress, f"d{split.layer}/dθ on {prepared.device.platform}:{prepared.device.id}", examples=len(x))
+    prepared, fresh = prepared_for(split, x, mode, max_memory, device, devices)
+    announce(progress, f"d{split.layer}/dθ on {prepared.where}", examples=len(x))
     result = prepared.execute(x, sink, progress)
     if not fresh:
         return result
@@ -90,6 +93,7 @@ def jacobian(
     mode=Auto(),
     max_memory=None,
     device=None,
+    devices: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LayerJacobian:
     """The Jacobian of ``split``'s layer with respect to its upstream parameters, for each example in ``inputs``.
@@ -101,7 +105,9 @@ def jacobian(
       max_memory: working-memory budget (bytes or a string such as ``"2GB"``); chunk sizes follow from it.
         The result itself is extra. Default: 32 MiB on CPU (cache-sized chunks measured fastest), 1 GiB on
         accelerators. A budget that cannot be met raises :class:`~layersens.MemoryBudgetError`.
-      device: ``"cpu"``, ``"gpu"`` or a ``jax.Device``; default: JAX's default device.
+      device: ``"cpu"``, ``"gpu"``, ``"cpu:2"`` or a ``jax.Device``; default: JAX's default device.
+      devices: spread the work over this many local devices of ``device``'s platform (sharded: over examples
+        when there are as many, else over the chunks of each example); the result is the same as on one.
       progress: called as ``progress(done, total)`` each time a chunk's values have landed in the result.
 
     The first call for a given input shape, device, mode and budget plans and compiles (``compile_seconds``);
@@ -109,7 +115,7 @@ def jacobian(
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     check_size(split, len(x))
-    return _run(split, x, DenseSink(), mode, max_memory, device, progress)
+    return _run(split, x, DenseSink(), mode, max_memory, device, progress, devices)
 
 
 def compressed_jacobian(
@@ -119,6 +125,7 @@ def compressed_jacobian(
     mode=Structured(),
     max_memory=None,
     device=None,
+    devices: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CompressedJacobian:
     """Per-channel blocks for every channel-diagonal leaf (column or row colouring), dense columns for the
@@ -130,7 +137,7 @@ def compressed_jacobian(
     The compiled programs are shared with :func:`layersens.jacobian`.
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
-    return _run(split, x, CompressedSink(), mode, max_memory, device, progress)
+    return _run(split, x, CompressedSink(), mode, max_memory, device, progress, devices)
 
 
 def stream_jacobian(
@@ -143,6 +150,7 @@ def stream_jacobian(
     mode=Auto(),
     max_memory=None,
     device=None,
+    devices: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     written: Callable[[int], None] | None = None,
 ) -> StoredJacobian:
@@ -158,4 +166,4 @@ def stream_jacobian(
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     sink = StoreSink(out, compressed=compressed, overwrite=overwrite, written=written)
-    return _run(split, x, sink, mode, max_memory, device, progress)
+    return _run(split, x, sink, mode, max_memory, device, progress, devices)

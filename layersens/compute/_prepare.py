@@ -30,6 +30,7 @@ from ..planning import plan as make_plan
 from ..results import CompressedJacobian, LayerJacobian
 from ._blocks import JacobianBlock, Layout
 from ._kernels import dense_program, fused_kernel, kernel
+from ._lanes import Lanes, compile_lanes, run_lanes
 from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
 
 if TYPE_CHECKING:
@@ -44,18 +45,56 @@ DEVICE_DENSE_MAX_BYTES = 32 * 2**20
 _NARROWING_STEPS = 6
 
 
+def _available() -> str:
+    by_platform: dict[str, int] = {}
+    for d in jax.local_devices():
+        by_platform[d.platform] = by_platform.get(d.platform, 0) + 1
+    return ", ".join(f"{p}:0-{n - 1}" if n > 1 else f"{p}:0" for p, n in sorted(by_platform.items()))
+
+
+def _platform_devices(platform: str, what) -> list[jax.Device]:
+    try:
+        return [d for d in jax.local_devices() if d in jax.devices(platform)]
+    except RuntimeError:
+        raise DeviceError(f"device {what!r} is not available; available here: {_available()}.") from None
+
+
 def resolve_device(device=None) -> jax.Device:
-    """``None`` (JAX's default device), a platform name (``"cpu"``, ``"gpu"``) or a ``jax.Device``."""
+    """``None`` (JAX's default device), a platform name (``"cpu"``, ``"gpu"``), one device by platform and index
+    (``"cpu:2"``, ``"gpu:1"``) or a ``jax.Device``."""
     if device is None:
-        return jax.devices()[0]
+        return jax.local_devices()[0]
     if isinstance(device, jax.Device):
         return device
-    try:
-        return jax.devices(str(device))[0]
-    except RuntimeError as e:
+    platform, _, index = str(device).partition(":")
+    found = _platform_devices(platform, device)
+    if not index:
+        return found[0]
+    if not index.isdigit() or int(index) >= len(found):
         raise DeviceError(
-            f"device {device!r} is not available ({e}); available: {sorted({d.platform for d in jax.devices()})}."
-        ) from None
+            f"device {device!r} is not available: {platform} has devices 0 to {len(found) - 1} here "
+            f"(available: {_available()})."
+        )
+    return found[int(index)]
+
+
+def resolve_devices(device=None, devices: int | None = None) -> tuple[jax.Device, ...]:
+    """The devices to spread the work over: ``device`` alone (see :func:`resolve_device`), or with ``devices=N``
+    the first N local devices of its platform (from ``device``'s index on, when it names one)."""
+    first = resolve_device(device)
+    if devices is None or devices == 1:
+        return (first,)
+    if isinstance(devices, bool) or not isinstance(devices, (int, np.integer)) or devices < 1:
+        raise DeviceError(f"devices is {devices!r}; give a positive count, e.g. --devices 4.")
+    same = _platform_devices(first.platform, device)
+    start = same.index(first)
+    if start + devices > len(same):
+        raise DeviceError(
+            f"--devices {devices}: only {len(same) - start} {first.platform} device(s) from {first.platform}:"
+            f"{first.id} on are available here ({_available()}). On CPU, start Python with "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} for virtual devices."
+        )
+    return tuple(same[start : start + devices])
 
 
 def program_memory(compiled, with_arguments: bool = False) -> int | None:
@@ -138,6 +177,20 @@ class PreparedJacobian:
     dense: jax.stages.Wrapped | None = dataclasses.field(repr=False)
     # the dense program once compiled
     _compiled: dict[str, jax.stages.Compiled] = dataclasses.field(default_factory=dict, repr=False)
+    # the programs over several devices (``_lanes``), or None on one device
+    lanes: Lanes | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def devices(self) -> tuple[jax.Device, ...]:
+        """Every device the work is spread over."""
+        return (self.device,) if self.lanes is None else self.lanes.devices
+
+    @property
+    def where(self) -> str:
+        """The device, or ``"cpu:0-7 (8 devices)"``."""
+        devices = self.devices
+        first = f"{devices[0].platform}:{devices[0].id}"
+        return first if len(devices) == 1 else f"{first}-{devices[-1].id} ({len(devices)} devices)"
 
     def __repr__(self) -> str:
         return (
@@ -169,9 +222,9 @@ class PreparedJacobian:
     def execute(self, x: np.ndarray, target: Sink[Result], progress=None) -> Result:
         """:meth:`run` for inputs already checked and cast (``Model.check_inputs``)."""
         split = self.split
-        target.begin(Job(split, self.plan, self.structure, len(x), f"{self.device.platform}:{self.device.id}", x))
+        target.begin(Job(split, self.plan, self.structure, len(x), self.where, x))
         compile_seconds = 0.0
-        if target.whole_matrix and len(x) == 1 and self.dense is not None:
+        if target.whole_matrix and len(x) == 1 and self.dense is not None and self.lanes is None:
             if "dense" not in self._compiled:
                 start = time.perf_counter()
                 spec = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
@@ -193,6 +246,10 @@ class PreparedJacobian:
         mine = [u for i, u in enumerate(units) if i % processes == me]  # a process's share: whole (example, block)s
         total = sum(len(self.steps[s].offsets()) for _, s in mine)
         tick = _Ticker(progress, total)
+        if self.lanes is not None:
+            run_lanes(self.lanes, self.steps, x, mine, target, tick, activation)
+            finish_share(processes)
+            return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
         # One chunk in flight at a time: dispatching the next before placing this one was measured slower (two
         # chunks' device buffers alive made the allocator map fresh pages; XLA already uses every core).
         for n in sorted({n for n, _ in mine}):
@@ -243,7 +300,11 @@ class _Ticker:
         if self.progress is not None:
             self.progress(self.done, self.total)
 
-    skip = advance
+    def skip(self, count: int) -> None:
+        skipped = getattr(self.progress, "skipped", None)  # resumed work is done but says nothing of the rate
+        if skipped is not None:
+            skipped(count)
+        self.advance(count)
 
 
 def process_share(sink: Sink) -> tuple[int, int]:
@@ -262,20 +323,25 @@ def finish_share(processes: int) -> None:
         multihost_utils.sync_global_devices("layersens: every share written")
 
 
-def prepare(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=None) -> PreparedJacobian:
+def prepare(
+    split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=None, devices=None
+) -> PreparedJacobian:
     """Plans ``mode`` for ``split`` and compiles its programs for inputs shaped like ``example`` (one example, a
     batch, a ``ShapeDtypeStruct`` or ``None``).
 
     Cost: one compilation per block (a few when XLA's count narrows a chunk). Raises
     :class:`~layersens.MemoryBudgetError` when ``max_memory`` is given and the narrowest chunk exceeds it.
     """
-    dev = resolve_device(device)
-    return compile_plan(split, make_plan(split, example, mode, max_memory, dev), dev)
+    chosen = resolve_devices(device, devices)
+    return compile_plan(split, make_plan(split, example, mode, max_memory, chosen[0]), chosen)
 
 
-def compile_plan(split: LayerSplit, planned: Plan, dev: jax.Device, hold=None) -> PreparedJacobian:
-    """Compiles a :class:`Plan` of ``split`` for ``dev``; see :func:`prepare`. ``hold(split)`` is what the
-    programs and the result keep of the split (default: the split itself; ``weakref.proxy`` for kept plans)."""
+def compile_plan(split: LayerSplit, planned: Plan, devices, hold=None) -> PreparedJacobian:
+    """Compiles a :class:`Plan` of ``split`` for ``devices`` (one device, or several: see ``_lanes``); see
+    :func:`prepare`. ``hold(split)`` is what the programs and the result keep of the split (default: the split
+    itself; ``weakref.proxy`` for kept plans)."""
+    devices = (devices,) if isinstance(devices, jax.Device) else tuple(devices)
+    dev = devices[0]
     start = time.perf_counter()
     structure = analyze(split).structure
     if hold is not None:
@@ -321,6 +387,7 @@ def compile_plan(split: LayerSplit, planned: Plan, dev: jax.Device, hold=None) -
     # (a function of its own, not the bound method: a kept plan holds its split only weakly, see ``_cache``)
     activation = jax.jit(lambda p, x: split.evaluate(p, x)).lower(params, x0).compile()
     final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
+    lanes = compile_lanes(split, final, steps, structure, devices, np.asarray(x0)) if len(devices) > 1 else None
     return PreparedJacobian(
         split=split,
         plan=final,
@@ -331,4 +398,5 @@ def compile_plan(split: LayerSplit, planned: Plan, dev: jax.Device, hold=None) -
         steps=steps,
         activation=activation,
         dense=dense,
+        lanes=lanes,
     )

@@ -105,6 +105,7 @@ def sensitivity(
     mode=Auto(),
     max_memory=None,
     device=None,
+    devices: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> Sensitivity:
     """Per-parameter diag(JᵀJ), per-unit ‖∂h_i/∂θ‖ and ‖J‖_F of ``split``'s layer for each example of
@@ -115,4 +116,4 @@ def sensitivity(
     ``jacobian(split, inputs, mode=mode)`` without writing the result, plus squaring each chunk on the host.
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
-    return _run(split, x, SensitivitySink(), mode, max_memory, device, progress)
+    return _run(split, x, SensitivitySink(), mode, max_memory, device, progress, devices)
