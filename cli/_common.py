@@ -525,6 +525,35 @@ device_options = options(
     ),
 )
 
+process_options = options(
+    click.option(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="Join a run of several processes (hosts) coordinated at this address (process 0's); each writes its "
+        "share into the same --out store.",
+    ),
+    click.option("--num-processes", type=click.IntRange(min=1), help="Processes in the run (with --coordinator)."),
+    click.option("--process-id", type=click.IntRange(min=0), help="This process's index, 0 to N-1 (--coordinator)."),
+)
+
+
+def join(coordinator, num_processes, process_id, device=None, devices=None) -> None:
+    """Joins the multi-process run the options describe, if any, and on CPU makes ``--devices`` virtual devices
+    (both before anything else uses JAX)."""
+    if devices is not None and devices > 1 and (device is None or str(device).startswith("cpu")):
+        import jax
+
+        try:  # a CPU has one device unless asked for more before JAX starts
+            jax.config.update("jax_num_cpu_devices", devices)
+        except RuntimeError:  # JAX already started (a test calling the command twice): take what is there
+            pass
+    given = [v is not None for v in (coordinator, num_processes, process_id)]
+    if any(given) and not all(given):
+        raise click.UsageError("--coordinator, --num-processes and --process-id go together: give all three.")
+    if all(given):
+        library().join_processes(coordinator, num_processes, process_id)
+
+
 max_memory_option = click.option(
     "--max-memory",
     type=ByteSize(),

@@ -27,6 +27,7 @@ from ._common import (
     err,
     format_option,
     inputs_options,
+    join,
     layer_option,
     load,
     max_memory_option,
@@ -36,6 +37,7 @@ from ._common import (
     out,
     out_options,
     overwrite_option,
+    process_options,
     quiet_option,
     say,
     verbose_option,
@@ -128,6 +130,7 @@ Examples:
 )
 @verbose_option
 @quiet_option
+@process_options
 @wrt_options
 @clean_errors
 def extract(
@@ -145,6 +148,9 @@ def extract(
     verify,
     verbose,
     quiet,
+    coordinator,
+    num_processes,
+    process_id,
     wrt,
     wrt_layer,
     **options,
@@ -153,6 +159,7 @@ def extract(
     selects, the input, or an earlier layer), and save it (atomically) as .npz with its metadata, or stream it
     chunk by chunk into a .zarr store (any size, within --max-memory; rerun the same command to resume)."""
     path = out_path or Path(_file_name(layer) + ".npz")
+    join(coordinator, num_processes, process_id, device, devices)
     with RunProgress(quiet) as progress:
         progress.stage(f"loading {model_dir}")
         model = load(model_dir, **options)

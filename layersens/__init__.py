@@ -98,6 +98,7 @@ _LAZY = {
             "Sink",
             "compressed_jacobian",
             "jacobian",
+            "join_processes",
             "prepare",
             "sensitivity",
             "stream_jacobian",

@@ -6,6 +6,7 @@ import dataclasses
 import warnings
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from ._atomic import check_free_space
@@ -164,6 +165,11 @@ def extract(
         )
     if out is not None:
         out = check_store_output(out, overwrite) if store else check_output(out, overwrite)
+    if jax.process_count() > 1 and not store:
+        raise OutputError(
+            f"this is process {jax.process_index()} of {jax.process_count()}: a run over several processes writes "
+            "its shares into one store; give --out NAME.zarr (out='NAME.zarr')."
+        )
     mode = as_strategy(mode)
     max_memory = None if max_memory is None else parse_bytes(max_memory)
     chosen = resolve_devices(device, devices)

@@ -13,6 +13,7 @@ from ._prepare import (
     resolve_device,
     resolve_devices,
 )
+from ._processes import join_processes
 from ._sensitivity import SensitivitySink, sensitivity
 from ._sinks import CompressedSink, DenseSink, Done, Job, Sink, place_diagonal
 from ._store_sink import StoreSink, fingerprint

@@ -12,8 +12,8 @@ through a conv (its ``feature_group_count`` is the lane count), and lane 1's con
 
 Every lane computes what the one-device programs compute for its (example, offset), so a sink's result is the same
 on one device and on eight (tested), to rounding: XLA compiles the program over devices on its own, and its
-fusions round differently (on LeNet, at most 2e-6 where |J| reaches 5, float32). Memory: the plan's budget per device (CPU
-devices share the host's memory: ``devices × max_memory``).
+fusions round differently (on LeNet, at most 2e-6 where |J| reaches 5, float32). Memory: the plan's budget per
+device (CPU devices share the host's memory: ``devices × max_memory``).
 """
 
 from __future__ import annotations

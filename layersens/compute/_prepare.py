@@ -31,6 +31,7 @@ from ..results import CompressedJacobian, LayerJacobian
 from ._blocks import JacobianBlock, Layout
 from ._kernels import dense_program, fused_kernel, kernel
 from ._lanes import Lanes, compile_lanes, run_lanes
+from ._processes import finish_share, process_share
 from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
 
 if TYPE_CHECKING:
@@ -305,22 +306,6 @@ class _Ticker:
         if skipped is not None:
             skipped(count)
         self.advance(count)
-
-
-def process_share(sink: Sink) -> tuple[int, int]:
-    """(processes, this process's index) among which ``sink``'s blocks are shared: a multi-process run
-    (``jax.distributed``) splits the work of a shared sink; every other sink gets all of it in each process."""
-    if not sink.shared or jax.process_count() == 1:
-        return 1, 0
-    return jax.process_count(), jax.process_index()
-
-
-def finish_share(processes: int) -> None:
-    """Waits for every process of a shared run to finish its share (a barrier over the processes)."""
-    if processes > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("layersens: every share written")
 
 
 def prepare(

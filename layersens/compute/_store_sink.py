@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+import jax
 import numpy as np
 
 from .._atomic import atomic_directory, check_name, resolve_target
@@ -144,12 +145,18 @@ class StoreSink(Sink[StoredJacobian]):
         self.fingerprint = fingerprint(split, job.inputs, methods, "compressed" if self.compressed else "dense")
         target = resolve_target(self.path)
         self.target = target
-        if target.exists() and self.overwrite:
-            if not (target / "zarr.json").is_file():
-                raise OutputError(f"--out {self.path} exists and is not a zarr store; refusing to remove it.")
-            shutil.rmtree(target)
-        if not target.exists():
-            self._create(job, target)
+        processes, lead = jax.process_count(), jax.process_index() == 0
+        if lead:  # in a multi-process run, the first process makes the store; the others open it
+            if target.exists() and self.overwrite:
+                if not (target / "zarr.json").is_file():
+                    raise OutputError(f"--out {self.path} exists and is not a zarr store; refusing to remove it.")
+                shutil.rmtree(target)
+            if not target.exists():
+                self._create(job, target)
+        if processes > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("layersens: the store exists")
         self.group = zarr.open_group(str(target), mode="r+")  # never "w": that would erase finished slabs
         meta = dict(self.group.attrs)
         if meta.get("format") != STORE_FORMAT:
