@@ -45,23 +45,23 @@ def _array_bytes(h, name: str, value) -> None:
 
 def fingerprint(split: LayerSplit, inputs: np.ndarray, methods: dict[str, str], layout: str) -> dict[str, str]:
     """What a store's values depend on, each part hashed or named, so that a rerun can be compared part by part:
-    the model (its differentiated and constant values and the traced computation), the layer, what is
+    the model (every variable), the layer (its name and the traced computation up to it), what is
     differentiated, the dtype, the inputs, the method of each leaf and the layout."""
 
-    def model(h):
-        for name in sorted(split.params):
-            _array_bytes(h, name, split.params[name])
-        for name in sorted(split.constants):
-            if name != "input":
+    def model(h):  # every variable of the model, by path
+        for tree in (split.model.params, split.model.constants):
+            for path, value in jax.tree_util.tree_leaves_with_path(tree):
                 try:
-                    _array_bytes(h, name, split.constants[name])
-                except (TypeError, ValueError):  # a PRNG key or another opaque constant: its type names it
-                    h.update(f"{name}|{type(split.constants[name]).__name__}".encode())
+                    _array_bytes(h, jax.tree_util.keystr(path), value)
+                except (TypeError, ValueError):  # a PRNG key or another opaque value: its type names it
+                    h.update(f"{jax.tree_util.keystr(path)}|{type(value).__name__}".encode())
+
+    def layer(h):  # the traced computation up to the layer, and the precision it runs in
         h.update(str(split.jaxpr.jaxpr).encode())
 
     return {
         "model": f"{split.model.name} {_digest(model)}",
-        "layer": split.layer,
+        "layer": f"{split.layer} {_digest(layer)}",
         "wrt": str(split.wrt),
         "dtype": str(np.dtype(split.activation_dtype)),
         "inputs": f"{inputs.shape} {_digest(lambda h: _array_bytes(h, 'inputs', inputs))}",
@@ -219,7 +219,6 @@ class StoreSink(Sink[StoredJacobian]):
             group.attrs.update(self._metadata(job, arrays))
 
     def _metadata(self, job: Job, arrays: list[StoredArray]) -> dict:
-        import jax
         import zarr
 
         from .. import __version__

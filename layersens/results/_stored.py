@@ -312,6 +312,8 @@ class StoredLeaf:
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (3 - len(key))
+        # slices clamped as numpy clamps them (zarr refuses a stop past the end)
+        key = tuple(slice(*k.indices(n)) if isinstance(k, slice) else k for k, n in zip(key, self.shape))
         data = self.stored._group[self.array.path]  # type: ignore[index]
         channel = self.stored.channels.get(self.array.leaf)
         if channel is None:
