@@ -229,7 +229,8 @@ class PreparedJacobian:
             if "dense" not in self._compiled:
                 start = time.perf_counter()
                 spec = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
-                self._compiled["dense"] = self.dense.lower(self.params, spec).compile()
+                with jax.default_device(self.device):
+                    self._compiled["dense"] = self.dense.lower(self.params, spec).compile()
                 compile_seconds = time.perf_counter() - start
             start = time.perf_counter()
             x0 = jax.device_put(x[0], self.device)
@@ -326,6 +327,11 @@ def compile_plan(split: LayerSplit, planned: Plan, devices, hold=None) -> Prepar
     :func:`prepare`. ``hold(split)`` is what the programs and the result keep of the split (default: the split
     itself; ``weakref.proxy`` for kept plans)."""
     devices = (devices,) if isinstance(devices, jax.Device) else tuple(devices)
+    with jax.default_device(devices[0]):  # programs lowered from shapes alone (a linear map's) go there too
+        return _compile_plan(split, planned, devices, hold)
+
+
+def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, ...], hold) -> PreparedJacobian:
     dev = devices[0]
     start = time.perf_counter()
     structure = analyze(split).structure

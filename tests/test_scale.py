@@ -1,0 +1,165 @@
+"""Scale, in processes of their own: a store killed with SIGKILL at random points and resumed equals an uninterrupted
+one; the work spread over 8 CPU devices equals one device's to rounding; two processes (``jax.distributed`` on the
+loopback address) write one store equal to a one-process run's.
+
+Tolerance for devices (float32): XLA compiles the program over devices on its own and its fusions round
+differently, so results agree to 1e-5 of max|J| (measured: 2e-6 or less); processes and resumes run the same
+one-device programs and agree exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from layersens.examples import LENET_DIGITS
+
+ROOT = Path(__file__).resolve().parents[1]
+EXTRACT = [sys.executable, "-m", "layersens_cli", "extract", "--layer", "relu2", "--model", LENET_DIGITS]
+EXTRACT += ["--num-examples", "3", "--max-memory", "8MB", "--quiet"]
+
+
+def _env(**extra):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT), **extra)
+    env.pop("XLA_FLAGS", None)
+    env.update(extra)
+    return env
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a store, by path, and its metadata."""
+    group = zarr.open_group(str(path), mode="r")
+    arrays = {name: np.asarray(array[...]) for name, array in group.arrays()}
+    for name, sub in group.groups():
+        for inner, array in sub.arrays():
+            arrays[f"{name}/{inner}"] = np.asarray(array[...])
+    arrays["attrs"] = np.frombuffer(json.dumps(dict(group.attrs), sort_keys=True).encode(), np.uint8)
+    return arrays
+
+
+def _assert_same_store(a: Path, b: Path):
+    left, right = _arrays(a), _arrays(b)
+    assert sorted(left) == sorted(right)
+    for name in left:
+        np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+def test_a_store_killed_at_random_points_resumes_to_an_uninterrupted_runs(tmp_path):
+    whole = tmp_path / "whole.zarr"
+    began = time.monotonic()
+    subprocess.run(EXTRACT + ["--out", str(whole)], env=_env(), check=True, capture_output=True)
+    took = time.monotonic() - began
+    store = tmp_path / "J.zarr"
+    rng = random.Random(0)
+    kills = 0
+    for _ in range(3):  # three kills, each at a random point of a run (start-up, computing or writing)
+        proc = subprocess.Popen(
+            EXTRACT + ["--out", str(store)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        time.sleep(rng.uniform(0.3, 0.9) * took)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 2
+    done = subprocess.run(EXTRACT + ["--out", str(store)], env=_env(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    _assert_same_store(store, whole)
+    assert not list(tmp_path.glob(".*.partial"))  # no half-made store left beside it
+
+
+def test_eight_devices_give_one_devices_result(tmp_path):
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.scale_worker", "devices", str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "devices.json").read_text())
+    assert report["devices"] == 8 and len(report["cases"]) == 12
+    for case in report["cases"]:
+        assert case["error"] <= 1e-5 and case["activation_error"] <= 1e-5, case
+        assert case["device"].endswith(f"({case['devices']} devices)")
+    assert report["store_error"] <= 1e-5
+    assert report["cpu5"] == [0.0, 0.0]  # one device, whichever: the same programs
+
+
+def test_the_command_line_uses_the_devices_it_is_given(tmp_path):
+    out = subprocess.run(
+        EXTRACT[:-5] + ["--num-examples", "2", "--devices", "4", "--out", str(tmp_path / "J.zarr")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "on cpu:0-3 (4 devices)" in out.stdout
+    one = subprocess.run(
+        EXTRACT[:-5] + ["--num-examples", "1", "--device", "cpu:1", "--out", str(tmp_path / "x.npz")],
+        env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"),
+        capture_output=True,
+        text=True,
+    )
+    assert one.returncode == 0 and "on cpu:1" in one.stdout, one.stderr
+    missing = subprocess.run(
+        EXTRACT[:-5] + ["--num-examples", "1", "--device", "cpu:3", "--out", str(tmp_path / "y.npz")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == (
+        "error: device 'cpu:3' is not available: cpu has devices 0 to 0 here (available: cpu:0)."
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_write_one_store_equal_to_one_processes(tmp_path):
+    alone = tmp_path / "alone.zarr"
+    subprocess.run(EXTRACT + ["--out", str(alone)], env=_env(), check=True, capture_output=True)
+    shared = tmp_path / "shared.zarr"
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.scale_worker", "process", str(i), str(port), str(shared)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outputs):
+        assert p.returncode == 0, stderr[-3000:]
+    told = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
+    assert sorted(t["process"] for t in told) == [0, 1] and all(t["of"] == 2 and t["complete"] for t in told)
+    left, right = _arrays(shared), _arrays(alone)
+    for name in left:
+        if name != "attrs":  # the metadata names the device each wrote from
+            np.testing.assert_array_equal(left[name], right[name], err_msg=name)
+
+
+@pytest.mark.parametrize("flags", [["--coordinator", "127.0.0.1:1"], ["--num-processes", "2", "--process-id", "0"]])
+def test_process_options_go_together(flags, tmp_path):
+    from click.testing import CliRunner
+
+    from layersens_cli.main import main
+
+    result = CliRunner().invoke(main, ["extract", "--layer", "relu1", "--model", LENET_DIGITS] + flags)
+    assert result.exit_code == 2
+    assert "--coordinator, --num-processes and --process-id go together: give all three." in result.output
