@@ -144,7 +144,7 @@ def test_two_processes_write_one_store_equal_to_one_processes(tmp_path):
         for i in (0, 1)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (stdout, stderr) in zip(procs, outputs):
+    for p, (_, stderr) in zip(procs, outputs):
         assert p.returncode == 0, stderr[-3000:]
     told = [json.loads(stdout.strip().splitlines()[-1]) for stdout, _ in outputs]
     assert sorted(t["process"] for t in told) == [0, 1] and all(t["of"] == 2 and t["complete"] for t in told)
