@@ -267,20 +267,24 @@ class RunProgress:
 
 class StepProgress:
     """``progress(step, done, total)`` of a run in several steps (the summaries' protocol), on stderr, only on a
-    terminal: the step, a bar (pulsing while ``total`` is ``None``) and the step's elapsed time, on one line that
-    is gone when the run ends. Each call checks for a Ctrl-C that a library swallowed."""
+    terminal: the step ("step k of N" where the library numbers them), a bar (pulsing while ``total`` is
+    ``None``), the step's rate and ETA once chunks are counted, and its elapsed time, on one line that is gone
+    when the run ends. Each call checks for a Ctrl-C that a library swallowed."""
 
-    def __init__(self):
+    def __init__(self, quiet: bool = False):
+        self.enabled = err.is_terminal and not quiet
         self.bar: Progress | None = None
         self.step: str | None = None
+        self.began = time.monotonic()
 
     def __call__(self, step: str, done: int, total: int | None):
         _interrupt.raise_if_interrupted()
-        if not err.is_terminal:
+        if not self.enabled:
             return
         count = f"{done}/{total}" if total else ""
         if self.bar is None:
             self.bar = Progress(
+                SpinnerColumn(),
                 TextColumn("{task.description}"),
                 BarColumn(),
                 TextColumn("{task.fields[count]}"),
@@ -292,7 +296,11 @@ class StepProgress:
             self.task = self.bar.add_task(escape(step), total=total, count=count)
         elif step != self.step:
             self.bar.reset(self.task, total=total, description=escape(step), count=count)
+            self.began = time.monotonic()
         self.step = step
+        elapsed = time.monotonic() - self.began
+        if total and 0 < done < total and elapsed > 0:
+            count += f" · ETA {_clock((total - done) * elapsed / done)}"
         self.bar.update(self.task, completed=done, total=total, count=count)
 
     def __enter__(self):

@@ -276,7 +276,6 @@ def summarize(
         "--all-layers": all_layers,
         "--inputs": inputs,
         "--num-examples": num_examples,
-        "--max-memory": max_memory,
         "--k": k,
         "--no-ntk": no_ntk,
         "--device": device,
@@ -287,7 +286,7 @@ def summarize(
         given = [name for name, value in {**model_only, "--model": model_dir}.items() if value not in (None, False)]
         if given:
             raise click.UsageError(f"give a result FILE or --model DIR, not both ({', '.join(given)} with {path})", ctx)
-        return _summarize_file(path, spectrum)
+        return _summarize_file(path, spectrum, max_memory)
     if model_dir is None:
         raise click.UsageError("give a result FILE to read, or --model DIR with --layer LAYER or --all-layers", ctx)
     if bool(layer) == bool(all_layers):
@@ -339,11 +338,16 @@ def summarize(
         say(f"wrote       {file}")
 
 
-def _summarize_file(path, spectrum):
+def _summarize_file(path, spectrum, max_memory=None):
     """What a result file holds: a Jacobian's norms, sparsity, rank and condition, or another result's numbers."""
     from ._show import show_other, show_products, show_readout, show_sensitivity
 
-    result = layersens.summaries.read_result(path)
+    with StepProgress() as progress:
+        result = layersens.summaries.read_result(
+            path,
+            max_memory or 256 * 2**20,
+            progress=lambda done, total: progress(f"reading {path}", done, total),
+        )
     if isinstance(result, layersens.LayerJacobian):
         return _summarize_jacobian(result, spectrum)
     if spectrum is not None:

@@ -93,6 +93,7 @@ def test_reading_back_is_lazy_and_exact(models, tmp_path):
         for name, (a, b) in dense.column_ranges.items():
             np.testing.assert_array_equal(stored[name][1], dense.matrix[1][:, a:b])
         assert stored.max_abs() == pytest.approx(float(np.abs(dense.matrix).max()))
+        assert len(repr(stored)) < 1000 and "complete='yes'" in repr(stored) and stored._repr_html_()
 
 
 def test_streamed_sums_equal_the_sensitivity(models, tmp_path):

@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import gc
 import statistics
+import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -232,6 +233,27 @@ def _with_ratios(methods: list[MethodResult], jacobian_bytes: int, bandwidth: Ba
     return out
 
 
+class _Steps:
+    """Numbers the benchmark's steps for ``progress(message)`` and estimates the time left."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done, self.began = progress, total, 0, time.perf_counter()
+
+    def __call__(self, message: str, step: bool = True) -> None:
+        if self.progress is None:
+            return
+        if not step:  # a part of the current step
+            self.progress(f"step {self.done} of {self.total}: {message}")
+            return
+        elapsed = time.perf_counter() - self.began
+        left = ""
+        if self.done:
+            seconds = int(elapsed / self.done * (self.total - self.done))
+            left = f" (ETA ~{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}, rough)"
+        self.done += 1
+        self.progress(f"step {self.done} of {self.total}: {message}{left}")
+
+
 def _bench_case(model, model_dir, layer, n, settings, bandwidth, progress, measure_memory, allow_import):
     split = layersens.split(model, layer)
     xs = np.asarray(model.example_inputs[:n])
@@ -259,7 +281,7 @@ def _bench_case(model, model_dir, layer, n, settings, bandwidth, progress, measu
             # where it can be (a JAX computation in this process cannot be interrupted).
             guard = settings.run_limit_s if name not in LOOP_METHODS else None
             if measure_memory or guard is not None:
-                progress(f"{layer} ×{n}: {name} (own process)")
+                progress(f"{layer} ×{n}: {name} (own process)", step=False)
                 own = measure_peak_memory(
                     model_dir,
                     layer,
@@ -360,7 +382,8 @@ def run_benchmark(
     ``out_dir`` the report is also written there (:func:`write_report`) and ``files`` lists what was written;
     ``out_dir`` is checked before anything runs: a file there, or a report already there (unless
     ``overwrite``), is an :class:`~layersens.OutputError`.
-    ``progress(message)`` is told what runs next.
+    ``progress(message)`` is told what runs next: ``"step k of N: ..."``, with an estimate of the time left once a
+    step has run (the mean step so far, times the steps left: methods differ, so it is labelled as rough).
     """
     if out_dir is not None:
         check_report_dir(out_dir, overwrite)
@@ -407,12 +430,12 @@ def run_benchmark(
         )
     for name in layers:  # unknown layers fail before minutes of benchmarking, not after
         layersens.split(model, name)
-    progress = progress or (lambda message: None)
+    steps = _Steps(progress, 1 + len(layers) * len(counts) * (1 + len(settings.methods)))
     env = environment()
-    progress("memory-write bandwidth")
+    steps("memory-write bandwidth")
     bandwidth = measure_bandwidth(bandwidth_bytes)
     cases = tuple(
-        _bench_case(model, model_dir, name, n, settings, bandwidth, progress, measure_memory, allow_import)
+        _bench_case(model, model_dir, name, n, settings, bandwidth, steps, measure_memory, allow_import)
         for name in layers
         for n in counts
     )

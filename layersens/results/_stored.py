@@ -12,6 +12,7 @@ import numpy as np
 from .._errors import CheckpointError, JacobianTooLargeError, format_bytes
 from .._repr import Summarized
 from ._result import LayerJacobian, load_jacobian_npz
+from ._sensitivity import Sensitivity
 from ._store_format import STORE_FORMAT, StoredArray
 from ._xarray import xarray_module
 
@@ -252,18 +253,42 @@ class StoredJacobian(Summarized):
         ds.attrs.update({"layer": self.layer, "model": self.model, "mode": self.mode, "layout": self.layout})
         return ds
 
-    def sensitivity_sums(self, max_memory: int = 256 * 2**20):
+    def sensitivity(self, max_memory: int = 256 * 2**20, progress=None) -> Sensitivity:
+        """The exact :class:`Sensitivity` (diag(JᵀJ) per parameter, ‖∂h_i/∂θ‖ per unit, ‖J‖_F), streamed over the
+        store: memory ``max_memory`` for the rows read at a time, plus P + M float64 numbers per example.
+        ``progress(done, total)`` is told of the reads."""
+        columns, rows = self.sensitivity_sums(max_memory, progress)
+        E = self.num_examples
+        return Sensitivity(
+            layer=self.layer,
+            model=self.model,
+            param_names=self.param_names,
+            param_shapes=self.param_shapes,
+            activation_shape=self.activation_shape,
+            wrt=self.wrt,
+            mode=self.mode,
+            device=self.device,
+            parameter={n: columns[n].reshape((E,) + self._shape(n)) for n in self.param_names},
+            unit=np.sqrt(rows).reshape((E,) + self.activation_shape),
+            frobenius=np.sqrt(rows.sum(axis=1)),
+            notes=self.notes + (f"streamed from {self.path}",),
+        )
+
+    def sensitivity_sums(self, max_memory: int = 256 * 2**20, progress=None):
         """Σ_i J[i, p]² per parameter (leaf → ``(examples, P_leaf)``) and Σ_p J[i, p]² per unit
         (``(examples, M)``), float64, reading at most about ``max_memory`` bytes at a time."""
         self._check_complete()
+        item = np.dtype(self.dtype).itemsize
+        steps = {a.leaf: max(1, max_memory // max(1, a.shape[2] * item * 2)) for a in self.arrays}
+        total = sum(self.num_examples * -(-self.num_outputs // steps[a.leaf]) for a in self.arrays)
+        done = 0
         E, M = self.num_examples, self.num_outputs
         columns = {a.leaf: np.zeros((E, int(np.prod(self._shape(a.leaf))))) for a in self.arrays}
         rows = np.zeros((E, M))
-        item = np.dtype(self.dtype).itemsize
         for a in self.arrays:
             data = self._group[a.path]  # type: ignore[index]
             K = a.shape[2]
-            step = max(1, max_memory // max(1, K * item * 2))  # rows per read, with room for their squares
+            step = steps[a.leaf]  # rows per read, with room for their squares
             channel = self.channels.get(a.leaf)
             for n in range(E):
                 for r0 in range(0, M, step):
@@ -277,6 +302,9 @@ class StoredJacobian(Summarized):
                         sums = np.zeros((K, C))
                         np.add.at(sums.T, chan, block)
                         columns[a.leaf][n] += sums.reshape(-1)
+                    done += 1
+                    if progress is not None:
+                        progress(done, total)
         return columns, rows
 
     def _shape(self, leaf: str) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ import numpy as np
 from .._atomic import sniff
 from .._errors import CheckpointError
 from ..derivatives import PRODUCTS_FORMAT, JacobianProducts, ReadoutDerivative
-from ..results import load_jacobian, load_sensitivity, read_npz
+from ..results import is_store, load_jacobian, load_sensitivity, open_store, read_npz
 
 SENSITIVITY_FORMAT = "layersens-sensitivity/1"
 READOUT_FORMATS = {
@@ -127,10 +127,14 @@ def _products(path, members: list[str]) -> JacobianProducts:
     )
 
 
-def read_result(path):
+def read_result(path, max_memory: int = 256 * 2**20, progress=None):
     """The result a layersens ``.npz`` holds: a ``LayerJacobian``, a ``Sensitivity``, a ``ReadoutDerivative``
     (gradient, Hessian, Hessian-vector products), ``JacobianProducts``, or an :class:`OtherResult` for the other
-    layersens formats; any other file is an error saying what it is (``CheckpointError``)."""
+    layersens formats; any other file is an error saying what it is (``CheckpointError``). A Jacobian store
+    (``.zarr``) gives its ``Sensitivity``, streamed within ``max_memory`` (``progress(done, total)`` told of the
+    reads): it may be far larger than memory."""
+    if is_store(path):
+        return open_store(path).sensitivity(max_memory, progress)
     fmt, members = _peek(path)
     if fmt == SENSITIVITY_FORMAT:
         return load_sensitivity(path)

@@ -73,17 +73,23 @@ def summarize_layer(
     k = check_k(k, split)
     budget = None if max_memory is None else parse_bytes(max_memory)
     dev = resolve_device(device)
-    step = f"{split.layer}: sensitivity"
+    steps = 1 + (1 if k or ntk else 0) + (1 if k else 0) + (1 if ntk else 0)
+    at = iter(range(1, steps + 1))
+
+    def numbered(text: str) -> str:
+        return f"{split.layer}: step {next(at)} of {steps}, {text}"
+
+    step = numbered("sensitivity")
     sens = sensitivity(split, x, max_memory=budget, device=dev, progress=lambda done, total: report(step, done, total))
     spec = kernel = None
     notes: tuple[str, ...] = ()
     with jax.default_device(dev) if device is not None else contextlib.nullcontext():
         op = None
         if k or ntk:
-            report(f"{split.layer}: linearizing {len(x)} example(s)", 0, None)
+            report(numbered(f"linearizing {len(x)} example(s)"), 0, None)
             op = linearize(split, x)
         if k:
-            step = f"{split.layer}: top {k} singular value(s)"
+            step = numbered(f"top {k} singular value(s)")
             report(step, 0, None)
             # one probe asked for ‖J‖²_F: the exact value from the sensitivity replaces its estimate
             spec = dataclasses.replace(
@@ -94,7 +100,7 @@ def summarize_layer(
             )
             report(step, 1, 1)
         if ntk:
-            step = f"{split.layer}: NTK across {len(x)} example(s)"
+            step = numbered(f"NTK across {len(x)} example(s)")
             report(step, 0, None)
             kernel = layer_ntk(op, None, max_memory=budget)  # the dense J only within the budget
             report(step, 1, 1)
