@@ -235,7 +235,7 @@ Examples:
     help="Singular values per example (0: none) [default: 6 with --layer, 1 with --all-layers]",
 )
 @click.option("--no-ntk", is_flag=True, help="Skip the empirical NTK across the examples (--layer).")
-@click.option("--device", help="cpu or gpu [default: JAX's default device] (--layer)")
+@device_options
 @click.option(
     "--out",
     "out_dir",
@@ -249,6 +249,7 @@ Examples:
     default=None,
     help="For a saved Jacobian: compute rank and condition [default: when the smaller side is at most 2,048]",
 )
+@quiet_option
 @clean_errors
 def summarize(
     path,
@@ -261,9 +262,11 @@ def summarize(
     k,
     no_ntk,
     device,
+    devices,
     out_dir,
     overwrite,
     spectrum,
+    quiet,
     **options,
 ):
     """With --layer and --model: a layer's exact sensitivity (‖J‖_F, each parameter leaf's and output channel's
@@ -279,6 +282,7 @@ def summarize(
         "--k": k,
         "--no-ntk": no_ntk,
         "--device": device,
+        "--devices": devices,
         "--out": out_dir,
         "--overwrite": overwrite,
     }
@@ -286,21 +290,22 @@ def summarize(
         given = [name for name, value in {**model_only, "--model": model_dir}.items() if value not in (None, False)]
         if given:
             raise click.UsageError(f"give a result FILE or --model DIR, not both ({', '.join(given)} with {path})", ctx)
-        return _summarize_file(path, spectrum, max_memory)
+        return _summarize_file(path, spectrum, max_memory, quiet)
     if model_dir is None:
         raise click.UsageError("give a result FILE to read, or --model DIR with --layer LAYER or --all-layers", ctx)
     if bool(layer) == bool(all_layers):
         raise click.UsageError("give --layer LAYER or --all-layers (one of them) with --model", ctx)
     if spectrum is not None:
         raise click.UsageError("--spectrum/--no-spectrum is for a saved Jacobian FILE; use --k with --model", ctx)
-    if all_layers and (no_ntk or device):
-        raise click.UsageError("--no-ntk and --device go with --layer; a profile computes no NTK", ctx)
+    if all_layers and (no_ntk or device or devices):
+        raise click.UsageError("--no-ntk, --device and --devices go with --layer; a profile computes no NTK", ctx)
     dtype = "float64" if options["x64"] else None
     if out_dir is not None:  # before anything is loaded
         from layersens.report import check_report_dir
 
         check_report_dir(out_dir, "summary" if layer else "profile", overwrite)
-    with StepProgress() as progress:
+    join(None, None, None, device, devices)
+    with StepProgress(quiet) as progress:
         progress("loading the model", 0, None)
         model = load(model_dir, **options)
         if layer:
@@ -312,6 +317,7 @@ def summarize(
                 k=6 if k is None else k,
                 max_memory=max_memory,
                 device=device,
+                devices=devices,
                 ntk=not no_ntk,
                 progress=progress,
                 dtype=dtype,
@@ -338,11 +344,11 @@ def summarize(
         say(f"wrote       {file}")
 
 
-def _summarize_file(path, spectrum, max_memory=None):
+def _summarize_file(path, spectrum, max_memory=None, quiet=False):
     """What a result file holds: a Jacobian's norms, sparsity, rank and condition, or another result's numbers."""
     from ._show import show_other, show_products, show_readout, show_sensitivity
 
-    with StepProgress() as progress:
+    with StepProgress(quiet) as progress:
         result = layersens.summaries.read_result(
             path,
             max_memory or 256 * 2**20,

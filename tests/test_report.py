@@ -222,7 +222,11 @@ def test_summarize_each_kind_of_saved_file(tiny_dir, tmp_path):
             2,
             "give a result FILE or --model DIR, not both (--layer with x.npz)",
         ),
-        (["summarize", "--model", "{model}", "--all-layers", "--no-ntk"], 2, "--no-ntk and --device go with --layer"),
+        (
+            ["summarize", "--model", "{model}", "--all-layers", "--no-ntk"],
+            2,
+            "--no-ntk, --device and --devices go with --layer",
+        ),
         (["summarize", "--model", "{model}", "--layer", "act", "--k", "-1"], 2, "-1 is not in the range x>=0"),
         (["summarize", "--model", "{model}", "--layer", "acts"], 1, "unknown layer 'acts'. Did you mean 'act'?"),
         (["summarize", "--model", "{model}", "--layer", "act", "--k", "40"], 1, "so choose 0 to 20 singular values"),

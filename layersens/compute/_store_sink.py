@@ -185,6 +185,7 @@ class StoreSink(Sink[StoredJacobian]):
 
     def _create(self, job: Job, target: Path) -> None:
         import zarr
+        from zarr.codecs import ZstdCodec
 
         check_name(target, "--out")
         split = job.split
@@ -212,6 +213,9 @@ class StoreSink(Sink[StoredJacobian]):
                     dtype=dtype,
                     chunks=a.chunks(dtype.itemsize),
                     fill_value=0,
+                    # zstd at level 1: the same size as zarr's default level on these mostly-zero slabs, and
+                    # measured 28 % faster (382 against 298 MB/s for a 50 MB relu2 slab)
+                    compressors=ZstdCodec(level=1),
                     dimension_names=("example", "unit", leaf_dim),
                     attributes={"leaf": a.leaf},
                 )

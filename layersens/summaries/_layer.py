@@ -55,6 +55,7 @@ def summarize_layer(
     device=None,
     ntk: bool = True,
     progress: Progress | None = None,
+    devices: int | None = None,
 ) -> LayerSummary:
     """The exact sensitivity of ``split``'s layer (‖J_n‖_F, diag(J_nᵀJ_n) per parameter, ‖∂h_i/∂θ‖ per unit:
     :func:`layersens.sensitivity`), the ``k`` largest singular values and directions of each J_n
@@ -62,7 +63,8 @@ def summarize_layer(
     NTK tr(J_n J_mᵀ) across examples (:func:`layersens.layer_ntk`), as one :class:`LayerSummary`.
 
     ``max_memory`` bounds each chunk's working memory (and the NTK forms the dense J of all examples only when it
-    fits in it); ``device`` as for :func:`layersens.jacobian`; ``progress(step, done, total)`` is told each step.
+    fits in it); ``device`` and ``devices`` as for :func:`layersens.jacobian` (``devices`` spreads the sensitivity's
+    chunks); ``progress(step, done, total)`` is told each step.
     Cost: the passes of ``jacobian`` (without its result), one forward pass per example to linearize, about
     6k–9k products per example for the spectrum (none beyond min(M, P) when J is small enough to form), and for
     the NTK the plan's passes (contraction) or min(M, P) products per example.
@@ -80,7 +82,9 @@ def summarize_layer(
         return f"{split.layer}: step {next(at)} of {steps}, {text}"
 
     step = numbered("sensitivity")
-    sens = sensitivity(split, x, max_memory=budget, device=dev, progress=lambda done, total: report(step, done, total))
+    sens = sensitivity(
+        split, x, max_memory=budget, device=dev, devices=devices, progress=lambda done, total: report(step, done, total)
+    )
     spec = kernel = None
     notes: tuple[str, ...] = ()
     with jax.default_device(dev) if device is not None else contextlib.nullcontext():

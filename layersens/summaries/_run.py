@@ -33,6 +33,7 @@ def summarize_model(
     k: int = 6,
     max_memory=None,
     device=None,
+    devices: int | None = None,
     ntk: bool = True,
     progress: Progress | None = None,
     dtype=None,
@@ -48,7 +49,14 @@ def summarize_model(
     model, x, out = _prepare(model, inputs, num_examples, allow_import, out, overwrite, "summary", progress, dtype)
     progress(f"{layer}: tracing", 0, None)
     summary = summarize_layer(
-        split(model, layer, dtype=dtype), x, k=k, max_memory=max_memory, device=device, ntk=ntk, progress=progress
+        split(model, layer, dtype=dtype),
+        x,
+        k=k,
+        max_memory=max_memory,
+        device=device,
+        devices=devices,
+        ntk=ntk,
+        progress=progress,
     )
     if out is None:
         return summary, ()
