@@ -146,39 +146,6 @@ def clean_errors(command):
 # ------------------------------------------------------------------------------------------ progress displays
 
 
-class LazyProgress:
-    """A progress bar on stderr that appears with the first chunk, so early errors print alone; only on a
-    terminal (elsewhere it would leave a line behind). Each call checks for a Ctrl-C that a library swallowed."""
-
-    def __init__(self, description: str):
-        self.description = description
-        self.bar: Progress | None = None
-
-    def __call__(self, done: int, total: int):
-        _interrupt.raise_if_interrupted()
-        if not err.is_terminal:
-            return
-        if self.bar is None:
-            self.bar = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                console=err,
-                transient=True,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task(escape(self.description), total=total)
-        self.bar.update(self.task, completed=done, total=total)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.stop()
-
-
 def _clock(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

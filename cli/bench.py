@@ -20,6 +20,7 @@ from ._common import (
     model_dir_option,
     out,
     overwrite_option,
+    quiet_option,
     status_line,
 )
 
@@ -85,6 +86,7 @@ Examples:
 )
 @click.option("--no-memory", is_flag=True, help="Skip the per-method peak-memory runs (one process per method).")
 @allow_import_option
+@quiet_option
 @clean_errors
 def bench(
     layers,
@@ -99,6 +101,7 @@ def bench(
     methods,
     no_memory,
     allow_import,
+    quiet,
 ):
     """Benchmark every way of computing each --layer's Jacobian: scalar-gradient loops, jax.jacrev/jacfwd and
     each layersens strategy. Each result is verified before it is timed; writes a Markdown/JSON/PNG report."""
@@ -117,7 +120,7 @@ def bench(
         overwrite=overwrite,
         allow_import=allow_import,
         measure_memory=not no_memory,
-        progress=status_line,
+        progress=None if quiet else status_line,
     )
     table = Table(title=escape(f"{report.model_name}: steady-state time per method (compile excluded)"))
     for column in ("layer", "N", "method", "compile", "steady", "vs loop-jit", "vs best jax"):

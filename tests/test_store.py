@@ -7,6 +7,8 @@ The store holds the values the same compiled programs hand to the dense sink, so
 
 from __future__ import annotations
 
+import time
+
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
@@ -173,6 +175,7 @@ def test_a_finished_store_is_not_recomputed(models, tmp_path):
 
     again = run(split, X, Counting(tmp_path / "J.zarr"), mode=layersens.Auto())
     assert again.complete and not seen
+    assert any(note.startswith("resumed: ") and "already written by an earlier run" in note for note in again.notes)
 
 
 def test_a_store_of_another_computation_is_refused(models, tmp_path, tiny_cnn):
@@ -238,3 +241,31 @@ def test_extract_to_a_store_verifies_and_reports_progress(tmp_path, lenet_linen)
     jac = layersens.extract(lenet_linen, "relu1", num_examples=1, out=tmp_path / "r1.npz", progress=npz)
     assert any(t.startswith("writing") for t, _ in npz.stages)
     assert npz.bytes >= jac.nbytes and npz.bytes >= (tmp_path / "r1.npz").stat().st_size  # zip rewrites headers
+
+
+def test_the_run_display_counts_examples_and_chunks_with_an_eta(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import layersens_cli._common as common
+
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "err", Console(file=screen, force_terminal=True, width=160))
+    with common.RunProgress() as progress:
+        progress.stage("tracing LeNet to relu2")
+        progress.stage("drelu2/dθ on cpu:0", 4)
+        time.sleep(0.05)
+        progress(2, 8)
+        progress.wrote(3 * 2**20)
+        progress(4, 8)
+    shown = screen.getvalue()
+    assert "tracing LeNet to relu2" in shown and "drelu2/dθ on cpu:0" in shown
+    assert "2/4 examples · 4/8 chunks" in shown and "chunks/s · ETA 0:00:0" in shown and "3.0 MiB written" in shown
+    for quiet, terminal in ((True, True), (False, False)):  # --quiet, or stderr not a terminal: nothing at all
+        screen = io.StringIO()
+        monkeypatch.setattr(common, "err", Console(file=screen, force_terminal=terminal))
+        with common.RunProgress(quiet=quiet) as progress:
+            progress.stage("drelu2/dθ on cpu:0", 4)
+            progress(2, 8)
+        assert screen.getvalue() == ""

@@ -9,6 +9,7 @@ flight, and a rerun of the same command skips what the ledger records (``needed`
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
@@ -402,7 +403,13 @@ class StoreSink(Sink[StoredJacobian]):
     def finish(self, done: Done) -> StoredJacobian:
         if self.slabs:  # every basis vector arrives once, so a slab left open is a defect, never a user error
             raise AssertionError(f"slabs left unwritten: {sorted(self.slabs)[:4]}")
-        return open_store(self.target, timings=(done.seconds, done.compile_seconds))
+        stored = open_store(self.target, timings=(done.seconds, done.compile_seconds))
+        notes = []
+        if self.resumed:
+            notes.append(f"resumed: {self.resumed} slab(s) were already written by an earlier run")
+        if jax.process_count() > 1:
+            notes.append(f"written by {jax.process_count()} processes; this is process {jax.process_index()}")
+        return dataclasses.replace(stored, notes=stored.notes + tuple(notes)) if notes else stored
 
 
 def _copy(target: np.ndarray, at: int, source: np.ndarray, i: int, j: int, axis: int = 1) -> None:
