@@ -55,24 +55,50 @@ def _assert_same_store(a: Path, b: Path):
         np.testing.assert_array_equal(left[name], right[name], err_msg=name)
 
 
+def _fraction_done(store: Path) -> float:
+    """The share of a store's slabs its ledger records (0 before the store exists)."""
+    if not (store / "zarr.json").exists():
+        return 0.0
+    group = zarr.open_group(str(store), mode="r")
+    ledger = group["ledger"]
+    done = total = 0
+    for _, array in ledger.arrays():
+        values = np.asarray(array[...])
+        done, total = done + int(values.sum()), total + values.size
+    return done / max(total, 1)
+
+
 def test_a_store_killed_at_random_points_resumes_to_an_uninterrupted_runs(tmp_path):
     whole = tmp_path / "whole.zarr"
-    began = time.monotonic()
     subprocess.run(EXTRACT + ["--out", str(whole)], env=_env(), check=True, capture_output=True)
-    took = time.monotonic() - began
     store = tmp_path / "J.zarr"
     rng = random.Random(0)
+    # Killed during start-up, then three times once a random share of the slabs is recorded (the kill lands
+    # wherever that run then is: computing, between a slab's chunks and its ledger entry, writing ...).
+    targets = [None] + sorted(rng.uniform(0.05, 0.8) for _ in range(3))
     kills = 0
-    for _ in range(3):  # three kills, each at a random point of a run (start-up, computing or writing)
+    for target in targets:
         proc = subprocess.Popen(
             EXTRACT + ["--out", str(store)], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(0.3, 0.9) * took)
+        deadline = time.monotonic() + 300
+        if target is None:
+            time.sleep(1.0)
+        else:
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    if _fraction_done(store) >= target:
+                        break
+                except Exception:  # noqa: BLE001 - a store being made: look again
+                    pass
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0, 0.2))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
         proc.wait()
-    assert kills >= 2
+    assert kills >= 3
+    assert _fraction_done(store) < 1.0  # the last kill left it unfinished
     done = subprocess.run(EXTRACT + ["--out", str(store)], env=_env(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     _assert_same_store(store, whole)
