@@ -557,6 +557,7 @@ def out_options(default: str):
 def load(model_dir, allow_import, module_path, factory_path, kwargs, call_kwargs, input_shape, input_dtype, x64):
     """The model :data:`model_options` describe (announcing each import of the user's code on stderr)."""
     layersens = library()
+    layersens.use_compile_cache()  # off with LAYERSENS_COMPILE_CACHE=0
     if x64:
         import jax
 

@@ -206,7 +206,9 @@ def extract(
         say(f"note        {note}")
     if jac.verification is not None:
         say(f"verify      {jac.verification.describe()}")
-    say(f"time        {jac.seconds:.3f} s compute + {jac.compile_seconds:.3f} s compile")
+    hits, misses = layersens.compute.compile_cache_counts()
+    cached = f" ({hits} program(s) from the compilation cache, {misses} compiled)" if hits or misses else ""
+    say(f"time        {jac.seconds:.3f} s compute + {jac.compile_seconds:.3f} s compile{cached}")
     if store:
         on_disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
         say(f"store       {jac.layout}; {format_bytes(on_disk)} on disk (zstd; all-zero chunks not written)")

@@ -102,6 +102,7 @@ _LAZY = {
             "prepare",
             "sensitivity",
             "stream_jacobian",
+            "use_compile_cache",
         ),
         ".compute",
     ),

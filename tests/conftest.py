@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
+# The command line keeps compiled programs in a cache directory; the tests compile afresh (tests/test_scale.py checks
+# the cache with a directory of its own).
+os.environ["LAYERSENS_COMPILE_CACHE"] = "0"
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_enable_x64", True)  # float64 checks; models still default to float32
 

@@ -189,3 +189,24 @@ def test_process_options_go_together(flags, tmp_path):
     result = CliRunner().invoke(main, ["extract", "--layer", "relu1", "--model", LENET_DIGITS] + flags)
     assert result.exit_code == 2
     assert "--coordinator, --num-processes and --process-id go together: give all three." in result.output
+
+
+def test_a_repeated_extract_compiles_nothing_with_a_warm_cache(tmp_path):
+    env = _env(LAYERSENS_COMPILE_CACHE="1", LAYERSENS_CACHE_DIR=str(tmp_path / "cache"))
+    command = EXTRACT[:-5] + [
+        "--layer",
+        "relu1",
+        "--num-examples",
+        "1",
+        "--overwrite",
+        "--out",
+        str(tmp_path / "r.npz"),
+    ]
+    first = subprocess.run(command, env=env, capture_output=True, text=True)
+    second = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    assert "from the compilation cache, 0 compiled)" not in first.stdout
+    assert "from the compilation cache, 0 compiled)" in second.stdout, second.stdout
+    assert list((tmp_path / "cache" / "xla").iterdir())
+    off = subprocess.run(command, env=_env(LAYERSENS_CACHE_DIR=str(tmp_path / "c2")), capture_output=True, text=True)
+    assert off.returncode == 0 and "compilation cache" not in off.stdout and not (tmp_path / "c2").exists()

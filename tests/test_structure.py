@@ -208,6 +208,7 @@ def test_the_public_surface_is_pinned():
         "summarize",
         "summarize_layer",
         "unbox",
+        "use_compile_cache",
         "verify",
     ]
     for name in layersens.__all__:
