@@ -21,6 +21,7 @@ is ever recorded and these calls do nothing.
 from __future__ import annotations
 
 import contextlib
+import gc
 import signal
 import threading
 from collections.abc import Iterator
@@ -30,11 +31,38 @@ _deferring = 0
 _original = None  # the handler the first install replaced
 
 
+_collecting = False  # a garbage collection (and its callbacks, JAX's among them) is running
+
+
+def _gc_started(phase, info):
+    global _collecting
+    if phase == "start":
+        _collecting = True
+
+
+def _gc_stopped(phase, info):
+    global _collecting
+    if phase == "stop":
+        _collecting = False
+
+
 def _handler(signum, frame):
     global _interrupted
     _interrupted = True
-    if not _deferring:
+    # Raised inside a gc callback (JAX's ``_xla_gc_callback``), the interrupt would be printed as "Exception
+    # ignored in ..." and lost: it is only recorded then, and raised by the next ``raise_if_interrupted``.
+    if not _deferring and not _collecting and not _in_gc_callback(frame):
         raise KeyboardInterrupt
+
+
+def _in_gc_callback(frame) -> bool:
+    """Whether ``frame`` runs inside one of the garbage collector's callbacks (registered after the flag's own)."""
+    codes = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in codes:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def install(deferring: bool = False, early=(), replaces=None):
@@ -47,6 +75,9 @@ def install(deferring: bool = False, early=(), replaces=None):
     global _interrupted, _deferring, _original
     if threading.current_thread() is not threading.main_thread():
         return None
+    if _gc_started not in gc.callbacks:  # the flag is up before any other callback runs, down after all of them
+        gc.callbacks.insert(0, _gc_started)
+        gc.callbacks.append(_gc_stopped)
     previous = signal.signal(signal.SIGINT, _handler)
     if previous is _handler:
         previous = _original

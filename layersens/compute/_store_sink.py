@@ -182,6 +182,7 @@ class StoreSink(Sink[StoredJacobian]):
         self.resumed = int(sum(d.sum() for d in self.done.values()))
         self.slabs: dict[tuple[str, int, int], list] = {}  # (leaf, example, slab) -> [buffer, rows/columns filled]
         self.starts = _starts(split, split.param_names)
+        self.block_of = {n: b for b in job.plan.blocks for n in b.names}
         self.within = {n: leaf_size(split, n) // job.structure[n].channels for n in self.by_leaf if n in job.structure}
 
     def _create(self, job: Job, target: Path) -> None:
@@ -279,7 +280,7 @@ class StoreSink(Sink[StoredJacobian]):
 
     def _basis_to_slab_axis(self, a: StoredArray, names, start, stop) -> tuple[int, int]:
         """The rows or columns of leaf ``a`` that basis vectors ``start .. stop`` of the block ``names`` reach."""
-        kind = next(b for b in self.job.plan.blocks if a.leaf in b.names)
+        kind = self.block_of[a.leaf]
         if not kind.method.forward:
             C = self.job.structure[a.leaf].channels if kind.method.colouring else 1
             return start * C, stop * C
