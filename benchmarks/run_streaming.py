@@ -50,10 +50,6 @@ def _reset_peak() -> None:
         f.write("5")
 
 
-def _du(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-
-
 def disk_write_speed(folder: Path, nbytes: int = 1 << 30) -> float:
     """Bytes per second of a sequential write of ``nbytes`` with fsync, on the disk of ``folder``."""
     block = np.random.default_rng(0).integers(0, 255, 8 << 20, dtype=np.uint8).tobytes()
@@ -100,7 +96,7 @@ def child_stream(model_dir: str, store: str, budget: str, examples: int) -> dict
         "fixed_rss": fixed,
         "peak_rss": peak,
         "seconds": seconds,
-        "disk_bytes": _du(Path(store)),
+        "disk_bytes": stored.disk_bytes,
         "complete": stored.complete,
     }
 
@@ -161,7 +157,7 @@ def overhead(repeats: int, folder: Path) -> dict:
         "layer": "relu2",
         "examples": 4,
         "jacobian_bytes": memory.nbytes,
-        "disk_bytes": _du(folder / "check.zarr"),
+        "disk_bytes": stored.disk_bytes,
         "median_s": {k: statistics.median(v) for k, v in times.items()},
         "all_s": times,
     }

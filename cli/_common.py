@@ -25,7 +25,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from layersens import MODE_ALIASES, MODE_NAMES, _interrupt
-from layersens._errors import LayersensError, SpecError
+from layersens._errors import LayersensError, SpecError, format_bytes, format_clock
 
 from . import STARTED_AS_PROGRAM
 
@@ -146,19 +146,6 @@ def clean_errors(command):
 # ------------------------------------------------------------------------------------------ progress displays
 
 
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
 class RunProgress:
     """The display of one run on stderr (only on a terminal, and not with ``--quiet``; a log gets no control
     characters): each step as a spinner line with its elapsed time (loading, tracing, compiling, writing), the
@@ -214,15 +201,15 @@ class RunProgress:
         rate = ""
         if computed > 0 and elapsed > 0:
             per_second = computed / elapsed
-            rate = f"{per_second:.3g} chunks/s · ETA {_clock((total - done) / per_second)}"
+            rate = f"{per_second:.3g} chunks/s · ETA {format_clock((total - done) / per_second)}"
         if self.written:
-            rate += f" · {_bytes(self.written)} written"
+            rate += f" · {format_bytes(self.written)} written"
         self._show(completed=done, total=total, count=count, rate=rate)
 
     def wrote(self, nbytes: int):
         self.written += nbytes
         if self.enabled:
-            self._show(rate=f"{_bytes(self.written)} written")
+            self._show(rate=f"{format_bytes(self.written)} written")
 
     def __enter__(self):
         return self
@@ -267,7 +254,7 @@ class StepProgress:
         self.step = step
         elapsed = time.monotonic() - self.began
         if total and 0 < done < total and elapsed > 0:
-            count += f" · ETA {_clock((total - done) * elapsed / done)}"
+            count += f" · ETA {format_clock((total - done) * elapsed / done)}"
         self.bar.update(self.task, completed=done, total=total, count=count)
 
     def __enter__(self):

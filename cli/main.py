@@ -210,8 +210,7 @@ def extract(
     cached = f" ({hits} program(s) from the compilation cache, {misses} compiled)" if hits or misses else ""
     say(f"time        {jac.seconds:.3f} s compute + {jac.compile_seconds:.3f} s compile{cached}")
     if store:
-        on_disk = sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
-        say(f"store       {jac.layout}; {format_bytes(on_disk)} on disk (zstd; all-zero chunks not written)")
+        say(f"store       {jac.layout}; {format_bytes(jac.disk_bytes)} on disk (zstd; all-zero chunks not written)")
     say(f"wrote       {path}  (read it back with layersens.load_jacobian{'; lazily' if store else ''})")
 
 
@@ -352,9 +351,7 @@ def _summarize_file(path, spectrum, max_memory=None, quiet=False):
 
     with StepProgress(quiet) as progress:
         result = layersens.summaries.read_result(
-            path,
-            max_memory or 256 * 2**20,
-            progress=lambda done, total: progress(f"reading {path}", done, total),
+            path, max_memory, progress=lambda done, total: progress(f"reading {path}", done, total)
         )
     if isinstance(result, layersens.LayerJacobian):
         return _summarize_jacobian(result, spectrum)

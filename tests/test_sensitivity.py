@@ -8,15 +8,13 @@ rtol=1e-5 and atol 1e-6 of the largest value; float64: rtol=1e-10, atol 1e-12 of
 
 from __future__ import annotations
 
-import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import layersens
 from layersens.compute import Layout, SensitivitySink
 from layersens.results import Entry, load_sensitivity
-from tests.tiny_models import TinyCNN, random_linen_variables
+from tests.tiny_models import ChannelFirst, TinyCNN, random_linen_variables
 
 TOL = {np.float32: (1e-5, 1e-6), np.float64: (1e-10, 1e-12)}
 MODES = {
@@ -26,16 +24,6 @@ MODES = {
     "structured": layersens.Structured(),
     "per-leaf": layersens.PerLeaf(),
 }
-
-
-class ChannelFirst(nn.Module):
-    """conv → relu → channels moved to axis 0: a channel-diagonal layer whose channel is not the last axis."""
-
-    @nn.compact
-    def __call__(self, x):
-        h = jnp.transpose(nn.relu(nn.Conv(3, (3, 3), padding="SAME", name="conv")(x)), (0, 3, 1, 2))
-        self.sow("intermediates", "act", h)
-        return nn.Dense(2, name="head")(h.reshape((x.shape[0], -1)))
 
 
 @pytest.fixture(scope="module")

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import time
 
-import flax.linen as nn
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import layersens
 from layersens import CheckpointError, OutputError
 from layersens.compute import StoreSink, run
-from tests.tiny_models import TinyMLP, random_linen_variables
+from tests.tiny_models import ChannelFirst, TinyMLP, random_linen_variables
 
 MODES = {
     "auto": layersens.Auto(),
@@ -27,16 +25,6 @@ MODES = {
     "per-leaf": layersens.PerLeaf(),
 }
 X = np.random.default_rng(3).normal(size=(3, 6, 6, 1)).astype(np.float32)
-
-
-class ChannelFirst(nn.Module):
-    """conv → relu → channels moved to axis 0: a channel-diagonal layer whose channel is not the last axis."""
-
-    @nn.compact
-    def __call__(self, x):
-        h = jnp.transpose(nn.relu(nn.Conv(3, (3, 3), padding="SAME", name="conv")(x)), (0, 3, 1, 2))
-        self.sow("intermediates", "act", h)
-        return nn.Dense(2, name="head")(h.reshape((x.shape[0], -1)))
 
 
 @pytest.fixture(scope="module")

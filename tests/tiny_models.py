@@ -77,3 +77,13 @@ class TinyCNNNNX(nnx.Module):
         r = h + self.res(h)
         pooled = nnx.avg_pool(r, (2, 2), strides=(2, 2))
         return self.head(pooled.reshape((x.shape[0], -1))) + side.sum(-1, keepdims=True)
+
+
+class ChannelFirst(nn.Module):
+    """conv → relu → channels moved to axis 0: a channel-diagonal layer whose channel is not the last axis."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.transpose(nn.relu(nn.Conv(3, (3, 3), padding="SAME", name="conv")(x)), (0, 3, 1, 2))
+        self.sow("intermediates", "act", h)
+        return nn.Dense(2, name="head")(h.reshape((x.shape[0], -1)))

@@ -32,6 +32,7 @@ from layersens import (
     available_memory,
     format_bytes,
 )
+from layersens._errors import format_clock
 
 from ._env import DEFAULT_BANDWIDTH_BYTES, Bandwidth, environment, measure_bandwidth
 from ._methods import (
@@ -248,8 +249,7 @@ class _Steps:
         elapsed = time.perf_counter() - self.began
         left = ""
         if self.done:
-            seconds = int(elapsed / self.done * (self.total - self.done))
-            left = f" (ETA ~{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}, rough)"
+            left = f" (ETA ~{format_clock(int(elapsed / self.done * (self.total - self.done)))}, rough)"
         self.done += 1
         self.progress(f"step {self.done} of {self.total}: {message}{left}")
 

@@ -91,6 +91,15 @@ def _starts(split: LayerSplit, names) -> dict[str, int]:
     return starts
 
 
+def within_ranges(within: Mapping[str, int], names):
+    """``(name, a, b)`` for adjacent channel-diagonal leaves ``names``: leaf ``name``'s within-channel columns
+    (``within[name]`` of them) are ``a .. b`` of the block's concatenated within-channel axis."""
+    at = 0
+    for name in names:
+        yield name, at, at + within[name]
+        at += within[name]
+
+
 def place_diagonal(matrix: np.ndarray, row: int, column: int, row_shape, channel_axis: int, values: np.ndarray):
     """Writes ``values`` (``row_shape + (W,)``) onto the channel diagonal of a block of ``matrix`` (C-contiguous,
     ``(M, P)``) that starts at ``(row, column)``, whose rows are laid out as ``row_shape`` and whose columns as
@@ -227,10 +236,7 @@ class CompressedSink(Sink[CompressedJacobian]):
         self.dense = _Matrix(split, structure, job.num_examples, [n for n in split.param_names if n not in coloured])
 
     def _leaves(self, names):
-        at = 0
-        for name in names:
-            yield name, at, at + self.within[name]
-            at += self.within[name]
+        return within_ranges(self.within, names)
 
     def put(self, block: JacobianBlock) -> None:
         n, offset, values = block.example, block.offset, block.values

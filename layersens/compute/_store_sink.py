@@ -23,7 +23,7 @@ from .._errors import OutputError
 from ..planning import leaf_size
 from ..results import STORE_FORMAT, StoredArray, StoredJacobian, open_store, slabs_along
 from ._blocks import JacobianBlock, Layout
-from ._sinks import Done, Job, Sink, _starts, place_diagonal
+from ._sinks import Done, Job, Sink, _starts, place_diagonal, within_ranges
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -237,7 +237,7 @@ class StoreSink(Sink[StoredJacobian]):
             "model": split.model.name,
             "framework": split.model.framework,
             "param_names": list(split.param_names),
-            "param_shapes": [list(np.shape(split.params[n])) for n in split.param_names],
+            "param_shapes": [list(s) for s in split.param_shapes],
             "excluded_params": list(split.excluded),
             "frozen_params": list(split.frozen),
             "wrt": str(split.wrt),
@@ -285,12 +285,8 @@ class StoreSink(Sink[StoredJacobian]):
             C = self.job.structure[a.leaf].channels if kind.method.colouring else 1
             return start * C, stop * C
         if kind.method.colouring:
-            at = 0
-            for name in names:
-                if name == a.leaf:
-                    break
-                at += self.within[name]
-            lo, hi = max(0, start - at), max(0, min(stop - at, self.within[a.leaf]))
+            at, end = next((a0, b0) for name, a0, b0 in within_ranges(self.within, names) if name == a.leaf)
+            lo, hi = max(0, start - at), max(0, min(stop, end) - at)
             C = 1 if a.path.startswith("channels") else self.job.structure[a.leaf].channels
             return lo * C, hi * C
         begin = self.starts[a.leaf] - self.starts[names[0]]
@@ -323,10 +319,9 @@ class StoreSink(Sink[StoredJacobian]):
     def _channel_columns(self, n, names, offset, values) -> None:
         """``values[*activation, width]``: within-channel columns ``offset ...`` of the adjacent leaves ``names``."""
         shape = self.job.split.activation_shape
-        at = 0
-        for name in names:
-            a, W = self.by_leaf[name], self.within[name]
-            lo, hi = max(offset, at), min(offset + values.shape[-1], at + W)
+        for name, at, end in within_ranges(self.within, names):
+            a = self.by_leaf[name]
+            lo, hi = max(offset, at), min(offset + values.shape[-1], end)
             if lo < hi:
                 part = values[..., lo - offset : hi - offset]  # within-columns lo - at ... of this leaf
                 w0 = lo - at
@@ -345,15 +340,13 @@ class StoreSink(Sink[StoredJacobian]):
                         place_diagonal(t, 0, at_, shape, axis % len(shape), part[..., i // C - w0 : j // C - w0])
 
                     self._piece(a, n, w0 * C, (w0 + hi - lo) * C, fill)
-            at += W
 
     def _channel_rows(self, n, names, offset, values) -> None:
         """``values[width, C, W_run]``: positions ``offset ...`` (every channel) of the adjacent leaves ``names``."""
         width, C = values.shape[:2]
-        at = 0
-        for name in names:
-            a, W = self.by_leaf[name], self.within[name]
-            part = values[:, :, at : at + W]
+        for name, at, end in within_ranges(self.within, names):
+            a, W = self.by_leaf[name], end - at
+            part = values[:, :, at:end]
             lo, hi = offset * C, (offset + width) * C
             if a.path.startswith("channels"):
                 flat = part.reshape(width * C, W)
@@ -364,7 +357,6 @@ class StoreSink(Sink[StoredJacobian]):
                     place_diagonal(t, at_, 0, ((j - i) // C, C), 1, part[(i - lo) // C : (j - lo) // C])
 
                 self._piece(a, n, lo, hi, fill)
-            at += W
 
     def _piece(self, a: StoredArray, n: int, lo: int, hi: int, fill) -> None:
         """Rows or columns ``lo .. hi`` of leaf ``a`` of example ``n``: ``fill(target, at, i, j)`` writes its
@@ -419,8 +411,3 @@ def _copy(target: np.ndarray, at: int, source: np.ndarray, i: int, j: int, axis:
         target[:, at : at + j - i] = source[:, i:j]
     else:
         target[at : at + j - i] = source[i:j]
-
-
-def store_bytes(split: LayerSplit, num_examples: int) -> int:
-    """Bytes of a dense store's values before compression (what ``check_free_space`` is given)."""
-    return num_examples * split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize

@@ -19,6 +19,16 @@ if TYPE_CHECKING:
 NPZ_FORMAT = "layersens-jacobian/1"
 
 
+def column_ranges(names, shapes) -> dict[str, tuple[int, int]]:
+    """Column range ``(start, stop)`` of each leaf when leaves of these shapes are laid side by side in order."""
+    ranges, start = {}, 0
+    for name, shape in zip(names, shapes):
+        stop = start + int(np.prod(shape, dtype=np.int64))
+        ranges[name] = (start, stop)
+        start = stop
+    return ranges
+
+
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class LayerJacobian(Summarized):
     """d(activation of ``layer``)/d(upstream parameters), per example.
@@ -100,12 +110,7 @@ class LayerJacobian(Summarized):
     @property
     def column_ranges(self) -> dict[str, tuple[int, int]]:
         """Column range ``(start, stop)`` of each upstream leaf in :attr:`matrix`."""
-        ranges, start = {}, 0
-        for name, shape in zip(self.param_names, self.param_shapes):
-            stop = start + int(np.prod(shape, dtype=np.int64))
-            ranges[name] = (start, stop)
-            start = stop
-        return ranges
+        return column_ranges(self.param_names, self.param_shapes)
 
     @property
     def axes(self) -> tuple[str, ...]:

@@ -11,10 +11,13 @@ import numpy as np
 
 from .._errors import CheckpointError, JacobianTooLargeError, format_bytes
 from .._repr import Summarized
-from ._result import LayerJacobian, load_jacobian_npz
+from ._result import LayerJacobian, column_ranges, load_jacobian_npz
 from ._sensitivity import Sensitivity
 from ._store_format import STORE_FORMAT, StoredArray
 from ._xarray import xarray_module
+
+# Bytes read from a store at a time when streaming over it and no budget is given.
+STREAM_BYTES = 256 * 2**20
 
 
 def is_store(path) -> bool:
@@ -139,12 +142,12 @@ class StoredJacobian(Summarized):
 
     @property
     def column_ranges(self) -> dict[str, tuple[int, int]]:
-        ranges, start = {}, 0
-        for name, shape in zip(self.param_names, self.param_shapes):
-            stop = start + int(np.prod(shape, dtype=np.int64))
-            ranges[name] = (start, stop)
-            start = stop
-        return ranges
+        return column_ranges(self.param_names, self.param_shapes)
+
+    @property
+    def disk_bytes(self) -> int:
+        """Bytes the store takes on disk (compressed; all-zero chunks are not written)."""
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
 
     @property
     def progress(self) -> tuple[int, int]:
@@ -193,18 +196,28 @@ class StoredJacobian(Summarized):
         self._check_complete()
         return StoredMatrix(self)
 
-    def max_abs(self) -> float:
-        """The largest ``|J|`` entry, read slab by slab."""
-        self._check_complete()
+    def max_abs(self, max_memory: int | None = None) -> float:
+        """The largest ``|J|`` entry, read a block of rows at a time (about ``max_memory`` bytes)."""
         best = 0.0
-        for a in self.arrays:
-            data = self._group[a.path]  # type: ignore[index]
-            step = max(1, (64 << 20) // max(1, a.shape[2] * np.dtype(self.dtype).itemsize))
-            for n in range(self.num_examples):
-                for r0 in range(0, a.shape[1], step):
-                    block = np.asarray(data[n, r0 : r0 + step])
-                    best = max(best, float(np.max(np.abs(block))) if block.size else 0.0)
+        for _, _, _, block in self._read_rows(max_memory):
+            best = max(best, float(np.max(np.abs(block))) if block.size else 0.0)
         return best
+
+    def _read_rows(self, max_memory: int | None, copies: int = 1, progress=None):
+        """``(array, example, first row, rows)`` of every leaf's array, each block of rows small enough that
+        ``copies`` of it fit in ``max_memory`` (default :data:`STREAM_BYTES`); ``progress(done, total)`` after each."""
+        self._check_complete()
+        budget = STREAM_BYTES if max_memory is None else max_memory
+        item = np.dtype(self.dtype).itemsize
+        reads = []
+        for a in self.arrays:
+            step = max(1, budget // max(1, a.shape[2] * item * copies))
+            reads += [(a, n, r0, step) for n in range(self.num_examples) for r0 in range(0, a.shape[1], step)]
+        data = {a.path: self._group[a.path] for a in self.arrays}  # type: ignore[index]
+        for done, (a, n, r0, step) in enumerate(reads, 1):
+            yield a, n, r0, np.asarray(data[a.path][n, r0 : r0 + step])
+            if progress is not None:
+                progress(done, len(reads))
 
     def example(self, n: int) -> np.ndarray:
         """Example ``n``'s ``(M, P)`` matrix (reads that example's chunks only)."""
@@ -253,7 +266,7 @@ class StoredJacobian(Summarized):
         ds.attrs.update({"layer": self.layer, "model": self.model, "mode": self.mode, "layout": self.layout})
         return ds
 
-    def sensitivity(self, max_memory: int = 256 * 2**20, progress=None) -> Sensitivity:
+    def sensitivity(self, max_memory: int | None = None, progress=None) -> Sensitivity:
         """The exact :class:`Sensitivity` (diag(JᵀJ) per parameter, ‖∂h_i/∂θ‖ per unit, ‖J‖_F), streamed over the
         store: memory ``max_memory`` for the rows read at a time, plus P + M float64 numbers per example.
         ``progress(done, total)`` is told of the reads."""
@@ -274,37 +287,25 @@ class StoredJacobian(Summarized):
             notes=self.notes + (f"streamed from {self.path}",),
         )
 
-    def sensitivity_sums(self, max_memory: int = 256 * 2**20, progress=None):
+    def sensitivity_sums(self, max_memory: int | None = None, progress=None):
         """Σ_i J[i, p]² per parameter (leaf → ``(examples, P_leaf)``) and Σ_p J[i, p]² per unit
-        (``(examples, M)``), float64, reading at most about ``max_memory`` bytes at a time."""
-        self._check_complete()
-        item = np.dtype(self.dtype).itemsize
-        steps = {a.leaf: max(1, max_memory // max(1, a.shape[2] * item * 2)) for a in self.arrays}
-        total = sum(self.num_examples * -(-self.num_outputs // steps[a.leaf]) for a in self.arrays)
-        done = 0
+        (``(examples, M)``), float64, reading at most about ``max_memory`` bytes at a time (default
+        :data:`STREAM_BYTES`)."""
         E, M = self.num_examples, self.num_outputs
         columns = {a.leaf: np.zeros((E, int(np.prod(self._shape(a.leaf))))) for a in self.arrays}
         rows = np.zeros((E, M))
-        for a in self.arrays:
-            data = self._group[a.path]  # type: ignore[index]
-            K = a.shape[2]
-            step = steps[a.leaf]  # rows per read, with room for their squares
+        for a, n, r0, values in self._read_rows(max_memory, copies=2, progress=progress):  # room for the squares
+            block = np.square(values, dtype=np.float64)
+            rows[n, r0 : r0 + len(block)] += block.sum(axis=1)
             channel = self.channels.get(a.leaf)
-            for n in range(E):
-                for r0 in range(0, M, step):
-                    block = np.square(np.asarray(data[n, r0 : r0 + step]), dtype=np.float64)
-                    rows[n, r0 : r0 + len(block)] += block.sum(axis=1)
-                    if channel is None:
-                        columns[a.leaf][n] += block.sum(axis=0)
-                    else:  # (r, w) is column (w, c) with c = r's channel: sum rows channel by channel
-                        C, axis = channel
-                        chan = _row_channels(self.activation_shape, axis, r0, r0 + len(block))
-                        sums = np.zeros((K, C))
-                        np.add.at(sums.T, chan, block)
-                        columns[a.leaf][n] += sums.reshape(-1)
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
+            if channel is None:
+                columns[a.leaf][n] += block.sum(axis=0)
+            else:  # (r, w) is column (w, c) with c = r's channel: sum rows channel by channel
+                C, axis = channel
+                chan = _row_channels(self.activation_shape, axis, r0, r0 + len(block))
+                sums = np.zeros((a.shape[2], C))
+                np.add.at(sums.T, chan, block)
+                columns[a.leaf][n] += sums.reshape(-1)
         return columns, rows
 
     def _shape(self, leaf: str) -> tuple[int, ...]:

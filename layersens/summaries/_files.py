@@ -127,7 +127,7 @@ def _products(path, members: list[str]) -> JacobianProducts:
     )
 
 
-def read_result(path, max_memory: int = 256 * 2**20, progress=None):
+def read_result(path, max_memory: int | None = None, progress=None):
     """The result a layersens ``.npz`` holds: a ``LayerJacobian``, a ``Sensitivity``, a ``ReadoutDerivative``
     (gradient, Hessian, Hessian-vector products), ``JacobianProducts``, or an :class:`OtherResult` for the other
     layersens formats; any other file is an error saying what it is (``CheckpointError``). A Jacobian store
