@@ -91,7 +91,7 @@ def test_structure_found_where_channels_are_separate(model):
 
 class Mixers(nn.Module):
     """Operations that must lose channel structure: a residual sum over channels, a transpose of the channel
-    axis into a reduction, a grouped convolution, and a channel-axis pooling window."""
+    axis into a reduction, a grouped convolution's input, and a channel-axis pooling window."""
 
     @nn.compact
     def __call__(self, x):
@@ -111,7 +111,8 @@ def test_structure_is_lost_where_channels_mix():
     for layer in ("sum_channels", "pool_channels", "roll"):
         assert layersens.channel_structure(layersens.split(model, layer), x) == {}, layer
     grouped = layersens.channel_structure(layersens.split(model, "grouped"), x)
-    assert set(grouped) == {"grouped/bias"}  # the grouped kernel mixes channels within groups
+    # the grouped conv's own kernel and bias act one output channel at a time; its input mixes a group's channels
+    assert set(grouped) == {"grouped/kernel", "grouped/bias"}
     xs = np.random.default_rng(0).normal(size=(1, 5, 5, 2)).astype(np.float32)
     for layer in ("sum_channels", "pool_channels", "roll", "grouped"):
         split = layersens.split(model, layer)

@@ -201,3 +201,30 @@ def test_jacobian(case_name, layer, mode):
             assert not np.any(got), f"{name} is not upstream of {layer} but has nonzero columns"
         columns.append(want.reshape(n_ex, split.num_outputs, -1))
     np.testing.assert_allclose(jac.matrix, np.concatenate(columns, axis=-1), **TOL, err_msg=f"{mode}: matrix")
+
+
+@pytest.mark.parametrize("case_name, layer", MODE_PAIRS)
+def test_every_side_by_side_candidate(case_name, layer):
+    """Small layers run their examples side by side through one program chosen by a timed trial among the plan's
+    own, plain reverse and plain forward mode (``compute._side_by_side``): each candidate against the reference,
+    whichever the trial picks; a mode JAX cannot carry out is never a candidate."""
+    from layersens.compute._side_by_side import compile_side_by_side
+
+    c = zoo.case(case_name)
+    split = split_of(case_name, layer)
+    prepared = layersens.prepare(split, c.x)
+    assert prepared.whole is not None and "plan" in prepared.whole
+    blocked = {"while_loop": "rev", "custom_vjp": "fwd"}.get(case_name)
+    assert blocked not in prepared.whole
+    ref_jac, ref_values = reference(case_name, layer)
+    for name, program in prepared.whole.items():
+        side = compile_side_by_side(split, {name: program}, prepared.params, c.x, prepared.device)
+        matrices, values = (np.asarray(v) for v in side.run(prepared.params, c.x))
+        np.testing.assert_allclose(values, ref_values, **TOL, err_msg=name)
+        at = 0
+        for leaf, shape in zip(split.param_names, split.param_shapes):
+            size = int(np.prod(shape, dtype=np.int64))
+            block = matrices[:, :, at : at + size].reshape((len(c.x),) + split.activation_shape + shape)
+            want = ref_jac.get(leaf, np.zeros_like(block))
+            np.testing.assert_allclose(block, want, **TOL, err_msg=f"{name}: {leaf}")
+            at += size

@@ -286,12 +286,14 @@ def _dynamic_update_slice(eqn, ins):
 
 @register(P.conv_general_dilated_p)
 def _conv(eqn, ins):
-    """With a constant input, output feature c reads kernel output feature c only (ungrouped convolutions)."""
+    """With a constant input, output feature c reads kernel output feature c only. So in grouped and depthwise
+    convolutions too (``feature_group_count``): output feature c reads its group's input features through
+    kernel[..., c] alone. ``batch_group_count`` (which JAX uses in a grouped kernel's backward pass) splits the
+    batch instead, and is left mixed."""
     lhs, rhs = ins
     p = eqn.params
     dn = p["dimension_numbers"]
-    grouped = p["feature_group_count"] != 1 or p["batch_group_count"] != 1
-    if lhs is None and rhs == dn.rhs_spec[0] and not grouped:
+    if lhs is None and rhs == dn.rhs_spec[0] and p["batch_group_count"] == 1:
         return [dn.out_spec[1]]
     if rhs is None and lhs == dn.lhs_spec[0] and p["batch_group_count"] == 1:
         return [dn.out_spec[0]]  # the batch axis: each output example reads its own input example

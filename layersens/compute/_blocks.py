@@ -20,6 +20,7 @@ class Layout(enum.Enum):
     ``CHANNEL_ROWS``: ``values[width, C, W_run]`` are positions ``offset ...`` (every channel at once) of the
     adjacent channel-diagonal leaves ``names`` whose channel is the layer's last axis.
     ``WHOLE``: ``values[M, P]`` is the example's whole matrix.
+    ``EXAMPLES``: ``values[G, M, P]`` are the whole matrices of examples ``example .. example + G``.
     """
 
     COLUMNS = "columns"
@@ -27,6 +28,7 @@ class Layout(enum.Enum):
     CHANNEL_COLUMNS = "channel columns"
     CHANNEL_ROWS = "channel rows"
     WHOLE = "whole"
+    EXAMPLES = "examples"
 
     @property
     def basis_axis(self) -> int | None:
@@ -40,6 +42,7 @@ _BASIS_AXIS = {
     Layout.CHANNEL_COLUMNS: -1,
     Layout.CHANNEL_ROWS: 0,
     Layout.WHOLE: None,
+    Layout.EXAMPLES: None,
 }
 
 

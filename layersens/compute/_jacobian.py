@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 # Fraction of available memory the result itself may take; the rest is for working memory and everything else.
 _RESULT_FRACTION = 0.8
+# Results up to this size are not checked against available memory (reading it costs as much as a small
+# layer's whole Jacobian).
+_ALWAYS_FITS = 64 * 2**20
 
 
 def dense_bytes(split: LayerSplit, num_examples: int) -> int:
@@ -32,6 +35,8 @@ def check_size(split: LayerSplit, num_examples: int) -> int:
     """Bytes of the dense result; raises if it cannot fit in memory."""
     itemsize = np.dtype(split.activation_dtype).itemsize
     nbytes = dense_bytes(split, num_examples)
+    if nbytes <= _ALWAYS_FITS:
+        return nbytes
     available = available_memory()
     if nbytes > _RESULT_FRACTION * available:
         raise JacobianTooLargeError(

@@ -32,6 +32,7 @@ from ._blocks import JacobianBlock, Layout
 from ._kernels import dense_program, fused_kernel, kernel
 from ._lanes import Lanes, compile_lanes, run_lanes
 from ._processes import finish_share, process_share
+from ._side_by_side import SideBySide, candidates, compile_side_by_side, fits, group_size
 from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
 
 if TYPE_CHECKING:
@@ -178,6 +179,10 @@ class PreparedJacobian:
     dense: jax.stages.Wrapped | None = dataclasses.field(repr=False)
     # the dense program once compiled
     _compiled: dict[str, jax.stages.Compiled] = dataclasses.field(default_factory=dict, repr=False)
+    # ``name -> whole(params, x) -> (M, P)`` for one example, the candidates for examples side by side when every
+    # block fits in one chunk (else None), and their compiled programs by group size (``_side_by_side``)
+    whole: dict[str, Callable] | None = dataclasses.field(default=None, repr=False)
+    _side: dict[int, SideBySide] = dataclasses.field(default_factory=dict, repr=False)
     # the programs over several devices (``_lanes``), or None on one device
     lanes: Lanes | None = dataclasses.field(default=None, repr=False)
 
@@ -225,6 +230,8 @@ class PreparedJacobian:
         split = self.split
         target.begin(Job(split, self.plan, self.structure, len(x), self.where, x))
         compile_seconds = 0.0
+        if target.whole_matrix and self.whole is not None and self.lanes is None and fits(split) and len(x):
+            return self._side_by_side(x, target, progress)
         if target.whole_matrix and len(x) == 1 and self.dense is not None and self.lanes is None:
             if "dense" not in self._compiled:
                 start = time.perf_counter()
@@ -266,6 +273,46 @@ class PreparedJacobian:
                 self._step(self.steps[s], n, example, target, tick)
         finish_share(processes)
         return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
+
+    def side_by_side(self, group: int, xs=None) -> SideBySide:
+        """The compiled program for ``group`` examples side by side (compiled, and chosen by a timed trial on
+        ``xs`` when the plan asks for one, on first use)."""
+        found = self._side.get(group)
+        if found is None:
+            assert self.whole is not None, "examples side by side need every block in one chunk"
+            programs = self.whole
+            if xs is None:
+                spec = example_spec(self.split, None)
+                xs = np.zeros((group,) + tuple(spec.shape), spec.dtype)
+            xs = jax.device_put(xs, self.device)
+            found = self._side[group] = compile_side_by_side(self.split, programs, self.params, xs, self.device)
+        return found
+
+    def _side_by_side(self, x: np.ndarray, target: Sink[Result], progress) -> Result:
+        """Every example in groups, each group's matrices and layer values from one program."""
+        group = group_size(self.split, len(x))
+        fresh = group not in self._side
+        program = self.side_by_side(group, x[:group])
+        start = time.perf_counter()
+        starts = range(0, len(x), group)
+        activation = np.empty((len(x),) + self.split.activation_shape, np.dtype(self.split.activation_dtype))
+        tick = _Ticker(progress, len(starts))
+        for first in starts:
+            xs = x[first : first + group]
+            short = group - len(xs)
+            if short:  # the last group is topped up with copies of its last example: one compiled size
+                xs = np.concatenate([xs, np.repeat(xs[-1:], short, axis=0)])
+            matrices, values = program.run(self.params, xs)  # placed by the program: a device_put costs more
+            matrices, values = np.asarray(matrices), np.asarray(values)  # zero-copy on CPU, read-only
+            if short:
+                matrices, values = matrices[: group - short], values[: group - short]
+            activation[first : first + len(matrices)] = values
+            target.put(JacobianBlock(first, Layout.EXAMPLES, self.split.param_names, 0, matrices))
+            tick.advance(1)
+        notes = (program.trial.describe(),) if fresh and program.trial is not None else ()
+        method = None if program.method == "plan" else program.method
+        seconds = time.perf_counter() - start
+        return target.finish(Done(x, activation, seconds, program.compile_seconds if fresh else 0.0, method, notes))
 
     def _step(self, step: _Step, n: int, example, target: Sink, tick: _Ticker) -> None:
         """One plan block of example ``n``: its chunks the sink still needs, each block handed over once."""
@@ -335,6 +382,7 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     dev = devices[0]
     start = time.perf_counter()
     structure = analyze(split).structure
+    limits = analyze(split).limits
     if hold is not None:
         split = hold(split)
     spec = example_spec(split, None)
@@ -342,16 +390,17 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     x0 = jax.device_put(np.zeros(spec.shape, spec.dtype), dev)
     budget = planned.budget
     notes = list(planned.notes)
-    steps, dense, blocks = None, None, planned.blocks
+    steps, dense, whole, blocks = None, None, None, planned.blocks
     if all(b.width >= b.basis for b in blocks):
         fused = fused_kernel([kernel(b.method, split, b.names, b.width, structure) for b in blocks])
         compute = jax.jit(fused.compute).lower(params, x0, np.int32(0)).compile()
         working = program_memory(compute)
         if working is None or working <= budget:
             steps = (_Step(None, compute, fused.blocks, 1, 1, None),)
+            whole = candidates(split, dense_program(split, fused), blocks, structure, limits, planned.trial)
             example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
             if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
-                dense = jax.jit(dense_program(split, fused))
+                dense = jax.jit(whole["plan"])
     if steps is None:
         compiled = [_compile_block(split, b, params, x0, budget, structure) for b in blocks]
         steps = tuple(c[0] for c in compiled)
@@ -390,4 +439,5 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
         activation=activation,
         dense=dense,
         lanes=lanes,
+        whole=whole,
     )

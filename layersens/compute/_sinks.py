@@ -46,6 +46,10 @@ class Done:
     activation: np.ndarray
     seconds: float
     compile_seconds: float
+    # what computed the blocks when it was not the plan's blocks (a small layer's trial chose plain reverse or
+    # forward mode, ``_side_by_side``), and what the user should know of it
+    method: str | None = None
+    notes: tuple[str, ...] = ()
 
 
 class Sink(abc.ABC, Generic[Result]):
@@ -53,7 +57,8 @@ class Sink(abc.ABC, Generic[Result]):
     starts it afresh.
 
     ``whole_matrix``: the sink can take one example's whole ``(M, P)`` matrix as a single ``Layout.WHOLE``
-    block; the computation then builds small examples in one program (see ``compute.DEVICE_DENSE_MAX_BYTES``).
+    block, and a group's as one ``Layout.EXAMPLES`` block; the computation then builds small examples in one
+    program (see ``compute.DEVICE_DENSE_MAX_BYTES`` and ``compute._side_by_side``).
     """
 
     whole_matrix: bool = False
@@ -120,7 +125,11 @@ def place_diagonal(matrix: np.ndarray, row: int, column: int, row_shape, channel
 def layer_jacobian(job: Job, done: Done, matrix: np.ndarray, names=None) -> LayerJacobian:
     """The :class:`LayerJacobian` of a run over the leaves ``names`` (default: every differentiated leaf)."""
     split = job.split
-    names = split.param_names if names is None else tuple(names)
+    if names is None:
+        names, shapes = split.param_names, split.param_shapes  # kept by the split: this runs on every call
+    else:
+        names = tuple(names)
+        shapes = tuple(tuple(np.shape(split.params[n])) for n in names)
     return LayerJacobian(
         layer=split.layer,
         model=split.model.name,
@@ -129,17 +138,17 @@ def layer_jacobian(job: Job, done: Done, matrix: np.ndarray, names=None) -> Laye
         activation=done.activation,
         inputs=done.inputs,
         param_names=names,
-        param_shapes=tuple(tuple(np.shape(split.params[n])) for n in names),
+        param_shapes=shapes,
         excluded_params=split.excluded,
         frozen_params=split.frozen,
         wrt=str(split.wrt),
-        mode=job.plan.describe(),
+        mode=done.method or job.plan.describe(),
         dtype=str(np.dtype(split.activation_dtype)),
         device=job.device,
         eval_mode=split.model.eval_mode,
         compile_seconds=done.compile_seconds,
         seconds=done.seconds,
-        notes=tuple(split.notes) + tuple(job.plan.notes),
+        notes=tuple(split.notes) + tuple(job.plan.notes) + tuple(done.notes),
     )
 
 
@@ -200,14 +209,18 @@ class DenseSink(Sink[LayerJacobian]):
 
     def put(self, block: JacobianBlock) -> None:
         if block.layout is Layout.WHOLE and self.job.num_examples == 1:
-            self.whole = block.values  # zero-copy: the program's own output becomes the result
+            self.whole = block.values[None]  # zero-copy: the program's own output becomes the result
         elif block.layout is Layout.WHOLE:
             self.target.matrix[block.example] = block.values
+        elif block.layout is Layout.EXAMPLES and len(block.values) == self.job.num_examples:
+            self.whole = block.values
+        elif block.layout is Layout.EXAMPLES:
+            self.target.matrix[block.example : block.example + len(block.values)] = block.values
         else:
             self.target.put(block)
 
     def finish(self, done: Done) -> LayerJacobian:
-        matrix = self.target.matrix if self.whole is None else self.whole[None]
+        matrix = self.target.matrix if self.whole is None else self.whole
         if matrix.flags.writeable:
             matrix.flags.writeable = False
         return layer_jacobian(self.job, done, matrix)

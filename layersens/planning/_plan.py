@@ -77,6 +77,8 @@ class Plan(Summarized):
       budget_given: whether the user gave the budget (else it is the platform default).
       platform: the device platform the budget is for.
       notes: what the plan changed from what the strategy asked for, and why.
+      trial: a small layer's whole-matrix program may be chosen by a timed trial against plain reverse and
+        forward mode (``Auto``'s ``trial``; see ``compute._side_by_side``).
     """
 
     layer: str
@@ -86,6 +88,7 @@ class Plan(Summarized):
     budget_given: bool
     platform: str
     notes: tuple[str, ...] = ()
+    trial: bool = False
 
     def _summary(self):
         return [
@@ -177,6 +180,7 @@ def plan(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=N
         budget_given=max_memory is not None,
         platform=platform,
         notes=tuple(notes),
+        trial=bool(getattr(strategy, "trial", False)),
     )
 
 

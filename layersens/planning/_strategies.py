@@ -138,9 +138,15 @@ class Auto(Strategy):
     Cost: the minimum over those plans of the estimated device time (see :func:`plan_blocks`), plus placing the
     result on the host. What it picked, and why, is the plan: ``layersens.plan(split).table()`` lists each
     block's method, passes and chunks; a result's ``mode`` names the methods used.
+
+    ``trial``: on a small layer (one example's matrix ≤ 8 MiB), where what XLA makes of a program matters more
+    than the arithmetic counted, the plan's program races plain reverse and forward mode on the first inputs
+    (a few runs each, once per input shape) and the fastest is kept; the result's notes give the timings. Costs
+    one extra compilation per candidate. ``False`` keeps the plan.
     """
 
     chunk_size: int | None = None
+    trial: bool = True
     name: ClassVar[str] = "auto"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:

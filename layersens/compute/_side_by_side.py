@@ -1,0 +1,132 @@
+"""Small layers, examples side by side: one program computes a group of examples' whole matrices and layer values.
+
+For a small layer the work of one example is a fraction of a millisecond, less than dispatching it: looping
+over examples (one dispatch, one host placement per example and block) was measured 5–10× slower than JAX's
+own ``jax.jit(jax.vmap(jax.jacrev(f)))``. Here every example of a group goes through one program, vmapped over
+the examples, which returns the ``(group, M, P)`` matrices and the layer's values at once.
+
+Which program: the plan's own (its blocks fused into one whole matrix), plain reverse mode (``jax.jacrev`` of
+every leaf at once) or plain forward mode (``jax.jacfwd``). The cost model counts arithmetic and writes; on
+layers this small, what XLA makes of each program decides, so ``Auto`` lets a short timed trial on the first
+group pick (``Plan.trial``), once per group size, and says what it measured (:class:`Trial`). The candidates
+compute the same Jacobian (each is checked against ``jax.jacrev`` in the tests); a mode a leaf cannot be
+differentiated in is never a candidate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from typing import TYPE_CHECKING, Callable
+
+import jax
+import numpy as np
+
+from ..planning import DenseForward, DenseReverse
+from ._kernels import dense_program, kernel
+
+if TYPE_CHECKING:
+    from ..tracing import LayerSplit
+
+# Examples side by side when one example's matrix is at most this large, in groups of at most GROUP_MAX_BYTES.
+# Above it one example's work outweighs a dispatch, and a large vmapped output is written to fresh pages
+# (slower on CPU than the per-example loop, measured on relu1 of the shipped LeNet, 14.4 MiB per example).
+SIDE_BY_SIDE_MAX_BYTES = 8 * 2**20
+GROUP_MAX_BYTES = 32 * 2**20
+# Timed rounds of the trial (after one untimed run of each candidate); the median decides.
+TRIAL_ROUNDS = 5
+# A candidate this many times slower than the best after its first run leaves the trial.
+TRIAL_DROP = 4.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Trial:
+    """What a timed trial measured: each candidate's median seconds for one group, and the one chosen."""
+
+    group: int
+    seconds: dict[str, float]
+    chosen: str
+
+    def describe(self) -> str:
+        timings = ", ".join(f"{name} {s * 1e3:.3g} ms" for name, s in sorted(self.seconds.items(), key=lambda i: i[1]))
+        return f"timed trial for {self.group} example(s) side by side chose {self.chosen} ({timings})"
+
+
+@dataclasses.dataclass(frozen=True)
+class SideBySide:
+    """A compiled program for ``group`` examples: ``run(params, xs) -> (matrices, activations)``; ``method``
+    names the program (``"plan"``, ``"rev"`` or ``"fwd"``); ``trial`` is what decided, if a trial did."""
+
+    group: int
+    method: str
+    run: jax.stages.Compiled
+    compile_seconds: float
+    trial: Trial | None = None
+
+
+def group_size(split: LayerSplit, num_examples: int) -> int:
+    """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of matrices."""
+    per_example = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
+    return max(1, min(num_examples, GROUP_MAX_BYTES // max(1, per_example)))
+
+
+def fits(split: LayerSplit) -> bool:
+    """Whether ``split``'s layer is small enough for examples side by side."""
+    return split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize <= SIDE_BY_SIDE_MAX_BYTES
+
+
+def candidates(
+    split: LayerSplit, plan_dense: Callable, plan_blocks, structure, limits, trial: bool
+) -> dict[str, Callable]:
+    """``name -> dense(params, x)`` for one example: the plan's program, and with ``trial`` plain reverse and
+    forward mode where every leaf can be differentiated so (``limits``: ``analysis.AutodiffLimits``) and they
+    differ from the plan."""
+    found = {"plan": plan_dense}
+    if not trial:
+        return found
+    names = split.param_names
+    for method, blocked in ((DenseReverse(), limits.reverse_blocked), (DenseForward(), limits.forward_blocked)):
+        if blocked or [(b.names, b.method) for b in plan_blocks] == [(names, method)]:
+            continue
+        width = method.basis_size(split, names)
+        found[method.name] = dense_program(split, kernel(method, split, names, width, structure))
+    return found
+
+
+def _batched(split: LayerSplit, dense: Callable) -> Callable:
+    def one(params, x):
+        return dense(params, x), split.evaluate(params, x)
+
+    return jax.vmap(one, in_axes=(None, 0))
+
+
+def _timed(run, params, xs) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(run(params, xs))
+    return time.perf_counter() - start
+
+
+def compile_side_by_side(
+    split: LayerSplit, programs: dict[str, Callable], params, xs, device: jax.Device
+) -> SideBySide:
+    """Compiles each candidate for the group ``xs`` (already on ``device``) and, if there are several, keeps
+    the fastest by a timed trial on ``xs``."""
+    start = time.perf_counter()
+    with jax.default_device(device):
+        compiled = {name: jax.jit(_batched(split, d)).lower(params, xs).compile() for name, d in programs.items()}
+    compile_seconds = time.perf_counter() - start
+    if len(compiled) == 1:
+        ((name, run),) = compiled.items()
+        return SideBySide(len(xs), name, run, compile_seconds)
+    first = {name: _timed(run, params, xs) for name, run in compiled.items()}  # warms each program up
+    best_first = min(first.values())
+    racing = {name: run for name, run in compiled.items() if first[name] <= TRIAL_DROP * best_first}
+    times: dict[str, list[float]] = {name: [] for name in racing}
+    for _ in range(TRIAL_ROUNDS):
+        for name, run in racing.items():  # interleaved: a noisy moment slows every candidate alike
+            times[name].append(_timed(run, params, xs))
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    seconds.update({name: t for name, t in first.items() if name not in racing})
+    chosen = min(racing, key=lambda name: seconds[name])
+    return SideBySide(len(xs), chosen, compiled[chosen], compile_seconds, Trial(len(xs), seconds, chosen))

@@ -1,0 +1,76 @@
+"""Small layers: examples side by side in one program, chosen by a timed trial (``compute._side_by_side``).
+
+The candidates themselves are checked against hand-written references on the whole zoo
+(``tests/test_zoo.py::test_every_side_by_side_candidate``); here, the grouping, the padding of the last group, what
+the result says about the trial, and that ``Auto(trial=False)`` keeps the plan.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import layersens
+from layersens.compute import _side_by_side
+from tests.conftest import TOL
+
+
+def reference(split, x):
+    """jax.jacrev of the flat function, per example, columns in the split's order."""
+
+    def one(xi):
+        jac = jax.jacrev(lambda p: jnp.ravel(split.apply(p, xi)))(split.params)
+        return np.concatenate([np.asarray(jac[k]).reshape(split.num_outputs, -1) for k in split.param_names], 1)
+
+    return np.stack([one(xi) for xi in x])
+
+
+@pytest.fixture(scope="module")
+def split(tiny_cnn):
+    return layersens.split(tiny_cnn, "act")
+
+
+X = np.random.default_rng(3).normal(size=(5, 6, 6, 1)).astype(np.float32)
+
+
+def test_the_trial_is_reported_and_its_choice_is_the_mode(split):
+    jac = layersens.jacobian(split, X)
+    np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
+    (note,) = [n for n in jac.notes if n.startswith("timed trial")]
+    assert note.startswith("timed trial for 5 example(s) side by side chose ")
+    chosen = note.split(" chose ")[1].split(" ")[0]
+    assert chosen in {"plan", "rev", "fwd"} and "ms" in note
+    plan = layersens.plan(split, X)
+    assert jac.mode == (plan.describe() if chosen == "plan" else chosen)
+    again = layersens.jacobian(split, X)  # the choice is kept: no second trial, no note
+    assert not any(n.startswith("timed trial") for n in again.notes) and again.mode == jac.mode
+    assert again.compile_seconds == 0.0
+
+
+def test_without_a_trial_the_plan_computes(split):
+    jac = layersens.jacobian(split, X, mode=layersens.Auto(trial=False))
+    assert jac.mode == layersens.plan(split, X).describe()
+    assert not any(n.startswith("timed trial") for n in jac.notes)
+    np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
+
+
+def test_groups_and_the_topped_up_last_group(split, monkeypatch):
+    per_example = split.num_outputs * split.num_params * 4
+    monkeypatch.setattr(_side_by_side, "GROUP_MAX_BYTES", 2 * per_example)  # groups of 2: 2 + 2 + 1 (topped up)
+    calls = []
+    jac = layersens.jacobian(
+        split, X, mode=layersens.Auto(trial=False, chunk_size=10**6), progress=lambda d, t: calls.append((d, t))
+    )
+    assert calls == [(1, 3), (2, 3), (3, 3)]
+    np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
+    np.testing.assert_allclose(
+        jac.activation, np.stack([split.evaluate(split.params, xi) for xi in X]), **TOL[np.float32]
+    )
+    assert not jac.matrix.flags.writeable
+
+
+def test_large_layers_keep_the_loop_over_examples(split, monkeypatch):
+    monkeypatch.setattr(_side_by_side, "SIDE_BY_SIDE_MAX_BYTES", 0)
+    jac = layersens.jacobian(split, X, mode=layersens.Auto(chunk_size=3))
+    assert not any(n.startswith("timed trial") for n in jac.notes)
+    np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
