@@ -55,11 +55,12 @@ def prepared_for(split: LayerSplit, example, mode, max_memory, device, devices=N
     kept = _KEPT.get(split)
     if kept is None:
         kept = _KEPT[split] = _Kept()
-    arguments: tuple | None = (mode, max_memory, device, devices)
+    arguments = (mode, max_memory, device, devices)
     try:
         found = kept.by_arguments.get(arguments)
+        hashable = True
     except TypeError:  # an unhashable argument: resolved below
-        arguments, found = None, None
+        found, hashable = None, False
     if found is not None:
         kept.by_arguments.move_to_end(arguments)
         return found, False
@@ -77,6 +78,6 @@ def prepared_for(split: LayerSplit, example, mode, max_memory, device, devices=N
         prepared = _remember(kept.prepared, key, compile_plan(split, planned, chosen, hold=weakref.proxy))
     else:
         kept.prepared.move_to_end(key)
-    if arguments is not None:
+    if hashable:
         _remember(kept.by_arguments, arguments, prepared)
     return prepared, fresh
