@@ -213,11 +213,11 @@ def test_every_side_by_side_candidate(case_name, layer):
     c = zoo.case(case_name)
     split = split_of(case_name, layer)
     prepared = layersens.prepare(split, c.x)
-    assert prepared.whole is not None and "plan" in prepared.whole
+    assert prepared.whole is not None and "plan" in prepared.whole.programs
     blocked = {"while_loop": "rev", "custom_vjp": "fwd"}.get(case_name)
-    assert blocked not in prepared.whole
+    assert blocked not in prepared.whole.programs
     ref_jac, ref_values = reference(case_name, layer)
-    for name, program in prepared.whole.items():
+    for name, program in prepared.whole.programs.items():
         side = compile_side_by_side(split, {name: program}, prepared.params, c.x, prepared.device)
         matrices, values = (np.asarray(v) for v in side.run(prepared.params, c.x))
         np.testing.assert_allclose(values, ref_values, **TOL, err_msg=name)

@@ -32,7 +32,7 @@ from ._blocks import JacobianBlock, Layout
 from ._kernels import dense_program, fused_kernel, kernel
 from ._lanes import Lanes, compile_lanes, run_lanes
 from ._processes import finish_share, process_share
-from ._side_by_side import SideBySide, candidates, compile_side_by_side, fits, group_size
+from ._side_by_side import Candidates, SideBySide, candidates, compile_side_by_side
 from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
 
 if TYPE_CHECKING:
@@ -179,9 +179,9 @@ class PreparedJacobian:
     dense: jax.stages.Wrapped | None = dataclasses.field(repr=False)
     # the dense program once compiled
     _compiled: dict[str, jax.stages.Compiled] = dataclasses.field(default_factory=dict, repr=False)
-    # ``name -> whole(params, x) -> (M, P)`` for one example, the candidates for examples side by side when every
-    # block fits in one chunk (else None), and their compiled programs by group size (``_side_by_side``)
-    whole: dict[str, Callable] | None = dataclasses.field(default=None, repr=False)
+    # a small layer's candidate programs for examples side by side (else None), and their compiled programs by
+    # group size (``_side_by_side``)
+    whole: Candidates | None = dataclasses.field(default=None, repr=False)
     _side: dict[int, SideBySide] = dataclasses.field(default_factory=dict, repr=False)
     # the programs over several devices (``_lanes``), or None on one device
     lanes: Lanes | None = dataclasses.field(default=None, repr=False)
@@ -230,7 +230,7 @@ class PreparedJacobian:
         split = self.split
         target.begin(Job(split, self.plan, self.structure, len(x), self.where, x))
         compile_seconds = 0.0
-        if target.whole_matrix and self.whole is not None and self.lanes is None and fits(split) and len(x):
+        if target.whole_matrix and self.whole is not None and self.lanes is None:
             return self._side_by_side(x, target, progress)
         if target.whole_matrix and len(x) == 1 and self.dense is not None and self.lanes is None:
             if "dense" not in self._compiled:
@@ -279,8 +279,8 @@ class PreparedJacobian:
         ``xs`` when the plan asks for one, on first use)."""
         found = self._side.get(group)
         if found is None:
-            assert self.whole is not None, "examples side by side need every block in one chunk"
-            programs = self.whole
+            assert self.whole is not None, "examples side by side are for small layers"
+            programs = self.whole.programs
             if xs is None:
                 spec = example_spec(self.split, None)
                 xs = np.zeros((group,) + tuple(spec.shape), spec.dtype)
@@ -290,7 +290,8 @@ class PreparedJacobian:
 
     def _side_by_side(self, x: np.ndarray, target: Sink[Result], progress) -> Result:
         """Every example in groups, each group's matrices and layer values from one program."""
-        group = group_size(self.split, len(x))
+        assert self.whole is not None, "examples side by side are for small layers"
+        group = self.whole.group_size(self.split, len(x))
         fresh = group not in self._side
         program = self.side_by_side(group, x[:group])
         start = time.perf_counter()
@@ -383,6 +384,7 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     start = time.perf_counter()
     structure = analyze(split).structure
     limits = analyze(split).limits
+    unheld = split
     if hold is not None:
         split = hold(split)
     spec = example_spec(split, None)
@@ -390,17 +392,16 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     x0 = jax.device_put(np.zeros(spec.shape, spec.dtype), dev)
     budget = planned.budget
     notes = list(planned.notes)
-    steps, dense, whole, blocks = None, None, None, planned.blocks
+    steps, dense, blocks = None, None, planned.blocks
     if all(b.width >= b.basis for b in blocks):
         fused = fused_kernel([kernel(b.method, split, b.names, b.width, structure) for b in blocks])
         compute = jax.jit(fused.compute).lower(params, x0, np.int32(0)).compile()
         working = program_memory(compute)
         if working is None or working <= budget:
             steps = (_Step(None, compute, fused.blocks, 1, 1, None),)
-            whole = candidates(split, dense_program(split, fused), blocks, structure, limits, planned.trial)
             example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
             if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
-                dense = jax.jit(whole["plan"])
+                dense = jax.jit(dense_program(split, fused))
     if steps is None:
         compiled = [_compile_block(split, b, params, x0, budget, structure) for b in blocks]
         steps = tuple(c[0] for c in compiled)
@@ -426,6 +427,7 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     # fusion of the dense forward kernel (a transposed copy, measured 5× slower on relu1).
     # (a function of its own, not the bound method: a kept plan holds its split only weakly, see ``_cache``)
     activation = jax.jit(lambda p, x: split.evaluate(p, x)).lower(params, x0).compile()
+    whole = candidates(unheld, planned, structure, limits, held=split)
     final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
     lanes = compile_lanes(split, final, steps, structure, devices, np.asarray(x0)) if len(devices) > 1 else None
     return PreparedJacobian(

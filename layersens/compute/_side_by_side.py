@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from ..planning import DenseForward, DenseReverse
-from ._kernels import dense_program, kernel
+from ._kernels import dense_program, fused_kernel, kernel
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -65,10 +65,28 @@ class SideBySide:
     trial: Trial | None = None
 
 
-def group_size(split: LayerSplit, num_examples: int) -> int:
-    """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of matrices."""
-    per_example = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
-    return max(1, min(num_examples, GROUP_MAX_BYTES // max(1, per_example)))
+# Working memory one example's whole-basis program may take when the user gave no budget (estimated as the
+# plan does: a tangent or cotangent of every intermediate per basis vector). JAX's own jacrev/jacfwd take what
+# they need; a small layer's plan chunked to the default 32 MiB would lose to them by a dispatch per chunk.
+WORKING_MAX_BYTES = 256 * 2**20
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+    """The programs that may compute a small layer's examples side by side: ``programs`` maps a name to
+    ``dense(params, x) -> (M, P)`` for one example; ``working`` is the largest one's estimated working memory
+    per example (it sizes the groups)."""
+
+    programs: dict[str, Callable]
+    working: int
+
+    def group_size(self, split: LayerSplit, num_examples: int) -> int:
+        """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of matrices and ``WORKING_MAX_BYTES`` of
+        working memory."""
+        per_example = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
+        by_result = GROUP_MAX_BYTES // max(1, per_example)
+        by_working = WORKING_MAX_BYTES // max(1, self.working)
+        return max(1, min(num_examples, by_result, by_working))
 
 
 def fits(split: LayerSplit) -> bool:
@@ -76,22 +94,34 @@ def fits(split: LayerSplit) -> bool:
     return split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize <= SIDE_BY_SIDE_MAX_BYTES
 
 
-def candidates(
-    split: LayerSplit, plan_dense: Callable, plan_blocks, structure, limits, trial: bool
-) -> dict[str, Callable]:
-    """``name -> dense(params, x)`` for one example: the plan's program, and with ``trial`` plain reverse and
-    forward mode where every leaf can be differentiated so (``limits``: ``analysis.AutodiffLimits``) and they
-    differ from the plan."""
-    found = {"plan": plan_dense}
-    if not trial:
-        return found
-    names = split.param_names
-    for method, blocked in ((DenseReverse(), limits.reverse_blocked), (DenseForward(), limits.forward_blocked)):
-        if blocked or [(b.names, b.method) for b in plan_blocks] == [(names, method)]:
+def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candidates | None:
+    """The candidates for a small layer's examples side by side (``None`` where the layer is not small): the plan's
+    blocks each computed in one chunk, and where the plan asks for a trial, plain reverse and forward mode
+    (where every leaf can be differentiated so, ``limits``: ``analysis.AutodiffLimits``, and they differ from the
+    plan). Each must fit its working memory in the plan's budget when the user gave one, else in
+    ``WORKING_MAX_BYTES``. The programs hold ``held`` (default: ``split``; a kept plan holds its split weakly,
+    and the sizes are read from the split itself)."""
+    held = split if held is None else held
+    if not fits(split) or any(b.fixed_width and b.width < b.basis for b in plan.blocks):
+        return None  # not small, or the user asked for chunks
+    cap = plan.budget if plan.budget_given else max(plan.budget, WORKING_MAX_BYTES)
+    options = [("plan", tuple((b.method, b.names, b.basis * b.bytes_per_vector) for b in plan.blocks))]
+    if plan.trial:
+        names = split.param_names
+        for method, blocked in ((DenseReverse(), limits.reverse_blocked), (DenseForward(), limits.forward_blocked)):
+            if blocked or [(b.names, b.method) for b in plan.blocks] == [(names, method)]:
+                continue
+            working = method.basis_size(split, names) * method.bytes_per_vector(split, names)
+            options.append((method.name, ((method, names, working),)))
+    programs, largest = {}, 0
+    for name, blocks in options:
+        working = sum(w for _, _, w in blocks)
+        if working > cap:
             continue
-        width = method.basis_size(split, names)
-        found[method.name] = dense_program(split, kernel(method, split, names, width, structure))
-    return found
+        kernels = [kernel(m, held, names, m.basis_size(split, names), structure) for m, names, _ in blocks]
+        programs[name] = dense_program(held, kernels[0] if len(kernels) == 1 else fused_kernel(kernels))
+        largest = max(largest, working)
+    return Candidates(programs, largest) if programs else None
 
 
 def _batched(split: LayerSplit, dense: Callable) -> Callable:
