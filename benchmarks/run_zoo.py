@@ -90,6 +90,11 @@ def measure(split, x, rounds: int) -> dict:
             continue
         calls[name] = lambda fn=fn: jax.block_until_ready(fn(params, x))
         results[name] = np.asarray(fn(params, x)) if one else as_matrix(split, fn(params, x))
+    estimates = {  # the cost model's estimates, to set against what was measured
+        "plan": layersens.plan(split, x).cost,
+        "jacrev": layersens.plan(split, x, layersens.Reverse()).cost,
+        "jacfwd": layersens.plan(split, x, layersens.Forward()).cost,
+    }
     first = layersens.jacobian(split, x)
     compile_seconds["layersens"] = first.compile_seconds
     calls["layersens"] = lambda: layersens.jacobian(split, x)
@@ -114,6 +119,7 @@ def measure(split, x, rounds: int) -> dict:
     return {
         "times": row,
         "compile_seconds": compile_seconds,
+        "estimates": estimates,
         "unavailable": {n: r for n, r in results.items() if isinstance(r, str)},
         "mode": first.mode,
         "trial": next((n for n in first.notes if n.startswith("timed trial")), None),

@@ -15,6 +15,7 @@ import pytest
 import layersens
 from layersens import CheckpointError, OutputError
 from layersens.compute import StoreSink, run
+from tests.conftest import TOL
 from tests.tiny_models import ChannelFirst, TinyMLP, random_linen_variables
 
 MODES = {
@@ -54,7 +55,9 @@ def test_a_store_holds_the_dense_jacobian(models, tmp_path, mode, compressed, mo
     stored = _stream(split, X, tmp_path / "J.zarr", MODES[mode], compressed, slab_bytes=4096)
     assert stored.complete
     np.testing.assert_array_equal(stored.load().matrix, dense.matrix)
-    np.testing.assert_array_equal(stored.activation, dense.activation)
+    # a small layer's dense result computes its examples side by side (one vmapped program); the store, one at a
+    # time: the layer's values may differ in the last bit of float32
+    np.testing.assert_allclose(stored.activation, dense.activation, **TOL[np.float32])
     np.testing.assert_array_equal(stored.inputs, X)
     assert layersens.load_jacobian(tmp_path / "J.zarr").param_names == dense.param_names
 

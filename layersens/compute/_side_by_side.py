@@ -38,6 +38,10 @@ GROUP_MAX_BYTES = 32 * 2**20
 TRIAL_ROUNDS = 5
 # A candidate this many times slower than the best after its first run leaves the trial.
 TRIAL_DROP = 4.0
+# Plain reverse or forward mode joins the trial only when the cost model puts it within this factor of the plan:
+# the model misjudges small layers by less than this (benchmarks/reports/zoo-cpu: estimated against measured),
+# and each candidate costs a compilation.
+TRIAL_COST_FACTOR = 8.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +115,8 @@ def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candida
         for method, blocked in ((DenseReverse(), limits.reverse_blocked), (DenseForward(), limits.forward_blocked)):
             if blocked or [(b.names, b.method) for b in plan.blocks] == [(names, method)]:
                 continue
+            if method.cost(split, names) > TRIAL_COST_FACTOR * plan.cost:
+                continue  # the estimate leaves it no chance: not worth a compilation
             working = method.basis_size(split, names) * method.bytes_per_vector(split, names)
             options.append((method.name, ((method, names, working),)))
     programs, largest = {}, 0
