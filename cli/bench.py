@@ -54,7 +54,7 @@ Examples:
 @click.option(
     "--loop-budget",
     type=float,
-    default=300.0,
+    default=30.0,
     show_default=True,
     help="Seconds one full run of the jitted scalar loop may take; beyond it the loop is extrapolated from a sample.",
 )

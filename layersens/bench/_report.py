@@ -12,6 +12,8 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
+
 from layersens import LayersensError, format_bytes
 
 from .._atomic import check_report_dir as check_directory
@@ -57,6 +59,23 @@ def _compressed_sentence(case) -> str:
     )
 
 
+def spread(m) -> tuple[float, float] | None:
+    """The interquartile range of a method's timed runs (``None`` for fewer than three runs)."""
+    if len(m.runs_seconds) < 3:
+        return None
+    q1, q3 = np.percentile(m.runs_seconds, [25, 75])
+    return float(q1), float(q3)
+
+
+def tied(a, b) -> bool:
+    """Whether two methods' times are within noise of each other: medians within 10%, or overlapping
+    interquartile ranges."""
+    if b.steady_seconds <= 1.1 * a.steady_seconds and a.steady_seconds <= 1.1 * b.steady_seconds:
+        return True
+    sa, sb = spread(a), spread(b)
+    return sa is not None and sb is not None and sa[0] <= sb[1] and sb[0] <= sa[1]
+
+
 def describe_case(case, bandwidth) -> str:
     """What one case's numbers show, in words."""
     ok = _ok(case)
@@ -76,9 +95,12 @@ def describe_case(case, bandwidth) -> str:
     if win.speedup_vs_best_jax is not None and win.name not in ("jacrev", "jacfwd"):
         text[-1] += f" and {fmt.speedup(win.speedup_vs_best_jax)} the better of jax.jacrev/jax.jacfwd"
     text[-1] += "."
-    close = [m.name for m in ok[1:] if m.steady_seconds <= 1.1 * win.steady_seconds]
+    close = [m.name for m in ok[1:] if tied(win, m)]
     if close:
-        text.append(f"{', '.join(close)} came within 10% of it, inside this machine's run-to-run noise.")
+        text.append(
+            f"{', '.join(close)} tied with it (within 10%, or their runs' interquartile ranges overlap: this "
+            "machine's run-to-run noise), so they are not ranked against it."
+        )
     fwd, rev = case.method("jacfwd"), case.method("jacrev")
     if fwd is not None and rev is not None and fwd.ok and rev.ok:
         ratio = rev.steady_seconds / fwd.steady_seconds
@@ -233,6 +255,9 @@ def _method_row(m) -> list[str]:
     if steady is not None:
         memory_text += f" / {format_bytes(steady)}"
     steady_text = fmt.seconds(m.steady_seconds) + (" *" if m.extrapolated else "")
+    quartiles = None if m.extrapolated else spread(m)
+    if quartiles is not None:
+        steady_text += f" ({fmt.seconds(quartiles[0])}–{fmt.seconds(quartiles[1])})"
     return [
         m.name,
         m.status,
@@ -344,6 +369,8 @@ def report_markdown(report) -> str:
             "faulted-in full result buffer. `layersens-auto@SIZE` is auto with `max_memory=SIZE`."
         ),
         (
+            "- `steady` is the median of the timed runs, with their interquartile range in brackets (three runs "
+            "or more); methods within 10% of each other, or whose ranges overlap, are tied, not ranked.\n"
             "- Ratios are steady-state times: `vs loop-jit` = loop-jit time ÷ method time, `vs best jax` = the "
             "faster of jacrev/jacfwd ÷ method time. `% write bw` = dense Jacobian bytes per second ÷ the fill "
             "bandwidth above."

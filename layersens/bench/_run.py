@@ -358,7 +358,7 @@ def run_benchmark(
     num_examples: int | Sequence[int] = 1,
     methods: Sequence[str] | str | None = None,
     repeats: int = 5,
-    loop_budget_s: float = 300,
+    loop_budget_s: float = 30,
     method_budget_s: float | None = None,
     run_limit_s: float | None = None,
     out_dir=None,
