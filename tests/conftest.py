@@ -8,6 +8,9 @@ from hypothesis import settings
 # The command line keeps compiled programs in a cache directory; the tests compile afresh (tests/test_scale.py checks
 # the cache with a directory of its own).
 os.environ["LAYERSENS_COMPILE_CACHE"] = "0"
+# Small layers' timed trials (extra compilations per plan) are off, except in the tests of the trial itself
+# (tests/test_side_by_side.py, tests/test_zoo.py::test_every_side_by_side_candidate), which turn them on.
+os.environ["LAYERSENS_TRIAL"] = "0"
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_enable_x64", True)  # float64 checks; models still default to float32
 

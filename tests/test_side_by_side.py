@@ -25,6 +25,11 @@ def reference(split, x):
     return np.stack([one(xi) for xi in x])
 
 
+@pytest.fixture(autouse=True)
+def trials_on(monkeypatch):
+    monkeypatch.setenv("LAYERSENS_TRIAL", "1")  # conftest turns them off for the rest of the suite
+
+
 @pytest.fixture(scope="module")
 def split(tiny_cnn):
     return layersens.split(tiny_cnn, "act")

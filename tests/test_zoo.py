@@ -204,12 +204,13 @@ def test_jacobian(case_name, layer, mode):
 
 
 @pytest.mark.parametrize("case_name, layer", MODE_PAIRS)
-def test_every_side_by_side_candidate(case_name, layer):
+def test_every_side_by_side_candidate(case_name, layer, monkeypatch):
     """Small layers run their examples side by side through one program chosen by a timed trial among the plan's
     own, plain reverse and plain forward mode (``compute._side_by_side``): each candidate against the reference,
     whichever the trial picks; a mode JAX cannot carry out is never a candidate."""
     from layersens.compute._side_by_side import compile_side_by_side
 
+    monkeypatch.setenv("LAYERSENS_TRIAL", "1")  # conftest turns trials off for the rest of the suite
     c = zoo.case(case_name)
     split = split_of(case_name, layer)
     prepared = layersens.prepare(split, c.x)
