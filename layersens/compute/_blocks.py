@@ -81,3 +81,8 @@ class JacobianBlock:
         assert axis is not None, "a whole matrix comes in one chunk, so it is never trimmed"
         values = np.take(self.values, np.arange(skip, self.values.shape[axis]), axis=axis)
         return dataclasses.replace(self, offset=start, values=values)
+
+
+def dense_bytes(split, num_examples: int) -> int:
+    """Bytes of a split's dense Jacobian for ``num_examples`` examples."""
+    return num_examples * split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize

@@ -12,6 +12,7 @@ from .._errors import JacobianTooLargeError, format_bytes
 from .._progress import announce
 from ..planning import Auto, Structured, available_memory
 from ..results import CompressedJacobian, LayerJacobian, StoredJacobian
+from ._blocks import dense_bytes
 from ._cache import prepared_for
 from ._sinks import CompressedSink, DenseSink, Result, Sink
 from ._store_sink import StoreSink
@@ -24,11 +25,6 @@ _RESULT_FRACTION = 0.8
 # Results up to this size are not checked against available memory (reading it costs as much as a small
 # layer's whole Jacobian).
 _ALWAYS_FITS = 64 * 2**20
-
-
-def dense_bytes(split: LayerSplit, num_examples: int) -> int:
-    """Bytes of the dense result for ``num_examples`` examples."""
-    return num_examples * split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
 
 
 def check_size(split: LayerSplit, num_examples: int) -> int:

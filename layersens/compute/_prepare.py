@@ -28,7 +28,7 @@ from ..analysis import analyze
 from ..planning import Auto, Plan, balanced_width, example_spec
 from ..planning import plan as make_plan
 from ..results import CompressedJacobian, LayerJacobian
-from ._blocks import JacobianBlock, Layout
+from ._blocks import JacobianBlock, Layout, dense_bytes
 from ._kernels import dense_program, fused_kernel, kernel
 from ._lanes import Lanes, compile_lanes, run_lanes
 from ._processes import finish_share, process_share
@@ -399,8 +399,7 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
         working = program_memory(compute)
         if working is None or working <= budget:
             steps = (_Step(None, compute, fused.blocks, 1, 1, None),)
-            example_bytes = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
-            if dev.platform == "cpu" and example_bytes <= DEVICE_DENSE_MAX_BYTES:
+            if dev.platform == "cpu" and dense_bytes(split, 1) <= DEVICE_DENSE_MAX_BYTES:
                 dense = jax.jit(dense_program(split, fused))
     if steps is None:
         compiled = [_compile_block(split, b, params, x0, budget, structure) for b in blocks]

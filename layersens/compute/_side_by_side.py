@@ -22,9 +22,9 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 import jax
-import numpy as np
 
 from ..planning import DenseForward, DenseReverse
+from ._blocks import dense_bytes
 from ._kernels import dense_program, fused_kernel, kernel
 
 if TYPE_CHECKING:
@@ -90,8 +90,7 @@ class Candidates:
     def group_size(self, split: LayerSplit, num_examples: int) -> int:
         """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of matrices and ``WORKING_MAX_BYTES`` of
         working memory."""
-        per_example = split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize
-        by_result = GROUP_MAX_BYTES // max(1, per_example)
+        by_result = GROUP_MAX_BYTES // max(1, dense_bytes(split, 1))
         by_working = WORKING_MAX_BYTES // max(1, self.working)
         largest = max(1, min(num_examples, by_result, by_working))
         # equal groups: the last one is topped up to the group size, so 8 examples in groups of at most 6 run as
@@ -102,7 +101,7 @@ class Candidates:
 
 def fits(split: LayerSplit) -> bool:
     """Whether ``split``'s layer is small enough for examples side by side."""
-    return split.num_outputs * split.num_params * np.dtype(split.activation_dtype).itemsize <= SIDE_BY_SIDE_MAX_BYTES
+    return dense_bytes(split, 1) <= SIDE_BY_SIDE_MAX_BYTES
 
 
 def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candidates | None:
