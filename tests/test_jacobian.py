@@ -215,7 +215,7 @@ def test_compiled_programs_fit_the_memory_budget_by_xla_count(lenet_linen):
     budget = 4 * 2**20
     prepared = layersens.prepare(split, x, max_memory=budget)
     result = prepared(x)
-    for step in prepared.steps:
+    for step in prepared.programs()[0].steps:
         sizes = [program_memory(step.compute, with_arguments=step.linearize is not None)]
         sizes += [program_memory(step.linearize)] if step.linearize is not None else []
         assert max(sizes) <= budget, [b.width for b in prepared.plan.blocks]

@@ -168,28 +168,41 @@ class PreparedJacobian:
     """
 
     split: LayerSplit
-    plan: Plan
+    planned: Plan
     device: jax.Device
     compile_seconds: float
     structure: dict = dataclasses.field(repr=False)  # the split's channel structure the plan was made with
     params: dict = dataclasses.field(repr=False)
-    steps: tuple = dataclasses.field(repr=False)
-    activation: jax.stages.Compiled = dataclasses.field(repr=False)
-    # jitted whole-matrix program for one small example, or None
-    dense: jax.stages.Wrapped | None = dataclasses.field(repr=False)
+    # compiles the programs that compute blocks one example at a time (``_Programs``); run at once, or on first
+    # use for a small layer whose dense results come from examples side by side (which do not need them)
+    build: Callable[[], _Programs] = dataclasses.field(repr=False)
+    chosen_devices: tuple[jax.Device, ...] = dataclasses.field(repr=False)
+    _built: list[_Programs] = dataclasses.field(default_factory=list, repr=False)
     # the dense program once compiled
     _compiled: dict[str, jax.stages.Compiled] = dataclasses.field(default_factory=dict, repr=False)
     # a small layer's candidate programs for examples side by side (else None), and their compiled programs by
     # group size (``_side_by_side``)
     whole: Candidates | None = dataclasses.field(default=None, repr=False)
     _side: dict[int, SideBySide] = dataclasses.field(default_factory=dict, repr=False)
-    # the programs over several devices (``_lanes``), or None on one device
-    lanes: Lanes | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def plan(self) -> Plan:
+        """The plan, with the chunk widths the compiled programs use (as planned until they are compiled)."""
+        return self._built[0].plan if self._built else self.planned
+
+    def programs(self) -> tuple[_Programs, float]:
+        """The per-example programs, and the seconds spent compiling them now (0 when they were already)."""
+        if self._built:
+            return self._built[0], 0.0
+        start = time.perf_counter()
+        with jax.default_device(self.device):
+            self._built.append(self.build())
+        return self._built[0], time.perf_counter() - start
 
     @property
     def devices(self) -> tuple[jax.Device, ...]:
         """Every device the work is spread over."""
-        return (self.device,) if self.lanes is None else self.lanes.devices
+        return self.chosen_devices
 
     @property
     def where(self) -> str:
@@ -228,22 +241,23 @@ class PreparedJacobian:
     def execute(self, x: np.ndarray, target: Sink[Result], progress=None) -> Result:
         """:meth:`run` for inputs already checked and cast (``Model.check_inputs``)."""
         split = self.split
-        target.begin(Job(split, self.plan, self.structure, len(x), self.where, x))
-        compile_seconds = 0.0
-        if target.whole_matrix and self.whole is not None and self.lanes is None:
+        if target.whole_matrix and self.whole is not None and len(self.devices) == 1:
+            target.begin(Job(split, self.plan, self.structure, len(x), self.where, x))
             return self._side_by_side(x, target, progress)
-        if target.whole_matrix and len(x) == 1 and self.dense is not None and self.lanes is None:
+        programs, compile_seconds = self.programs()
+        target.begin(Job(split, programs.plan, self.structure, len(x), self.where, x))
+        if target.whole_matrix and len(x) == 1 and programs.dense is not None and programs.lanes is None:
             if "dense" not in self._compiled:
                 start = time.perf_counter()
                 spec = jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
                 with jax.default_device(self.device):
-                    self._compiled["dense"] = self.dense.lower(self.params, spec).compile()
-                compile_seconds = time.perf_counter() - start
+                    self._compiled["dense"] = programs.dense.lower(self.params, spec).compile()
+                compile_seconds += time.perf_counter() - start
             start = time.perf_counter()
             x0 = x[0]  # placed by each program: an explicit device_put costs more (~75 µs on CPU)
             matrix = np.asarray(self._compiled["dense"](self.params, x0))  # zero-copy, read-only
             target.put(JacobianBlock(0, Layout.WHOLE, split.param_names, 0, matrix))
-            activation = np.asarray(self.activation(self.params, x0))[None]
+            activation = np.asarray(programs.activation(self.params, x0))[None]
             if progress is not None:
                 progress(1, 1)
             return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
@@ -251,26 +265,27 @@ class PreparedJacobian:
         start = time.perf_counter()
         activation = np.zeros((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
         processes, me = process_share(target)
-        units = [(n, s) for n in range(len(x)) for s in range(len(self.steps))]
+        steps = programs.steps
+        units = [(n, s) for n in range(len(x)) for s in range(len(steps))]
         mine = [u for i, u in enumerate(units) if i % processes == me]  # a process's share: whole (example, block)s
-        total = sum(len(self.steps[s].offsets()) for _, s in mine)
+        total = sum(len(steps[s].offsets()) for _, s in mine)
         tick = _Ticker(progress, total)
-        if self.lanes is not None:
-            run_lanes(self.lanes, self.steps, x, mine, target, tick, activation)
+        if programs.lanes is not None:
+            run_lanes(programs.lanes, steps, x, mine, target, tick, activation)
             finish_share(processes)
             return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
         # One chunk in flight at a time: dispatching the next before placing this one was measured slower (two
         # chunks' device buffers alive made the allocator map fresh pages; XLA already uses every core).
         for n in sorted({n for n, _ in mine}):
-            steps = [s for m, s in mine if m == n]
+            indices = [s for m, s in mine if m == n]
             if not target.needed(n, None, 0, 0):  # resumed: this example is done
-                tick.skip(sum(len(self.steps[s].offsets()) for s in steps))
+                tick.skip(sum(len(steps[s].offsets()) for s in indices))
                 continue
             example = x[n]  # placed by each program: an explicit device_put costs more (~75 µs on CPU)
-            activation[n] = np.asarray(self.activation(self.params, example))
+            activation[n] = np.asarray(programs.activation(self.params, example))
             target.activation(n, activation[n])
-            for s in steps:
-                self._step(self.steps[s], n, example, target, tick)
+            for s in indices:
+                self._step(steps[s], n, example, target, tick)
         finish_share(processes)
         return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
 
@@ -390,6 +405,42 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     spec = example_spec(split, None)
     params = jax.device_put(split.params, dev)
     x0 = jax.device_put(np.zeros(spec.shape, spec.dtype), dev)
+    whole = candidates(unheld, planned, structure, limits, held=split)
+
+    def build() -> _Programs:
+        return _compile_programs(split, planned, structure, devices, params, x0)
+
+    prepared = PreparedJacobian(
+        split=split,
+        planned=planned,
+        device=dev,
+        compile_seconds=0.0,
+        structure=structure,
+        params=params,
+        build=build,
+        chosen_devices=devices,
+        whole=whole,
+    )
+    if whole is None or len(devices) > 1:
+        prepared.programs()  # a small layer compiles them on first use: its dense results do not need them
+    return dataclasses.replace(prepared, compile_seconds=time.perf_counter() - start, _built=prepared._built)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    """The programs that compute a plan's blocks one example at a time: ``steps`` (one per block, or one fused),
+    ``activation`` (the layer's values), ``dense`` (one small example's whole matrix, jitted, or None) and
+    ``lanes`` (over several devices, or None); ``plan`` with the widths they were compiled at."""
+
+    plan: Plan
+    steps: tuple[_Step, ...]
+    activation: jax.stages.Compiled
+    dense: jax.stages.Wrapped | None
+    lanes: Lanes | None
+
+
+def _compile_programs(split: LayerSplit, planned: Plan, structure, devices, params, x0) -> _Programs:
+    dev = devices[0]
     budget = planned.budget
     notes = list(planned.notes)
     steps, dense, blocks = None, None, planned.blocks
@@ -426,19 +477,6 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     # fusion of the dense forward kernel (a transposed copy, measured 5× slower on relu1).
     # (a function of its own, not the bound method: a kept plan holds its split only weakly, see ``_cache``)
     activation = jax.jit(lambda p, x: split.evaluate(p, x)).lower(params, x0).compile()
-    whole = candidates(unheld, planned, structure, limits, held=split)
     final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
     lanes = compile_lanes(split, final, steps, structure, devices, np.asarray(x0)) if len(devices) > 1 else None
-    return PreparedJacobian(
-        split=split,
-        plan=final,
-        device=dev,
-        compile_seconds=time.perf_counter() - start,
-        structure=structure,
-        params=params,
-        steps=steps,
-        activation=activation,
-        dense=dense,
-        lanes=lanes,
-        whole=whole,
-    )
+    return _Programs(plan=final, steps=steps, activation=activation, dense=dense, lanes=lanes)
