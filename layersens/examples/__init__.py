@@ -6,3 +6,4 @@ EXAMPLES_DIR = Path(__file__).parent
 LENET_DIGITS = EXAMPLES_DIR / "lenet_digits"
 LENET_DIGITS_NNX = EXAMPLES_DIR / "lenet_digits_nnx"
 GAN_DIGITS = EXAMPLES_DIR / "gan_digits"
+RBM_SPINS = EXAMPLES_DIR / "rbm_spins"
