@@ -426,6 +426,16 @@ def _wrt(ctx, param, patterns):
     return list(patterns)
 
 
+complex_option = click.option(
+    "--complex",
+    "complex_mode",
+    type=click.Choice(["real", "complex", "holomorphic"]),
+    help="For complex layers or parameters: the real part's Jacobian (complex leaves as real and imaginary "
+    "columns), the complex Jacobian (Wirtinger parts w, conj(w) for complex leaves), or one complex "
+    "Jacobian of a holomorphic layer (checked). See the README's 'Complex-valued models'.",
+)
+
+
 wrt_options = options(
     click.option(
         "--wrt",
@@ -441,6 +451,7 @@ wrt_options = options(
         metavar="LAYER",
         help="Differentiate with respect to an earlier layer's activation instead (the model cut at both points).",
     ),
+    complex_option,
 )
 
 _MODE_HELP = {

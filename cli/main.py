@@ -23,6 +23,7 @@ from ._common import (
     RunProgress,
     StepProgress,
     clean_errors,
+    complex_option,
     device_options,
     err,
     format_option,
@@ -153,6 +154,7 @@ def extract(
     process_id,
     wrt,
     wrt_layer,
+    complex_mode,
     **options,
 ):
     """Compute the per-example Jacobian of LAYER with respect to the parameters upstream of it (or those --wrt
@@ -176,6 +178,7 @@ def extract(
             dtype="float64" if options["x64"] else None,
             wrt=wrt,
             wrt_layer=wrt_layer,
+            complex_mode=complex_mode,
             out=path,
             overwrite=overwrite,
             verify=verify,
@@ -250,6 +253,7 @@ Examples:
     default=None,
     help="For a saved Jacobian: compute rank and condition [default: when the smaller side is at most 2,048]",
 )
+@complex_option
 @quiet_option
 @clean_errors
 def summarize(
@@ -267,6 +271,7 @@ def summarize(
     out_dir,
     overwrite,
     spectrum,
+    complex_mode,
     quiet,
     **options,
 ):
@@ -322,6 +327,7 @@ def summarize(
                 ntk=not no_ntk,
                 progress=progress,
                 dtype=dtype,
+                complex_mode=complex_mode,
                 out=out_dir,
                 overwrite=overwrite,
             )
@@ -435,6 +441,7 @@ Examples:
         verbose,
         wrt,
         wrt_layer,
+        complex_mode,
         vectors=None,
         **options,
     ):
@@ -453,6 +460,7 @@ Examples:
             dtype="float64" if options["x64"] else None,
             wrt=wrt,
             wrt_layer=wrt_layer,
+            complex_mode=complex_mode,
             out=path,
             overwrite=overwrite,
         )
@@ -516,7 +524,18 @@ Examples:
 @wrt_options
 @clean_errors
 def products(
-    layer, model_dir, inputs, num_examples, tangents, cotangents, out_path, overwrite, wrt, wrt_layer, **options
+    layer,
+    model_dir,
+    inputs,
+    num_examples,
+    tangents,
+    cotangents,
+    out_path,
+    overwrite,
+    wrt,
+    wrt_layer,
+    complex_mode,
+    **options,
 ):
     """Products of each example's Jacobian of LAYER with blocks of vectors (J V and Jᵀ U), from one linearization
     per example: the matrix is never formed."""
@@ -534,6 +553,7 @@ def products(
         dtype="float64" if options["x64"] else None,
         wrt=wrt,
         wrt_layer=wrt_layer,
+        complex_mode=complex_mode,
         out=path,
         overwrite=overwrite,
     )

@@ -114,14 +114,14 @@ def select_inputs(model: Model, inputs=None, num_examples: int | None = None, dt
     return model.check_inputs(model.example_inputs[:n], "example inputs", dtype=target)
 
 
-def _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, progress=None):
+def _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, progress=None, complex_mode=None):
     """The split and the checked inputs every one-call path starts from (the model loaded if given a path)."""
     if not isinstance(model, Model):
         announce(progress, f"loading {model}")
         model = load_model(model, allow_import=allow_import)
     x = select_inputs(model, inputs, num_examples, dtype)
     announce(progress, f"tracing {model.name} to {layer}")
-    return split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer), x
+    return split(model, layer, dtype=dtype, wrt=wrt, wrt_layer=wrt_layer, complex_mode=complex_mode), x
 
 
 def extract(
@@ -139,6 +139,7 @@ def extract(
     dtype=None,
     wrt=None,
     wrt_layer: str | None = None,
+    complex_mode=None,
     out=None,
     overwrite: bool = False,
     verify: bool = False,
@@ -147,8 +148,8 @@ def extract(
     """Loads (if given a directory), splits at ``layer`` and computes the per-example Jacobian.
 
     ``inputs`` is an array, a ``.npy`` path, or ``None`` for the model's own example inputs (the first
-    ``num_examples``, default 4). ``dtype`` (e.g. ``"float64"``), ``wrt`` and ``wrt_layer`` are
-    :func:`layersens.split`'s. With ``out``, the result is also saved there (the path is checked before
+    ``num_examples``, default 4). ``dtype`` (e.g. ``"float64"``), ``wrt``, ``wrt_layer`` and ``complex_mode``
+    are :func:`layersens.split`'s. With ``out``, the result is also saved there (the path is checked before
     anything is computed; an existing file is replaced only with ``overwrite``): a ``.npz`` file holds a
     :class:`LayerJacobian` computed in memory; a ``.zarr`` store is written chunk by chunk within ``max_memory``
     whatever the Jacobian's size (:func:`layersens.stream_jacobian`; ``compressed`` keeps channel diagonals as
@@ -174,7 +175,7 @@ def extract(
     max_memory = None if max_memory is None else parse_bytes(max_memory)
     chosen = resolve_devices(device, devices)
     device, devices = chosen[0], len(chosen)
-    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, progress)
+    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, progress, complex_mode)
     result: LayerJacobian | StoredJacobian
     if store:
         result = stream_jacobian(
@@ -222,6 +223,7 @@ def extract_readout(
     dtype=None,
     wrt=None,
     wrt_layer: str | None = None,
+    complex_mode=None,
     allow_import: bool = False,
     out=None,
     overwrite: bool = False,
@@ -230,7 +232,7 @@ def extract_readout(
     ``hessian=True`` its Hessian (see :func:`layersens.hessian`), or with ``vectors`` (an array or ``.npy``,
     ``(P,)`` or ``(examples, P)``) Hessian-vector products instead (:func:`layersens.hvp`)."""
     out = None if out is None else check_output(out, overwrite)
-    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
+    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, complex_mode=complex_mode)
     readout_function(readout, cut.activation_shape)  # checked before anything is computed
     if vectors is not None:
         v = _array(vectors)
@@ -253,6 +255,7 @@ def extract_products(
     dtype=None,
     wrt=None,
     wrt_layer: str | None = None,
+    complex_mode=None,
     allow_import: bool = False,
     out=None,
     overwrite: bool = False,
@@ -263,7 +266,7 @@ def extract_products(
     if tangents is None and cotangents is None:
         raise InputShapeError("give tangents (--tangents V.npy) or cotangents (--cotangents U.npy), or both.")
     out = None if out is None else check_output(out, overwrite)
-    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import)
+    cut, x = _cut(model, layer, inputs, num_examples, dtype, wrt, wrt_layer, allow_import, complex_mode=complex_mode)
     result = products(
         cut, x, None if tangents is None else _array(tangents), None if cotangents is None else _array(cotangents)
     )

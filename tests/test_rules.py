@@ -163,6 +163,63 @@ def test_dot_general(m, k, n, b):
     check(lambda v: v @ v.swapaxes(-1, -2), batched, 0, expect=0 if b > 1 else None)
 
 
+def crand(shape, seed=0):
+    return rand(shape, seed) + 1j * rand(shape, seed + 100)
+
+
+# A complex layer is cut as a real problem (layersens.tracing._complex): a complex leaf's real part enters
+# through lax.complex, and the output leaves through real/imag. The rules must stay sound on complex values.
+COMPLEX_OUTPUTS = {"real": jnp.real, "imag": jnp.imag, "abs": jnp.abs, "conj": jnp.conj, "itself": lambda z: z}
+
+
+@SETTINGS
+@given(shape=shapes, data=st.data(), out=st.sampled_from(sorted(COMPLEX_OUTPUTS)))
+def test_complex_elementwise(shape, data, out):
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    leaf, imag, c = rand(shape), rand(shape, 1), crand(shape, 2)
+
+    def f(w, v):
+        z = lax.complex(w, v)
+        return COMPLEX_OUTPUTS[out](jnp.tanh(z * c) + jnp.exp(lax.complex(v, w)) * jnp.conj(z))
+
+    check(f, leaf, axis, imag, expect=axis)
+    check(lambda v, w: f(w, v), imag, axis, leaf, expect=axis)  # the imaginary part as the leaf
+
+
+@SETTINGS
+@given(shape=shapes, data=st.data())
+def test_stack(shape, data):
+    """A complex layer's real problem stacks [Re h; Im h] on a new leading axis (jnp.stack, a primitive)."""
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    at = data.draw(st.integers(0, len(shape)))
+    leaf = rand(shape)
+    shifted = axis + 1 if axis >= at else axis
+    check(lambda w: jnp.stack([jnp.sin(w), 2 * w], axis=at), leaf, axis, expect=shifted)
+    v = lax.complex(leaf, rand(shape, 1))
+    check(lambda w: jnp.stack([jnp.real(w * v), jnp.imag(w * v)], axis=at), leaf, axis, expect=shifted)
+
+
+@SETTINGS
+@given(m=st.integers(1, 4), k=st.integers(1, 4), n=st.integers(1, 4), out=st.sampled_from(sorted(COMPLEX_OUTPUTS)))
+def test_complex_dot_general(m, k, n, out):
+    w, v, x = rand((k, n)), rand((k, n), 1), crand((m, k), 2)
+    f = lambda w, v, x: COMPLEX_OUTPUTS[out](x @ lax.complex(w, v))  # noqa: E731
+    check(f, w, 1, v, x, expect=1)
+    check(f, w, 0, v, x, expect=MIXED)  # the contracted axis
+
+
+@SETTINGS
+@given(cin=st.integers(1, 3), cout=st.integers(1, 4), out=st.sampled_from(sorted(COMPLEX_OUTPUTS)))
+def test_complex_convolution(cin, cout, out):
+    kernel, imag, x = rand((3, 3, cin, cout)), rand((3, 3, cin, cout), 1), crand((1, 5, 5, cin), 2)
+
+    def conv(k, v, x):
+        z = lax.conv_general_dilated(x, lax.complex(k, v), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return COMPLEX_OUTPUTS[out](z)
+
+    assert check(conv, kernel, 3, imag, x) == 3
+
+
 @SETTINGS
 @given(vocab=st.integers(2, 6), dim=st.integers(1, 4), tokens=st.integers(1, 5))
 def test_gather_embedding_lookup(vocab, dim, tokens):

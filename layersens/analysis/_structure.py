@@ -353,6 +353,22 @@ def _split(eqn, ins):
     return [MIXED if eqn.params["axis"] == a else a] * len(eqn.outvars)
 
 
+_stack_p: Primitive | None
+try:  # jnp.stack is a primitive of its own in recent JAX (a complex layer's [Re h; Im h] is one), not exported
+    from jax._src.lax.lax import stack_p as _stack_p
+except ImportError:  # pragma: no cover
+    _stack_p = None
+
+
+@register(_stack_p)
+def _stack_operands(eqn, ins):
+    """Equal-shape operands stacked along a new axis ``axis``: the channel axis moves one right past it."""
+    a = _single_axis(ins)
+    if a == MIXED:
+        return _mixed(eqn)
+    return [a + 1 if a >= eqn.params["axis"] else a]
+
+
 def _unstack(s):
     if s is None or s == MIXED:
         return s

@@ -12,8 +12,10 @@ from .._errors import JacobianTooLargeError, format_bytes
 from .._progress import announce
 from ..planning import Auto, Structured, available_memory
 from ..results import CompressedJacobian, LayerJacobian, StoredJacobian
+from ..tracing import require_real
 from ._blocks import dense_bytes
 from ._cache import prepared_for
+from ._complex_sink import ComplexSink
 from ._sinks import CompressedSink, DenseSink, Result, Sink
 from ._store_sink import StoreSink
 
@@ -31,10 +33,12 @@ def check_size(split: LayerSplit, num_examples: int) -> int:
     """Bytes of the dense result; raises if it cannot fit in memory."""
     itemsize = np.dtype(split.activation_dtype).itemsize
     nbytes = dense_bytes(split, num_examples)
-    if nbytes <= _ALWAYS_FITS:
+    # a complex Jacobian is stated from the real problem's: both are held at the end
+    held = 2 * nbytes if split.complex is not None and split.complex.combines else nbytes
+    if held <= _ALWAYS_FITS:
         return nbytes
     available = available_memory()
-    if nbytes > _RESULT_FRACTION * available:
+    if held > _RESULT_FRACTION * available:
         raise JacobianTooLargeError(
             f"the Jacobian of {split.layer!r} for {num_examples} example(s) is {format_bytes(nbytes)} "
             f"({num_examples} × {split.num_outputs} outputs × {split.num_params} parameters × {itemsize} bytes) and "
@@ -116,7 +120,8 @@ def jacobian(
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     check_size(split, len(x))
-    return _run(split, x, DenseSink(), mode, max_memory, device, progress, devices)
+    sink: Sink[LayerJacobian] = ComplexSink() if split.complex is not None and split.complex.combines else DenseSink()
+    return _run(split, x, sink, mode, max_memory, device, progress, devices)
 
 
 def compressed_jacobian(
@@ -137,6 +142,7 @@ def compressed_jacobian(
     structured leaf per example, writing only the nonzeros. Use when the dense matrix is too large or not needed.
     The compiled programs are shared with :func:`layersens.jacobian`.
     """
+    require_real(split, "the compressed form (compressed_jacobian)")
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     return _run(split, x, CompressedSink(), mode, max_memory, device, progress, devices)
 
@@ -165,6 +171,7 @@ def stream_jacobian(
     written. In a multi-process run (``jax.distributed``) each process computes and writes its own share of
     (example, block) pairs into the same store. Returns the store, opened lazily.
     """
+    require_real(split, "a Jacobian store (stream_jacobian, --out NAME.zarr)")
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     sink = StoreSink(out, compressed=compressed, overwrite=overwrite, written=written)
     return _run(split, x, sink, mode, max_memory, device, progress, devices)

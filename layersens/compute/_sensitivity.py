@@ -16,6 +16,7 @@ import numpy as np
 
 from ..planning import Auto
 from ..results import Sensitivity
+from ..tracing import require_real
 from ._blocks import JacobianBlock, Layout
 from ._jacobian import _run
 from ._sinks import Done, Job, Sink, _starts
@@ -115,5 +116,6 @@ def sensitivity(
     Arguments as :func:`layersens.jacobian` (any strategy; the compiled plans are shared with it). Cost: that of
     ``jacobian(split, inputs, mode=mode)`` without writing the result, plus squaring each chunk on the host.
     """
+    require_real(split, "layersens.sensitivity")
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     return _run(split, x, SensitivitySink(), mode, max_memory, device, progress, devices)

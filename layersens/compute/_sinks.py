@@ -149,6 +149,7 @@ def layer_jacobian(job: Job, done: Done, matrix: np.ndarray, names=None) -> Laye
         compile_seconds=done.compile_seconds,
         seconds=done.seconds,
         notes=tuple(split.notes) + tuple(job.plan.notes) + tuple(done.notes),
+        complex_mode="" if split.complex is None else split.complex.mode.value,
     )
 
 

@@ -28,4 +28,9 @@ def flat_function(split: LayerSplit, params, x):
 
 
 def as_examples(split: LayerSplit, inputs) -> np.ndarray:
+    """The checked examples for a matrix-free computation (products, spectra, NTK, estimates, readouts), which
+    takes real Jacobians only."""
+    from ..tracing import require_real
+
+    require_real(split, "this matrix-free computation (products, spectrum, NTK, estimates, readouts)")
     return split.model.check_inputs(inputs, dtype=split.input_dtype)

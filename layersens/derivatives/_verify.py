@@ -43,9 +43,24 @@ class Verification:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _RealProblem:
+    """A complex Jacobian taken back to the real problem it was stated from (``split.complex``)."""
+
+    matrix: np.ndarray
+    inputs: np.ndarray
+
+
 def verify(jac, split, rows: int = 8, entries: int = 8, seed: int = 0) -> Verification:
     """Spot-checks ``jac`` (computed for ``split``); see the module docstring. Cost: one compiled scalar
-    gradient and one compiled forward pass, run ``rows`` and ``2 × entries`` times."""
+    gradient and one compiled forward pass, run ``rows`` and ``2 × entries`` times.
+
+    A complex Jacobian (``complex_mode`` ``complex`` or ``holomorphic``) is checked as the real problem it was
+    stated from: the real and imaginary parts of each row and column, against the real layer's scalar gradients
+    and differences (:meth:`ComplexParts.separate`)."""
+    parts = getattr(split, "complex", None)
+    if parts is not None and parts.combines:
+        jac = _RealProblem(parts.separate(np.asarray(jac.matrix)), jac.inputs)
     rng = np.random.default_rng(seed)
     n_ex, m, p = jac.matrix.shape
     max_abs = getattr(jac, "max_abs", None)  # a stored Jacobian streams it instead of reading it whole

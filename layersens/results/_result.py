@@ -49,6 +49,9 @@ class LayerJacobian(Summarized):
       eval_mode: how evaluation mode was selected.
       compile_seconds, seconds: time spent compiling, and computing after compilation.
       notes: what the user must know about these numbers (plan fallbacks, random draws, lower precision).
+      complex_mode: for a layer or parameters with complex values, the convention of the Jacobian (``"real"``,
+        ``"complex"``: complex with Wirtinger parts ``w`` and ``conj(w)``, ``"holomorphic"``; see the README);
+        ``""`` for a real model.
     """
 
     layer: str
@@ -70,6 +73,7 @@ class LayerJacobian(Summarized):
     frozen_params: tuple[str, ...] = ()
     wrt: str = "parameters"
     verification: Verification | None = None  # a layersens.Verification when spot-checked (extract(verify=True))
+    complex_mode: str = ""
 
     def _summary(self):
         return [
@@ -81,6 +85,7 @@ class LayerJacobian(Summarized):
             ("wrt", self.wrt),
             ("params", self.param_names),
             ("mode", self.mode),
+            *([("complex_mode", self.complex_mode)] if self.complex_mode else []),
             ("device", self.device),
             ("seconds", f"{self.seconds:.3g}"),
             ("compile_seconds", f"{self.compile_seconds:.3g}"),
@@ -162,6 +167,7 @@ class LayerJacobian(Summarized):
             "notes",
             "frozen_params",
             "wrt",
+            "complex_mode",
         )
         meta = {name: getattr(self, name) for name in fields}
         meta["param_shapes"] = [list(s) for s in self.param_shapes]
@@ -202,6 +208,9 @@ def load_jacobian_npz(path) -> LayerJacobian:
             f: _text(meta, f) for f in ("layer", "model", "framework", "mode", "dtype", "device", "eval_mode")
         }
         fields["wrt"] = _text(meta, "wrt") if "wrt" in meta else "parameters"
+        fields["complex_mode"] = _text(meta, "complex_mode") if "complex_mode" in meta else ""
+        if fields["complex_mode"] not in ("", "real", "complex", "holomorphic"):
+            raise ValueError(f"complex_mode {fields['complex_mode']!r} is not real, complex or holomorphic")
         names = _names(meta["param_names"], "param_names")
         shapes = meta["param_shapes"]
         if not isinstance(shapes, list) or not all(
@@ -226,8 +235,10 @@ def load_jacobian_npz(path) -> LayerJacobian:
     size = sum(int(np.prod(s, dtype=np.int64)) for s in jac.param_shapes)
     m, a, x = jac.matrix, jac.activation, jac.inputs
     problems = []
-    if m.ndim != 3 or not np.issubdtype(m.dtype, np.floating):
-        problems.append(f"a matrix of shape {m.shape} and dtype {m.dtype} (expected 3 axes, floating)")
+    stated = np.complexfloating if jac.complex_mode in ("complex", "holomorphic") else np.floating
+    if m.ndim != 3 or not np.issubdtype(m.dtype, stated):
+        kind = "complex" if stated is np.complexfloating else "floating"
+        problems.append(f"a matrix of shape {m.shape} and dtype {m.dtype} (expected 3 axes, {kind})")
     elif m.shape[2] != size or len(jac.param_names) != len(jac.param_shapes):
         problems.append(f"a matrix of {m.shape[2]} columns for leaves {dict(zip(jac.param_names, jac.param_shapes))}")
     if len(set(jac.param_names)) != len(jac.param_names):

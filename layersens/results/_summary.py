@@ -57,13 +57,14 @@ class JacobianSummary(Summarized):
 def _scaled_singular_values(matrix: np.ndarray) -> tuple[np.ndarray, float]:
     """``(s / scale, scale)`` for the singular values ``s`` of one finite (M, P) matrix, descending, with
     ``scale`` its largest |entry|: the Gram matrix of the smaller side is formed from the matrix divided by it, so it
-    cannot overflow (entries up to float64's maximum would square to inf)."""
-    a = np.asarray(matrix, np.float64)
+    cannot overflow (entries up to float64's maximum would square to inf). A complex matrix's Gram matrix is
+    Hermitian (the conjugate transpose)."""
+    a = np.asarray(matrix, np.complex128 if np.iscomplexobj(matrix) else np.float64)
     scale = float(np.abs(a).max()) if a.size else 0.0
     if scale == 0.0:
         return np.zeros(min(a.shape)), 0.0
     a = a / scale
-    gram = a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
+    gram = a.conj().T @ a if a.shape[1] <= a.shape[0] else a @ a.conj().T
     eig = np.linalg.eigvalsh(gram)[::-1]
     return np.sqrt(np.clip(eig, 0.0, None)), scale
 

@@ -21,6 +21,7 @@ from ..compute import resolve_device, sensitivity
 from ..derivatives import layer_ntk, linearize, spectrum
 from ..planning import parse_bytes
 from ..results import LayerSummary
+from ..tracing import require_real
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -69,6 +70,7 @@ def summarize_layer(
     6k–9k products per example for the spectrum (none beyond min(M, P) when J is small enough to form), and for
     the NTK the plan's passes (contraction) or min(M, P) products per example.
     """
+    require_real(split, "a layer's summary without its Jacobian (summarize --layer)")
     start = time.perf_counter()
     report = progress or _quiet
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)

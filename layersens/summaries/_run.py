@@ -40,16 +40,18 @@ def summarize_model(
     allow_import: bool = False,
     out=None,
     overwrite: bool = False,
+    complex_mode=None,
 ) -> tuple[LayerSummary, tuple[Path, ...]]:
     """Loads ``model`` (a directory) if needed, takes ``inputs`` (an array, a ``.npy`` path, or the first
-    ``num_examples`` of the model's own, default 4), splits it at ``layer`` (in ``dtype``, e.g. ``"float64"``),
+    ``num_examples`` of the model's own, default 4), splits it at ``layer`` (in ``dtype``, e.g. ``"float64"``;
+    ``complex_mode`` for complex values, as :func:`layersens.split`),
     runs :func:`summarize_layer` and, with ``out`` (a directory, refused if it holds a report unless
     ``overwrite``, checked first), writes the report there. Returns the summary and the files written."""
     progress = progress or _quiet
     model, x, out = _prepare(model, inputs, num_examples, allow_import, out, overwrite, "summary", progress, dtype)
     progress(f"{layer}: tracing", 0, None)
     summary = summarize_layer(
-        split(model, layer, dtype=dtype),
+        split(model, layer, dtype=dtype, complex_mode=complex_mode),
         x,
         k=k,
         max_memory=max_memory,

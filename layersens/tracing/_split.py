@@ -23,6 +23,16 @@ from .._errors import InputShapeError, SelectionError, UnknownLayerError
 from .._repr import Summarized
 from ..analysis import first_use, jaxpr_dependence, prune
 from ..models import OUTPUT, Model
+from ._complex import (
+    IMAG_PART,
+    REAL_PART,
+    ComplexMode,
+    ComplexParts,
+    as_complex_mode,
+    check_holomorphic,
+    is_complex,
+    real_layer,
+)
 from ._select import INPUT, Differentiated, Wrt, WrtKind, as_wrt, select
 from ._trace import ModelTrace, trace_model
 
@@ -77,6 +87,8 @@ class LayerSplit(Summarized):
         ``"layer:<name>"``); :attr:`differentiated` describes what it chose.
       input_dtype: dtype the inputs are cast to.
       notes: what a user must know about this split's numbers (random draws, lower precision than asked).
+      complex: for a layer or leaves with complex values, how they were made real (``params``, ``jaxpr`` and the
+        activation are then the real problem's) and how its Jacobian becomes the stated one; ``None`` otherwise.
     """
 
     layer: str
@@ -93,6 +105,7 @@ class LayerSplit(Summarized):
     wrt: Wrt = Wrt.parameters()
     notes: tuple[str, ...] = ()
     point_jaxpr: jcore.ClosedJaxpr | None = dataclasses.field(default=None, repr=False)
+    complex: ComplexParts | None = None
 
     def _summary(self):
         return [
@@ -100,6 +113,7 @@ class LayerSplit(Summarized):
             ("model", self.model.name),
             ("activation", f"{self.activation_dtype}{list(self.activation_shape)}"),
             ("wrt", str(self.wrt)),
+            ("complex", "" if self.complex is None else self.complex.mode.value),
             ("params", self.param_names),
             ("num_params", f"{self.num_params:,}"),
             ("frozen", len(self.frozen)),
@@ -252,7 +266,9 @@ def _checked_layer(trace: ModelTrace, model: Model, layer: str, dtype, what: str
     return shape
 
 
-def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | None = None) -> LayerSplit:
+def split(
+    model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | None = None, complex_mode=None
+) -> LayerSplit:
     """Cuts ``model`` at ``layer``; see :class:`LayerSplit`.
 
     Args:
@@ -265,8 +281,12 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         Default: every upstream leaf.
       wrt_layer: an earlier layer: the Jacobian of ``layer`` with respect to that layer's activation, the model
         cut at both points (everything else held fixed: the partial derivative through that activation).
+      complex_mode: for a complex layer or complex parameters, the convention of their Jacobian: ``"real"``,
+        ``"complex"`` or ``"holomorphic"`` (see :mod:`layersens.tracing._complex` and the README's "Complex-valued
+        models"); without it complex values are refused. Real models ignore it.
     """
     selector = as_wrt(wrt, wrt_layer)
+    complex_mode = as_complex_mode(complex_mode)
     trace = trace_model(model, dtype)
     shape = _checked_layer(trace, model, layer, dtype)
     notes = []
@@ -317,10 +337,12 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
                 "them. Differentiate with respect to an embedding instead (wrt_layer='embed', --wrt-layer embed)."
             )
         differentiated = {INPUT: jnp.zeros(tuple(model.input_shape), trace.input_dtype)}
-    _check_real(differentiated, shape, layer)
+    complex_leaves = tuple(n for n, v in differentiated.items() if is_complex(v.dtype))
+    if complex_leaves or is_complex(shape.dtype):
+        _check_complex_mode(complex_mode, complex_leaves, shape, layer, selector)
     values = {**trace.leaves}
     constants = {n: v for n, v in values.items() if n not in differentiated}
-    return LayerSplit(
+    cut = LayerSplit(
         layer=layer,
         model=model,
         params=differentiated,
@@ -336,21 +358,75 @@ def split(model: Model, layer: str, dtype=None, *, wrt=None, wrt_layer: str | No
         notes=tuple(notes),
         point_jaxpr=point_jaxpr,
     )
+    if not complex_leaves and not is_complex(shape.dtype):
+        return cut
+    assert complex_mode is not None, "checked by _check_complex_mode"
+    return _real_problem(cut, complex_mode, complex_leaves)
 
 
-def _check_real(differentiated: dict, shape, layer: str):
-    """Complex numbers are refused: see the README (a real Jacobian of complex quantities needs a convention)."""
-    for name, value in differentiated.items():
-        if jnp.issubdtype(np.asarray(value).dtype if not hasattr(value, "dtype") else value.dtype, jnp.complexfloating):
-            raise SelectionError(
-                f"leaf {name!r} is complex ({value.dtype}); layersens computes real Jacobians only. Keep the real "
-                "and imaginary parts as two real leaves (e.g. w = w_re + 1j * w_im inside the model)."
-            )
-    if jnp.issubdtype(shape.dtype, jnp.complexfloating):
-        raise SelectionError(
-            f"layer {layer!r} is complex ({shape.dtype}); layersens computes real Jacobians only. "
-            "Capture its real and imaginary parts (jnp.real, jnp.imag) as two layers."
+_CONVENTIONS = (
+    "choose how its Jacobian is stated: complex_mode='real' (the real part's, complex leaves as real and "
+    "imaginary columns), 'complex' (the complex Jacobian; Wirtinger parts for complex leaves) or 'holomorphic' "
+    "(one complex Jacobian of a holomorphic layer); on the command line --complex real|complex|holomorphic."
+)
+
+
+def _check_complex_mode(mode: ComplexMode | None, complex_leaves, shape, layer: str, selector: Wrt):
+    if mode is None:
+        what = (
+            f"leaf {complex_leaves[0]!r} is complex"
+            if complex_leaves
+            else f"layer {layer!r} is complex ({shape.dtype})"
         )
+        raise SelectionError(f"{what}; {_CONVENTIONS}")
+    if selector.kind is WrtKind.LAYER and complex_leaves:
+        raise SelectionError(
+            f"wrt_layer {complex_leaves[0]!r} is complex: a Jacobian with respect to a complex layer's values is "
+            "not supported; differentiate with respect to the parameters (complex_mode applies to them)."
+        )
+
+
+def _real_problem(cut: LayerSplit, mode: ComplexMode, complex_leaves: tuple[str, ...]) -> LayerSplit:
+    """``cut`` (complex leaves or layer) as a real problem: see :mod:`._complex`."""
+    layer_dtype = np.dtype(cut.activation_dtype)
+    complex_dtype = layer_dtype if is_complex(layer_dtype) else np.dtype(cut.params[complex_leaves[0]].dtype)
+    stacked = is_complex(layer_dtype) and mode is not ComplexMode.REAL
+    parts = ComplexParts(
+        mode=mode,
+        leaves=cut.param_names,
+        shapes=cut.param_shapes,
+        complex_leaves=complex_leaves,
+        stacked=stacked,
+        dtype=str(np.finfo(complex_dtype).dtype if mode is ComplexMode.REAL else complex_dtype),
+    )
+    notes = [parts.convention()]
+    if mode is ComplexMode.HOLOMORPHIC and complex_leaves:
+        examples = cut.model.example_inputs
+        xs = (
+            np.asarray(examples[:2], cut.input_dtype)
+            if examples is not None
+            else np.random.default_rng(0).standard_normal((1,) + tuple(cut.input_shape)).astype(cut.input_dtype)
+        )
+        notes.append(check_holomorphic(cut.apply, cut.params, complex_leaves, xs, cut.layer))
+    jaxpr, inputs = real_layer(cut.jaxpr, cut.inputs, parts)
+    params, constants = {}, dict(cut.constants)
+    for name, value in cut.params.items():
+        if name not in complex_leaves:
+            params[name] = value
+            continue
+        params[name + REAL_PART] = jnp.real(value)
+        (constants if mode is ComplexMode.HOLOMORPHIC else params)[name + IMAG_PART] = jnp.imag(value)
+    return dataclasses.replace(
+        cut,
+        params=params,
+        jaxpr=jaxpr,
+        inputs=inputs,
+        constants=constants,
+        activation_shape=((2,) if stacked else ()) + cut.activation_shape,
+        activation_dtype=str(np.finfo(layer_dtype).dtype) if is_complex(layer_dtype) else cut.activation_dtype,
+        notes=cut.notes + tuple(notes),
+        complex=parts,
+    )
 
 
 RANDOM_PRIMITIVES = (P.random_bits_p, P.threefry2x32_p, P.rng_bit_generator_p, P.rng_uniform_p)

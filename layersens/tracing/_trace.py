@@ -51,8 +51,13 @@ class ModelTrace:
 
 
 def cast_floating(leaf, dtype):
-    if dtype is not None and hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating):
+    """``leaf`` cast to ``dtype`` if it is floating; a complex leaf to the complex type of that precision."""
+    if dtype is None or not hasattr(leaf, "dtype"):
+        return leaf
+    if jnp.issubdtype(leaf.dtype, jnp.floating):
         return jnp.asarray(leaf).astype(dtype)
+    if jnp.issubdtype(leaf.dtype, jnp.complexfloating) and jnp.issubdtype(dtype, jnp.floating):
+        return jnp.asarray(leaf).astype(jnp.result_type(dtype, jnp.complex64))
     return leaf
 
 
