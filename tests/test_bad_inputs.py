@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import layersens
-from layersens.examples import LENET_DIGITS
+from layersens.examples import LENET_DIGITS, RBM_SPINS
 from layersens_cli.main import main
 
 
@@ -136,6 +136,18 @@ TABLE = [
     ),
     ("missing inputs", EXTRACT + ["--inputs", "{root}/nowhere.npy"], r"inputs file .*nowhere\.npy does not exist"),
     ("complex inputs", EXTRACT + ["--inputs", "{root}/complex.npy"], r"are complex \(complex64\)"),
+    (
+        "complex parameters without a convention",
+        ["extract", "--model", str(RBM_SPINS), "--layer", "output", "--out", "{out}"],
+        r"leaf 'kernel' is complex; choose how its Jacobian is stated: complex_mode='real' .*--complex "
+        r"real\|complex\|holomorphic",
+    ),
+    (
+        "complex convention into a store",
+        ["extract", "--model", str(RBM_SPINS), "--layer", "output", "--complex", "complex", "--out", "{root}/c.zarr"],
+        r"a Jacobian store \(stream_jacobian, --out NAME\.zarr\) takes real Jacobians, and complex_mode='complex' "
+        r"states a complex one\..*--complex real",
+    ),
     (
         "NaN inputs",
         EXTRACT + ["--inputs", "{root}/nan.npy", "--num-examples", "2"],
