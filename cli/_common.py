@@ -104,7 +104,15 @@ class CommandGroup(click.Group):
                 _interrupt.quiet()  # the work is done: a Ctrl-C while the interpreter shuts down changes nothing
             else:
                 _interrupt.uninstall(previous_handler)
-        sys.exit(code if isinstance(code, int) else 0)
+        code = code if isinstance(code, int) else 0
+        if STARTED_AS_PROGRAM:
+            # Straight out, as after an interrupt: in an orderly shutdown Python hands SIGINT back to its default
+            # action, so a Ctrl-C after the result was written would end the process with -2 and nothing said
+            # (and the shutdown may wait on XLA's threads). Every file is written and closed by now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        sys.exit(code)
 
 
 def library():

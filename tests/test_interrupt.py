@@ -10,7 +10,6 @@ import time
 
 import pytest
 
-import layersens
 from layersens import _interrupt
 from layersens._atomic import atomic_directory, atomic_file
 from layersens.examples import LENET_DIGITS
@@ -105,12 +104,6 @@ def test_ctrl_c_at_any_moment_exits_130_with_one_line_and_no_file(tmp_path):
         stdout, stderr = proc.communicate(timeout=120)
         if proc.returncode == 0 and "wrote" in stdout and time.monotonic() - sent < 0.5 and delay > 1:
             out.unlink()  # the result was in place as the signal came: only printing was left
-            continue
-        if proc.returncode == -signal.SIGINT and "wrote" in stdout and not stderr and delay > 1:
-            # The work was done and the result in place; the signal came during the interpreter's shutdown, after
-            # Python gave SIGINT back to the system's default action (seen under full CI load at the 4 s mark).
-            assert layersens.load_jacobian(out).matrix.shape[0] == 16
-            out.unlink()
             continue
         assert (proc.returncode, stderr) == (130, MESSAGE + "\n"), (delay, proc.returncode, stderr[-2000:], stdout)
         assert "wrote" not in stdout
