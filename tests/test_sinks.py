@@ -66,3 +66,28 @@ def test_a_block_trimmed_after_an_offset_keeps_its_later_vectors():
     assert trimmed.offset == 13 and trimmed.width == 3
     np.testing.assert_array_equal(trimmed.values, values[:, 3:])
     assert block.after(5) is block
+
+
+@pytest.mark.parametrize(
+    "layer,mode", [("act", "structured"), ("act", "reverse"), ("res", "structured"), ("head", "structured")]
+)
+def test_compressed_examples_side_by_side_in_small_groups(tiny_cnn, monkeypatch, layer, mode):
+    """The compressed form of examples side by side (one program per group, ``_compressed_examples``), in groups
+    of two with the last topped up, equals the dense Jacobian: column and row colouring, dense columns and rows
+    (float32: rtol/atol 2e-5)."""
+    from layersens.compute import _compressed_examples
+
+    split = layersens.split(tiny_cnn, layer)
+    x = np.random.default_rng(3).normal(size=(5, 6, 6, 1)).astype(np.float32)
+    prepared = layersens.prepare(split, x, mode=mode)
+    plan = prepared.programs()[0].plan
+    coloured = {n: prepared.structure[n] for b in plan.blocks if b.method.colouring for n in b.names}
+    per_example = _compressed_examples.example_bytes(split, coloured)
+    monkeypatch.setattr(_compressed_examples, "GROUP_MAX_BYTES", 2 * per_example)
+    seen = []
+    compressed = prepared.run(x, sink=layersens.compute.CompressedSink(), progress=lambda d, t: seen.append((d, t)))
+    dense = layersens.jacobian(split, x, mode=mode)
+    np.testing.assert_allclose(compressed.to_dense().matrix, dense.matrix, rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(compressed.dense_part.activation, dense.activation, rtol=2e-5, atol=2e-5)
+    if prepared.programs()[0].fused is not None:
+        assert seen == [(1, 3), (2, 3), (3, 3)]  # 2 + 2 + 1 (topped up)

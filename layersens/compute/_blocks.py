@@ -20,7 +20,10 @@ class Layout(enum.Enum):
     ``CHANNEL_ROWS``: ``values[width, C, W_run]`` are positions ``offset ...`` (every channel at once) of the
     adjacent channel-diagonal leaves ``names`` whose channel is the layer's last axis.
     ``WHOLE``: ``values[M, P]`` is the example's whole matrix.
-    ``EXAMPLES``: ``values[G, M, P]`` are the whole matrices of examples ``example .. example + G``.
+    ``EXAMPLES``: ``values[G, M, P]`` are the whole matrices of examples ``example .. example + G`` (over the
+    leaves ``names``, in column order).
+    ``CHANNEL_EXAMPLES``: ``values[G, *activation_shape, W]`` are the whole channel diagonal of the one
+    channel-diagonal leaf ``names[0]`` for examples ``example .. example + G`` (the compressed form's layout).
     """
 
     COLUMNS = "columns"
@@ -29,6 +32,7 @@ class Layout(enum.Enum):
     CHANNEL_ROWS = "channel rows"
     WHOLE = "whole"
     EXAMPLES = "examples"
+    CHANNEL_EXAMPLES = "channel examples"
 
     @property
     def basis_axis(self) -> int | None:
@@ -43,6 +47,7 @@ _BASIS_AXIS = {
     Layout.CHANNEL_ROWS: 0,
     Layout.WHOLE: None,
     Layout.EXAMPLES: None,
+    Layout.CHANNEL_EXAMPLES: None,
 }
 
 

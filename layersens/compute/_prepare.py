@@ -29,7 +29,10 @@ from ..planning import Auto, Plan, balanced_width, example_spec
 from ..planning import plan as make_plan
 from ..results import CompressedJacobian, LayerJacobian
 from ._blocks import JacobianBlock, Layout, dense_bytes
-from ._kernels import dense_program, fused_kernel, kernel
+from ._compressed_examples import compressed_program
+from ._compressed_examples import example_bytes as compressed_example_bytes
+from ._compressed_examples import group_size as compressed_group_size
+from ._kernels import Kernel, dense_program, fused_kernel, kernel
 from ._lanes import Lanes, compile_lanes, run_lanes
 from ._processes import finish_share, process_share
 from ._side_by_side import Candidates, SideBySide, candidates, compile_side_by_side
@@ -246,6 +249,8 @@ class PreparedJacobian:
             return self._side_by_side(x, target, progress)
         programs, compile_seconds = self.programs()
         target.begin(Job(split, programs.plan, self.structure, len(x), self.where, x))
+        if target.channel_examples and programs.fused is not None and len(self.devices) == 1:
+            return self._compressed_side_by_side(x, target, programs, progress, compile_seconds)
         if target.whole_matrix and len(x) == 1 and programs.dense is not None and programs.lanes is None:
             if "dense" not in self._compiled:
                 start = time.perf_counter()
@@ -329,6 +334,43 @@ class PreparedJacobian:
         method = None if program.method == "plan" else program.method
         seconds = time.perf_counter() - start
         return target.finish(Done(x, activation, seconds, program.compile_seconds if fresh else 0.0, method, notes))
+
+    def _compressed_side_by_side(
+        self, x: np.ndarray, target: Sink[Result], programs: _Programs, progress, compile_seconds: float
+    ) -> Result:
+        """The compressed form of every example in groups: each group's channel blocks, dense columns and layer
+        values from one program (``_compressed_examples``)."""
+        assert programs.fused is not None, "for plans computed by one fused program per example"
+        split = self.split
+        coloured = {n: self.structure[n] for b in programs.plan.blocks if b.method.colouring for n in b.names}
+        group = compressed_group_size(compressed_example_bytes(split, coloured), programs.working, len(x))
+        key = f"compressed {group}"
+        if key not in self._compiled:
+            start = time.perf_counter()
+            spec = jax.ShapeDtypeStruct((group,) + x.shape[1:], x.dtype)
+            with jax.default_device(self.device):
+                run = jax.jit(compressed_program(split, programs.fused, coloured))
+                self._compiled[key] = run.lower(self.params, spec).compile()
+            compile_seconds += time.perf_counter() - start
+        program = self._compiled[key]
+        start = time.perf_counter()
+        activation = np.empty((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
+        starts = range(0, len(x), group)
+        tick = _Ticker(progress, len(starts))
+        dense_names = tuple(n for n in split.param_names if n not in coloured)
+        for first in starts:
+            xs = x[first : first + group]
+            short = group - len(xs)
+            if short:  # the last group is topped up with copies of its last example: one compiled size
+                xs = np.concatenate([xs, np.repeat(xs[-1:], short, axis=0)])
+            channel, dense, values = program(self.params, xs)  # placed by the program
+            keep = group - short
+            for name, blocks in channel.items():  # zero-copy on CPU, read-only
+                target.put(JacobianBlock(first, Layout.CHANNEL_EXAMPLES, (name,), 0, np.asarray(blocks)[:keep]))
+            target.put(JacobianBlock(first, Layout.EXAMPLES, dense_names, 0, np.asarray(dense)[:keep]))
+            activation[first : first + keep] = np.asarray(values)[:keep]
+            tick.advance(1)
+        return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
 
     def _step(self, step: _Step, n: int, example, target: Sink, tick: _Ticker) -> None:
         """One plan block of example ``n``: its chunks the sink still needs, each block handed over once."""
@@ -437,19 +479,23 @@ class _Programs:
     activation: jax.stages.Compiled
     dense: jax.stages.Wrapped | None
     lanes: Lanes | None
+    # for a plan computed by one fused program per example: that kernel and XLA's count of its working memory
+    # (the compressed form of examples side by side, ``_compressed_examples``)
+    fused: Kernel | None = None
+    working: int | None = None
 
 
 def _compile_programs(split: LayerSplit, planned: Plan, structure, devices, params, x0) -> _Programs:
     dev = devices[0]
     budget = planned.budget
     notes = list(planned.notes)
-    steps, dense, blocks = None, None, planned.blocks
+    steps, dense, blocks, one, working = None, None, planned.blocks, None, None
     if all(b.width >= b.basis for b in blocks):
         fused = fused_kernel([kernel(b.method, split, b.names, b.width, structure) for b in blocks])
         compute = jax.jit(fused.compute).lower(params, x0, np.int32(0)).compile()
         working = program_memory(compute)
         if working is None or working <= budget:
-            steps = (_Step(None, compute, fused.blocks, 1, 1, None),)
+            steps, one = (_Step(None, compute, fused.blocks, 1, 1, None),), fused
             if dev.platform == "cpu" and dense_bytes(split, 1) <= DEVICE_DENSE_MAX_BYTES:
                 dense = jax.jit(dense_program(split, fused))
     if steps is None:
@@ -479,4 +525,6 @@ def _compile_programs(split: LayerSplit, planned: Plan, structure, devices, para
     activation = jax.jit(lambda p, x: split.evaluate(p, x)).lower(params, x0).compile()
     final = dataclasses.replace(planned, blocks=blocks, notes=tuple(notes))
     lanes = compile_lanes(split, final, steps, structure, devices, np.asarray(x0)) if len(devices) > 1 else None
-    return _Programs(plan=final, steps=steps, activation=activation, dense=dense, lanes=lanes)
+    return _Programs(
+        plan=final, steps=steps, activation=activation, dense=dense, lanes=lanes, fused=one, working=working
+    )

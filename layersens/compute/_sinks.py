@@ -62,6 +62,10 @@ class Sink(abc.ABC, Generic[Result]):
     """
 
     whole_matrix: bool = False
+    # ``channel_examples``: the sink takes a group of examples' compressed form as ``Layout.CHANNEL_EXAMPLES``
+    # blocks (one per coloured leaf) and a ``Layout.EXAMPLES`` block over the other leaves
+    # (``compute._compressed_examples``).
+    channel_examples: bool = False
     # ``shared``: processes of a multi-process run (``jax.distributed``) may each feed their own share of the
     # blocks to their own instance, and the shares make the whole (a store on a shared disk). Other sinks get
     # every block in every process.
@@ -234,6 +238,8 @@ class CompressedSink(Sink[CompressedJacobian]):
     Memory: 1 / C of the dense size for each coloured leaf. Use when the dense matrix is too large or not needed.
     """
 
+    channel_examples = True
+
     def begin(self, job: Job) -> None:
         split = job.split
         coloured = {n for b in job.plan.blocks if b.method.colouring for n in b.names}
@@ -241,41 +247,62 @@ class CompressedSink(Sink[CompressedJacobian]):
         self.job = job
         self.structure = {n: structure[n] for n in split.param_names if n in coloured}
         self.within = {n: leaf_size(split, n) // self.structure[n].channels for n in self.structure}
-        self.blocks = {
-            n: np.zeros(
-                (job.num_examples,) + split.activation_shape + (self.within[n],), np.dtype(split.activation_dtype)
-            )
-            for n in self.structure
-        }
-        self.dense = _Matrix(split, structure, job.num_examples, [n for n in split.param_names if n not in coloured])
+        # made on first use: a group holding every example becomes the result as it is (zeroing it is wasted)
+        self._blocks: dict[str, np.ndarray] = {}
+        self._dense: _Matrix | None = None
+        self._dense_whole: np.ndarray | None = None
+        self.dense_names = [n for n in split.param_names if n not in coloured]
+
+    def _block(self, name: str) -> np.ndarray:
+        if name not in self._blocks:
+            job = self.job
+            shape = (job.num_examples,) + job.split.activation_shape + (self.within[name],)
+            self._blocks[name] = np.zeros(shape, np.dtype(job.split.activation_dtype))
+        return self._blocks[name]
+
+    @property
+    def dense(self) -> _Matrix:
+        if self._dense is None:
+            self._dense = _Matrix(self.job.split, self.job.structure, self.job.num_examples, self.dense_names)
+        return self._dense
 
     def _leaves(self, names):
         return within_ranges(self.within, names)
 
     def put(self, block: JacobianBlock) -> None:
         n, offset, values = block.example, block.offset, block.values
+        every = len(values) == self.job.num_examples
         if block.layout is Layout.CHANNEL_COLUMNS:
             width = values.shape[-1]
             for name, a, b in self._leaves(block.names):
                 lo, hi = max(offset, a), min(offset + width, b)
                 if lo < hi:
-                    self.blocks[name][n][..., lo - a : hi - a] = values[..., lo - offset : hi - offset]
+                    self._block(name)[n][..., lo - a : hi - a] = values[..., lo - offset : hi - offset]
         elif block.layout is Layout.CHANNEL_ROWS:
             width, channels = values.shape[:2]
             for name, a, b in self._leaves(block.names):
-                rows = self.blocks[name][n].reshape(-1, channels, b - a)  # (S, C, W): channels are the last axis
+                rows = self._block(name)[n].reshape(-1, channels, b - a)  # (S, C, W): channels are the last axis
                 rows[offset : offset + width] = values[:, :, a:b]
+        elif block.layout is Layout.CHANNEL_EXAMPLES and every:
+            self._blocks[block.names[0]] = values  # zero-copy: the program's output becomes the result
+        elif block.layout is Layout.CHANNEL_EXAMPLES:
+            self._block(block.names[0])[n : n + len(values)] = values
+        elif block.layout is Layout.EXAMPLES and every:
+            self._dense_whole = values
+        elif block.layout is Layout.EXAMPLES:
+            self.dense.matrix[n : n + len(values)] = values
         else:
             self.dense.put(block)
 
     def finish(self, done: Done) -> CompressedJacobian:
         split = self.job.split
-        dense = layer_jacobian(self.job, done, self.dense.matrix, names=self.dense.names)
+        matrix = self.dense.matrix if self._dense_whole is None else self._dense_whole
+        dense = layer_jacobian(self.job, done, matrix, names=self.dense_names)
         return CompressedJacobian(
             layer=split.layer,
             param_names=split.param_names,
             param_shapes=split.param_shapes,
-            channel_blocks=self.blocks,
+            channel_blocks={n: self._block(n) for n in self.structure},
             structure=self.structure,
             dense_part=dense,
         )
