@@ -1,5 +1,7 @@
 """One side of ``compare_commits.py``: times ``layersens.jacobian`` on the shipped LeNet with whatever layersens is
-importable, and prints one JSON line.
+importable, and prints one JSON line (``--form compressed``: ``compressed_jacobian``, fingerprinted through its
+lossless ``to_dense()``; with each case the result's bytes and the time to write that many bytes into fresh memory,
+its floor).
 
 It uses only the API every version since the first benchmark report has had (``load_model``, ``split``,
 ``jacobian(..., mode=...)``, ``.matrix``, ``layersens.examples.LENET_DIGITS``), so the same file times an older
@@ -50,12 +52,19 @@ def fingerprint(matrix: np.ndarray) -> list[float]:
     return [total, squares**0.5, *map(float, projections)]
 
 
+def _write(nbytes: int) -> None:
+    np.empty(nbytes, np.uint8).fill(1)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", required=True, help="comma-separated layer:examples, e.g. relu1:1,fc1:8")
     parser.add_argument("--mode", default="auto")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--fingerprint", action="store_true")
+    parser.add_argument(
+        "--form", choices=("dense", "compressed"), default="dense", help="jacobian, or compressed_jacobian"
+    )
     args = parser.parse_args(argv)
 
     model = layersens.load_model(LENET_DIGITS)
@@ -64,16 +73,24 @@ def main(argv=None) -> int:
         layer, n = case.split(":")
         split = layersens.split(model, layer)
         x = np.asarray(model.example_inputs[: int(n)])
-        call = functools.partial(layersens.jacobian, split, x, mode=args.mode)
+        compute = layersens.compressed_jacobian if args.form == "compressed" else layersens.jacobian
+        call = functools.partial(compute, split, x, mode=args.mode)
         result, first = _timing.timed(call)
-        prints = fingerprint(result.matrix) if args.fingerprint else None
-        del result
+        dense = result.to_dense() if args.form == "compressed" else result
+        prints = fingerprint(dense.matrix) if args.fingerprint else None
+        nbytes = int(result.nbytes)
+        del result, dense
         times = _timing.time_calls(call, args.repeats)
         out["cases"][case] = {
             "first_call_seconds": first,
             "median_seconds": statistics.median(times),
             "seconds": times,
             "fingerprint": prints,
+            "result_bytes": nbytes,
+            # the floor: writing the result's bytes into fresh memory, as a new result must be
+            "write_floor_seconds": statistics.median(
+                _timing.time_calls(functools.partial(_write, nbytes), args.repeats)
+            ),
         }
     print(json.dumps(out))
     return 0

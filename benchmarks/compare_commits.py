@@ -10,7 +10,8 @@ fresh process per version (their order alternating between rounds) that times ``
 on every case (``_time_jacobian.py``). Both versions must compute the same Jacobian (fingerprints compared first);
 the report gives, per case, each round's median and the ratio of the medians over all runs.
 
-Writes ``compare-<commit>.md`` and ``.json`` into ``--out``.
+Writes ``compare-<commit>.md`` and ``.json`` into ``--out`` (``compare-<commit>-compressed`` with ``--form compressed``:
+``compressed_jacobian`` instead, each case with its result's write floor).
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _run_side(root: Path, cases: str, mode: str, repeats: int, fingerprint: bool) -> dict:
+def _run_side(root: Path, cases: str, mode: str, repeats: int, fingerprint: bool, form: str = "dense") -> dict:
     command = [sys.executable, str(WORKER), "--cases", cases, "--mode", mode, "--repeats", str(repeats)]
+    command += ["--form", form]
     if fingerprint:
         command.append("--fingerprint")
     env = {**os.environ, "PYTHONPATH": str(root)}
@@ -65,6 +67,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=15, help="timed calls per case per process")
     parser.add_argument("--out", type=Path, default=HERE / "reports" / "lenet-cpu")
+    parser.add_argument(
+        "--form", choices=("dense", "compressed"), default="dense", help="time jacobian, or compressed_jacobian"
+    )
     args = parser.parse_args(argv)
 
     old = _git("rev-parse", "--short", args.old)
@@ -78,7 +83,9 @@ def main(argv=None) -> int:
                 for side in ("old", "new") if r % 2 == 0 else ("new", "old"):
                     root = tree if side == "old" else ROOT
                     print(f"round {r + 1}/{args.rounds}: {side}", file=sys.stderr, flush=True)
-                    runs[side].append(_run_side(root, args.cases, args.mode, args.repeats, fingerprint=r == 0))
+                    runs[side].append(
+                        _run_side(root, args.cases, args.mode, args.repeats, fingerprint=r == 0, form=args.form)
+                    )
         finally:
             _git("worktree", "remove", "--force", str(tree))
 
@@ -101,34 +108,41 @@ def main(argv=None) -> int:
                 "fingerprints": {"old": a, "new": b},
             }
         )
+        floor = statistics.median(run["cases"][case].get("write_floor_seconds", float("nan")) for run in runs["new"])
+        nbytes = runs["new"][0]["cases"][case].get("result_bytes", 0)
+        data[-1].update(write_floor_seconds=floor, result_bytes=nbytes)
         layer, n = case.split(":")
         rows.append(
-            f"| {layer} ×{n} | {pooled['old'] * 1e3:.1f} ms | {pooled['new'] * 1e3:.1f} ms | {ratio:.2f}× | "
-            + ", ".join(f"{o * 1e3:.1f} / {w * 1e3:.1f}" for o, w in zip(per_round["old"], per_round["new"]))
-            + " |"
+            f"| {layer} ×{n} | {pooled['old'] * 1e3:.2f} ms | {pooled['new'] * 1e3:.2f} ms | {ratio:.2f}× | "
+            + ", ".join(f"{o * 1e3:.2f} / {w * 1e3:.2f}" for o, w in zip(per_round["old"], per_round["new"]))
+            + f" | {nbytes / 2**10:,.0f} KiB: {floor * 1e3:.3f} ms | {pooled['new'] / floor:.1f}× |"
         )
     load = os.getloadavg()
+    call = "compressed_jacobian" if args.form == "compressed" else "jacobian"
     text = "\n".join(
         [
-            f"# layersens {old} against {new}: `jacobian(mode={args.mode!r})` on the shipped LeNet",
+            f"# layersens {old} against {new}: `{call}(mode={args.mode!r})` on the shipped LeNet",
             "",
             (
                 f"Created {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')} by "
                 f"`python benchmarks/compare_commits.py {args.old}`; {args.rounds} rounds, each one fresh process per "
                 f"version (order alternating), {args.repeats} timed calls per case after a first call that compiles; "
                 f"load average at the end {tuple(round(x, 2) for x in load)}. Both versions' results agreed (sum, "
-                "norm and two random projections) before timing was compared."
+                "norm and two random projections) before timing was compared. The write floor is the median time to "
+                "write the result's bytes into fresh memory (`np.empty(n, np.uint8).fill(1)`), in the new version's "
+                "processes."
             ),
             "",
             "| case | old (median of all calls) | new | old ÷ new (> 1: new is faster) "
-            "| per-round medians, old / new |",
-            "|---|---|---|---|---|",
+            "| per-round medians, old / new | result: write floor | new ÷ floor |",
+            "|---|---|---|---|---|---|---|",
             *rows,
             "",
         ]
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    md, js = args.out / f"compare-{old}.md", args.out / f"compare-{old}.json"
+    stem = f"compare-{old}" + ("-compressed" if args.form == "compressed" else "")
+    md, js = args.out / f"{stem}.md", args.out / f"{stem}.json"
     md.write_text(text)
     js.write_text(
         json.dumps(
@@ -136,6 +150,7 @@ def main(argv=None) -> int:
                 "old": old,
                 "new": new,
                 "mode": args.mode,
+                "form": args.form,
                 "rounds": args.rounds,
                 "repeats": args.repeats,
                 "cases": data,
