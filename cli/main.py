@@ -340,6 +340,7 @@ def summarize(
                 max_memory=max_memory,
                 progress=progress,
                 dtype=dtype,
+                complex_mode=complex_mode,
                 out=out_dir,
                 overwrite=overwrite,
             )

@@ -34,13 +34,21 @@ def _check_k(k) -> int:
 
 
 def profile(
-    model: Model, inputs, *, layers=None, k: int = 1, max_memory=None, progress: Progress | None = None, dtype=None
+    model: Model,
+    inputs,
+    *,
+    layers=None,
+    k: int = 1,
+    max_memory=None,
+    progress: Progress | None = None,
+    dtype=None,
+    complex_mode=None,
 ) -> SensitivityProfile:
     """One :class:`ProfileRow` per addressable layer of ``model`` (``layers``: a subset of names), in the order
     of :func:`layersens.list_layers` (depth): ‖J_n‖_F (exact), the ``k`` largest singular values (k ≥ 1), the
     stable rank ‖J‖²_F / σ₁² and each upstream leaf's share of ‖J‖²_F, per example of ``inputs``. Layers no
-    parameter reaches are skipped, and listed in ``skipped`` with the reason. ``dtype``: as for
-    :func:`layersens.split`.
+    parameter reaches are skipped, and listed in ``skipped`` with the reason. ``dtype`` and ``complex_mode`` (for
+    complex models: ``"real"``, the real part's Jacobian) as for :func:`layersens.split`.
 
     Cost per layer: that of :func:`layersens.summarize_layer` without the NTK; ``progress(step, done, total)`` as
     there, its step naming the layer and its place in the profile."""
@@ -60,7 +68,7 @@ def profile(
         began = time.perf_counter()
         where = f"[{i + 1}/{len(chosen)}] "
         report(f"{where}{info.name}: tracing", 0, None)
-        cut = split(model, info.name, dtype=dtype)
+        cut = split(model, info.name, dtype=dtype, complex_mode=complex_mode)
 
         def told(step: str, done: int, total: int | None, where: str = where) -> None:
             report(where + step, done, total)

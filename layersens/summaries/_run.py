@@ -81,11 +81,14 @@ def profile_model(
     allow_import: bool = False,
     out=None,
     overwrite: bool = False,
+    complex_mode=None,
 ) -> tuple[SensitivityProfile, tuple[Path, ...]]:
     """:func:`profile` from a model or its directory, as :func:`summarize_model` does for one layer."""
     progress = progress or _quiet
     model, x, out = _prepare(model, inputs, num_examples, allow_import, out, overwrite, "profile", progress, dtype)
-    result = profile(model, x, layers=layers, k=k, max_memory=max_memory, progress=progress, dtype=dtype)
+    result = profile(
+        model, x, layers=layers, k=k, max_memory=max_memory, progress=progress, dtype=dtype, complex_mode=complex_mode
+    )
     if out is None:
         return result, ()
     from ..report import write_profile_report
