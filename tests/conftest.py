@@ -1,13 +1,12 @@
 import os
+import shutil
+import tempfile
 
 import jax
 import numpy as np
 import pytest
 from hypothesis import settings
 
-# The command line keeps compiled programs in a cache directory; the tests compile afresh (tests/test_scale.py checks
-# the cache with a directory of its own).
-os.environ["LAYERSENS_COMPILE_CACHE"] = "0"
 # Small layers' timed trials (extra compilations per plan) are off, except in the tests of the trial itself
 # (tests/test_side_by_side.py, tests/test_zoo.py::test_every_side_by_side_candidate), which turn them on.
 os.environ["LAYERSENS_TRIAL"] = "0"
@@ -20,6 +19,25 @@ from layersens.examples import LENET_DIGITS, LENET_DIGITS_NNX  # noqa: E402
 settings.register_profile("fast", max_examples=5)
 settings.register_profile("thorough", max_examples=200)
 settings.load_profile(os.environ.get("LAYERSENS_HYPOTHESIS", "fast"))
+
+
+def pytest_configure(config):
+    """One compilation cache for the run, in a fresh directory shared by the test processes (pytest-xdist's workers
+    inherit it from the process that starts them) and the command lines they run: the same programs (the shipped
+    LeNet's layers above all) are compiled once per run instead of once per process. tests/test_scale.py checks the
+    cache itself with directories of its own."""
+    if not hasattr(config, "workerinput"):  # the process that starts the workers, or the only one
+        os.environ["LAYERSENS_CACHE_DIR"] = config._layersens_cache = tempfile.mkdtemp(prefix="layersens-tests-")
+    import layersens
+
+    layersens.use_compile_cache()
+
+
+def pytest_unconfigure(config):
+    directory = getattr(config, "_layersens_cache", None)
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)
+
 
 # Tolerances per dtype for comparisons against an independent computation of the same Jacobian.
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}

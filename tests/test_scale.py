@@ -208,5 +208,10 @@ def test_a_repeated_extract_compiles_nothing_with_a_warm_cache(tmp_path):
     assert "from the compilation cache, 0 compiled)" not in first.stdout
     assert "from the compilation cache, 0 compiled)" in second.stdout, second.stdout
     assert list((tmp_path / "cache" / "xla").iterdir())
-    off = subprocess.run(command, env=_env(LAYERSENS_CACHE_DIR=str(tmp_path / "c2")), capture_output=True, text=True)
+    off = subprocess.run(
+        command,
+        env=_env(LAYERSENS_COMPILE_CACHE="0", LAYERSENS_CACHE_DIR=str(tmp_path / "c2")),
+        capture_output=True,
+        text=True,
+    )
     assert off.returncode == 0 and "compilation cache" not in off.stdout and not (tmp_path / "c2").exists()
