@@ -222,7 +222,9 @@ def test_holomorphic_layer_in_complex_mode_has_no_conjugate_part():
 
 def test_not_holomorphic_is_refused_in_holomorphic_mode():
     model, *_ = make(*MODELS["conjugating"])
-    with pytest.raises(layersens.SelectionError, match=r"is not holomorphic.*Cauchy–Riemann fails.*--complex complex"):
+    with pytest.raises(
+        layersens.SelectionError, match=r"layer 'output' is not holomorphic.*Cauchy–Riemann fails.*--complex complex"
+    ):
         layersens.split(model, "output", complex_mode="holomorphic")
 
 

@@ -235,9 +235,9 @@ def check_holomorphic(apply, params: dict, complex_leaves, examples, layer: str,
                 )
                 for n, p in params.items()
             }
-            layer = functools.partial(_at_example, apply, x)
-            along = jax.jvp(layer, (params,), (v,))[1]
-            rotated = jax.jvp(layer, (params,), ({n: 1j * t for n, t in v.items()},))[1]
+            at_example = functools.partial(_at_example, apply, x)
+            along = jax.jvp(at_example, (params,), (v,))[1]
+            rotated = jax.jvp(at_example, (params,), ({n: 1j * t for n, t in v.items()},))[1]
             scale = float(jnp.max(jnp.abs(along))) or 1.0
             worst = max(worst, float(jnp.max(jnp.abs(rotated - 1j * along))) / scale)
     dtype = next(iter(params.values())).dtype
