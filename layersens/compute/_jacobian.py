@@ -15,7 +15,7 @@ from ..results import CompressedJacobian, LayerJacobian, StoredJacobian
 from ..tracing import require_real
 from ._blocks import dense_bytes
 from ._cache import prepared_for
-from ._complex_sink import ComplexSink
+from ._complex_sink import ComplexCompressedSink, ComplexSink
 from ._sinks import CompressedSink, DenseSink, Result, Sink
 from ._store_sink import StoreSink
 
@@ -141,10 +141,15 @@ def compressed_jacobian(
     Cost: as ``jacobian(split, inputs, mode=Structured())`` without writing the zeros: W JVPs or S pullbacks per
     structured leaf per example, writing only the nonzeros. Use when the dense matrix is too large or not needed.
     The compiled programs are shared with :func:`layersens.jacobian`.
+
+    A complex convention (``complex_mode`` ``complex`` or ``holomorphic``) is stated as :func:`layersens.jacobian`
+    states it: a leaf stays a channel block where its real and imaginary parts both are one (see
+    :func:`~layersens.compute._complex_sink.stated_compressed`), and ``to_dense()`` is the dense complex Jacobian.
     """
-    require_real(split, "the compressed form (compressed_jacobian)")
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
-    return _run(split, x, CompressedSink(), mode, max_memory, device, progress, devices)
+    combines = split.complex is not None and split.complex.combines
+    sink: Sink[CompressedJacobian] = ComplexCompressedSink() if combines else CompressedSink()
+    return _run(split, x, sink, mode, max_memory, device, progress, devices)
 
 
 def stream_jacobian(
