@@ -12,7 +12,6 @@ from .._errors import JacobianTooLargeError, format_bytes
 from .._progress import announce
 from ..planning import Auto, Structured, available_memory
 from ..results import CompressedJacobian, LayerJacobian, StoredJacobian
-from ..tracing import require_real
 from ._blocks import dense_bytes
 from ._cache import prepared_for
 from ._complex_sink import ComplexCompressedSink, ComplexSink
@@ -175,8 +174,11 @@ def stream_jacobian(
     another computation is refused; ``overwrite`` replaces it. ``written(nbytes)`` is told of each slab
     written. In a multi-process run (``jax.distributed``) each process computes and writes its own share of
     (example, block) pairs into the same store. Returns the store, opened lazily.
+
+    A complex convention (``complex_mode`` ``complex`` or ``holomorphic``): the store holds the real problem's
+    Jacobian (rows ``[Re h; Im h]``, columns ``w.real`` and ``w.imag``) and its metadata the convention; the
+    :class:`StoredJacobian` states what it reads, as :func:`layersens.jacobian` would.
     """
-    require_real(split, "a Jacobian store (stream_jacobian, --out NAME.zarr)")
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     sink = StoreSink(out, compressed=compressed, overwrite=overwrite, written=written)
     return _run(split, x, sink, mode, max_memory, device, progress, devices)

@@ -157,6 +157,34 @@ class ComplexParts:
         sign = 1 if stated == conjugate_name(self.sources()[stated][0][: -len(REAL_PART)]) else -1
         return (0.5 * (dx + sign * 1j * dy)).astype(self.dtype, copy=False)
 
+    def describe(self) -> dict:
+        """These parts as JSON (a store's metadata; :meth:`from_description` reads them back)."""
+        return {
+            "mode": self.mode.value,
+            "leaves": list(self.leaves),
+            "shapes": [list(s) for s in self.shapes],
+            "complex_leaves": list(self.complex_leaves),
+            "stacked": self.stacked,
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_description(cls, described: dict) -> ComplexParts:
+        """The parts :meth:`describe` wrote (``ValueError``, ``KeyError`` or ``TypeError`` if they are not)."""
+        parts = cls(
+            mode=ComplexMode(described["mode"]),
+            leaves=tuple(str(n) for n in described["leaves"]),
+            shapes=tuple(tuple(int(d) for d in s) for s in described["shapes"]),
+            complex_leaves=tuple(str(n) for n in described["complex_leaves"]),
+            stacked=bool(described["stacked"]),
+            dtype=str(np.dtype(described["dtype"])),
+        )
+        if len(parts.leaves) != len(parts.shapes) or not set(parts.complex_leaves) <= set(parts.leaves):
+            raise ValueError(f"complex leaves {parts.complex_leaves} of leaves {parts.leaves}, shapes {parts.shapes}")
+        if is_complex(parts.dtype) != parts.combines:
+            raise ValueError(f"complex mode {parts.mode.value!r} with a stated dtype {parts.dtype}")
+        return parts
+
     def convention(self) -> str:
         """One line for the result's notes and metadata."""
         if self.mode is ComplexMode.REAL:
