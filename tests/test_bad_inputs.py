@@ -143,10 +143,10 @@ TABLE = [
         r"real\|complex\|holomorphic",
     ),
     (
-        "complex convention into a store",
-        ["extract", "--model", str(RBM_SPINS), "--layer", "output", "--complex", "complex", "--out", "{root}/c.zarr"],
-        r"a Jacobian store \(stream_jacobian, --out NAME\.zarr\) takes real Jacobians, and complex_mode='complex' "
-        r"states a complex one\..*--complex real",
+        "complex convention without the Jacobian",
+        ["summarize", "--model", str(RBM_SPINS), "--layer", "output", "--complex", "complex"],
+        r"a layer's summary without its Jacobian \(summarize --layer\) takes real Jacobians, and "
+        r"complex_mode='complex' states a complex one\..*--complex real",
     ),
     (
         "NaN inputs",

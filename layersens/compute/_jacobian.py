@@ -12,10 +12,9 @@ from .._errors import JacobianTooLargeError, format_bytes
 from .._progress import announce
 from ..planning import Auto, Structured, available_memory
 from ..results import CompressedJacobian, LayerJacobian, StoredJacobian
-from ..tracing import require_real
 from ._blocks import dense_bytes
 from ._cache import prepared_for
-from ._complex_sink import ComplexSink
+from ._complex_sink import ComplexCompressedSink, ComplexSink
 from ._sinks import CompressedSink, DenseSink, Result, Sink
 from ._store_sink import StoreSink
 
@@ -141,10 +140,15 @@ def compressed_jacobian(
     Cost: as ``jacobian(split, inputs, mode=Structured())`` without writing the zeros: W JVPs or S pullbacks per
     structured leaf per example, writing only the nonzeros. Use when the dense matrix is too large or not needed.
     The compiled programs are shared with :func:`layersens.jacobian`.
+
+    A complex convention (``complex_mode`` ``complex`` or ``holomorphic``) is stated as :func:`layersens.jacobian`
+    states it: a leaf stays a channel block where its real and imaginary parts both are one (see
+    :func:`~layersens.compute._complex_sink.stated_compressed`), and ``to_dense()`` is the dense complex Jacobian.
     """
-    require_real(split, "the compressed form (compressed_jacobian)")
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
-    return _run(split, x, CompressedSink(), mode, max_memory, device, progress, devices)
+    combines = split.complex is not None and split.complex.combines
+    sink: Sink[CompressedJacobian] = ComplexCompressedSink() if combines else CompressedSink()
+    return _run(split, x, sink, mode, max_memory, device, progress, devices)
 
 
 def stream_jacobian(
@@ -170,8 +174,11 @@ def stream_jacobian(
     another computation is refused; ``overwrite`` replaces it. ``written(nbytes)`` is told of each slab
     written. In a multi-process run (``jax.distributed``) each process computes and writes its own share of
     (example, block) pairs into the same store. Returns the store, opened lazily.
+
+    A complex convention (``complex_mode`` ``complex`` or ``holomorphic``): the store holds the real problem's
+    Jacobian (rows ``[Re h; Im h]``, columns ``w.real`` and ``w.imag``) and its metadata the convention; the
+    :class:`StoredJacobian` states what it reads, as :func:`layersens.jacobian` would.
     """
-    require_real(split, "a Jacobian store (stream_jacobian, --out NAME.zarr)")
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     sink = StoreSink(out, compressed=compressed, overwrite=overwrite, written=written)
     return _run(split, x, sink, mode, max_memory, device, progress, devices)

@@ -60,7 +60,10 @@ def fingerprint(split: LayerSplit, inputs: np.ndarray, methods: dict[str, str], 
     def layer(h):  # the traced computation up to the layer, and the precision it runs in
         h.update(str(split.jaxpr.jaxpr).encode())
 
-    return {
+    # The convention says what the stored numbers mean: a real layer of complex parameters is the same real
+    # problem in 'real' and 'complex' mode, and a store of one must not be resumed as the other.
+    convention = {} if split.complex is None else {"complex": split.complex.mode.value}
+    return convention | {
         "model": f"{split.model.name} {_digest(model)}",
         "layer": f"{split.layer} {_digest(layer)}",
         "wrt": str(split.wrt),
@@ -74,6 +77,7 @@ def fingerprint(split: LayerSplit, inputs: np.ndarray, methods: dict[str, str], 
 def _differences(old: dict, new: dict) -> list[str]:
     names = {"model": "the model", "layer": "the layer", "wrt": "what is differentiated (--wrt)", "dtype": "the dtype"}
     names |= {"inputs": "the inputs", "methods": "the methods (--mode, --device)", "format": "the format (--format)"}
+    names["complex"] = "the complex convention (--complex)"
     return [f"{names.get(k, k)} ({old.get(k)!r} then, {new.get(k)!r} now)" for k in new if old.get(k) != new.get(k)]
 
 
@@ -254,6 +258,8 @@ class StoreSink(Sink[StoredJacobian]):
                 if a.path.startswith("channels")
             },
             "arrays": [a.describe() for a in arrays],
+            # the arrays hold the real problem; the reader states it in this convention (results._stored)
+            **({} if split.complex is None else {"complex": split.complex.describe()}),
             "fingerprint": self.fingerprint,
             "versions": {
                 "layersens": __version__,

@@ -57,10 +57,14 @@ def verify(jac, split, rows: int = 8, entries: int = 8, seed: int = 0) -> Verifi
 
     A complex Jacobian (``complex_mode`` ``complex`` or ``holomorphic``) is checked as the real problem it was
     stated from: the real and imaginary parts of each row and column, against the real layer's scalar gradients
-    and differences (:meth:`ComplexParts.separate`)."""
+    and differences (:meth:`ComplexParts.separate`; a store holds the real problem itself, read lazily)."""
     parts = getattr(split, "complex", None)
     if parts is not None and parts.combines:
-        jac = _RealProblem(parts.separate(np.asarray(jac.matrix)), jac.inputs)
+        real_problem = getattr(jac, "real_problem", None)  # a store: the arrays on disk, never read whole
+        if real_problem is not None:
+            jac = real_problem()
+        else:
+            jac = _RealProblem(parts.separate(np.asarray(jac.matrix)), jac.inputs)
     rng = np.random.default_rng(seed)
     n_ex, m, p = jac.matrix.shape
     max_abs = getattr(jac, "max_abs", None)  # a stored Jacobian streams it instead of reading it whole

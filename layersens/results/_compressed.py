@@ -60,21 +60,41 @@ class CompressedJacobian(Summarized):
         d = self.dense_part
         n, m = d.num_examples, d.num_outputs
         p = sum(int(np.prod(s, dtype=np.int64)) for s in self.param_shapes)
-        matrix = np.zeros((n, m, p), d.activation.dtype)
-        act = d.activation_shape
+        # the dense part's dtype, not the activation's: a real layer of complex parameters has a complex Jacobian
+        matrix = np.zeros((n, m, p), d.matrix.dtype)
         start = 0
         for name, shape in zip(self.param_names, self.param_shapes):
             size = int(np.prod(shape, dtype=np.int64))
             if name in self.channel_blocks:
-                s = self.structure[name]
-                view = matrix[:, :, start : start + size].reshape((n,) + act + (size // s.channels, s.channels))
-                block = self.channel_blocks[name]
-                for c in range(s.channels):
-                    at = (slice(None),) * (1 + s.output_axis) + (c,)
-                    view[at + (Ellipsis, c)] = block[at]
+                _expand(self.channel_blocks[name], self.structure[name], matrix[:, :, start : start + size])
             else:
                 a, b = d.column_ranges[name]
                 matrix[:, :, start : start + size] = d.matrix[:, :, a:b]
             start += size
         matrix.flags.writeable = False
         return dataclasses.replace(d, matrix=matrix, param_names=self.param_names, param_shapes=self.param_shapes)
+
+    def leaf_columns(self, name: str) -> np.ndarray:
+        """The dense ``(examples, M, P_leaf)`` columns of leaf ``name`` (a channel block expanded, zeros off its
+        diagonal)."""
+        d = self.dense_part
+        if name not in self.channel_blocks:
+            a, b = d.column_ranges[name]
+            return d.matrix[:, :, a:b]
+        size = int(np.prod(self.param_shapes[self.param_names.index(name)], dtype=np.int64))
+        out = np.zeros((d.num_examples, d.num_outputs, size), d.matrix.dtype)
+        return _expand(self.channel_blocks[name], self.structure[name], out)
+
+
+def _expand(block: np.ndarray, structure, out: np.ndarray) -> np.ndarray:
+    """Writes the channel-diagonal ``block`` (``(examples,) + activation_shape + (W,)``, channels along
+    ``structure.output_axis`` of the activation) into ``out`` (``(examples, M, W * C)``, zeros off the diagonal:
+    column ``(w, c)`` of row ``r`` is ``block[r, w]`` where ``r``'s channel is ``c``); returns ``out``."""
+    n, act, C = block.shape[0], block.shape[1:-1], structure.channels
+    view = out.reshape((n,) + act + (block.shape[-1], C))  # splits axes only: a view of ``out``
+    assert np.may_share_memory(view, out), "the diagonal is written through a view"
+    axis = structure.output_axis % len(act)
+    for c in range(C):
+        at = (slice(None),) * (1 + axis) + (c,)
+        view[at + (Ellipsis, c)] = block[at]
+    return out

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .._errors import CheckpointError, JacobianTooLargeError, format_bytes
+from .._errors import CheckpointError, JacobianTooLargeError, SelectionError, format_bytes
 from .._repr import Summarized
 from ._result import LayerJacobian, column_ranges, load_jacobian_npz
 from ._sensitivity import Sensitivity
 from ._store_format import STORE_FORMAT, StoredArray
+from ._stored_complex import StatedLeaf, convention, stated_rows, stated_store
 from ._xarray import xarray_module
+
+if TYPE_CHECKING:
+    from ..tracing import ComplexParts
 
 # Bytes read from a store at a time when streaming over it and no budget is given.
 STREAM_BYTES = 256 * 2**20
@@ -74,6 +79,11 @@ def open_store(path, timings: tuple[float, float] | None = None) -> StoredJacobi
             compile_seconds=compile_seconds,
             _group=group,
         )
+        parts = convention(meta, stored)
+        if parts is not None:
+            stored = dataclasses.replace(stored, complex_mode=parts.mode.value)
+            if parts.combines:
+                stored = stated_store(stored, parts)
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path} has inconsistent metadata ({type(e).__name__}: {e}).") from None
     return stored
@@ -87,6 +97,11 @@ class StoredJacobian(Summarized):
     reads one example's ``(M, P)`` matrix; :meth:`load` the whole :class:`LayerJacobian` (if it fits);
     :meth:`sensitivity` streams diag(JᵀJ), unit norms and ‖J‖_F; :meth:`to_xarray` is a lazily loaded view.
     ``complete`` says whether every slab has been written (a run that was stopped leaves it ``False``: rerun it).
+
+    A complex convention (``complex_mode`` ``complex`` or ``holomorphic``) is stored as its real problem (rows
+    ``[Re h; Im h]``, columns ``w.real`` and ``w.imag``) and stated as it is read: every field and read above is
+    the stated Jacobian's, as :func:`layersens.jacobian` would give it; :meth:`real_problem` reads the arrays as
+    stored.
     """
 
     path: Path
@@ -112,7 +127,11 @@ class StoredJacobian(Summarized):
     seconds: float = 0.0
     compile_seconds: float = 0.0
     verification: object = None  # a layersens.Verification when spot-checked (extract(verify=True))
+    complex_mode: str = ""  # as LayerJacobian's
     _group: object = dataclasses.field(default=None, repr=False)
+    # a complex convention's: how the real problem on disk is stated, and the store read as that real problem
+    _parts: ComplexParts | None = dataclasses.field(default=None, repr=False)
+    _real: StoredJacobian | None = dataclasses.field(default=None, repr=False)
 
     def _summary(self):
         done, total = self.progress
@@ -125,6 +144,7 @@ class StoredJacobian(Summarized):
             ("layout", self.layout),
             ("complete", f"{done}/{total} slabs" if done < total else "yes"),
             ("mode", self.mode),
+            *([("complex_mode", self.complex_mode)] if self.complex_mode else []),
         ]
 
     @property
@@ -176,19 +196,29 @@ class StoredJacobian(Summarized):
     @property
     def activation(self) -> np.ndarray:
         self._check_complete()
-        return np.asarray(self._group["activation"][...])  # type: ignore[index]
+        values = np.asarray(self._group["activation"][...])  # type: ignore[index]
+        return values if self._parts is None else self._parts.activation(values)
 
     @property
     def inputs(self) -> np.ndarray:
         return np.asarray(self._group["inputs"][...])  # type: ignore[index]
 
-    def __getitem__(self, name: str) -> StoredLeaf:
+    def __getitem__(self, name: str) -> StoredLeaf | StatedLeaf:
         """The lazy Jacobian w.r.t. leaf ``name``: ``(examples, M, P_leaf)``, read when indexed."""
-        for a in self.arrays:
-            if a.leaf == name:
+        if self._real is not None:  # a stated leaf is read from the real problem's leaves, not an array of its own
+            if name in self.param_names:
                 self._check_complete()
-                return StoredLeaf(self, a)
+                return StatedLeaf(self, name)
+        else:
+            for a in self.arrays:
+                if a.leaf == name:
+                    self._check_complete()
+                    return self._array_leaf(name)
         raise KeyError(f"{name!r} is not an upstream parameter of {self.layer!r}; they are {list(self.param_names)}.")
+
+    def _array_leaf(self, name: str) -> StoredLeaf:
+        """Leaf ``name``'s array as stored (its ledgers not read: the caller checked them)."""
+        return StoredLeaf(self, next(a for a in self.arrays if a.leaf == name))
 
     @property
     def matrix(self) -> StoredMatrix:
@@ -204,10 +234,14 @@ class StoredJacobian(Summarized):
         return best
 
     def _read_rows(self, max_memory: int | None, copies: int = 1, progress=None):
-        """``(array, example, first row, rows)`` of every leaf's array, each block of rows small enough that
-        ``copies`` of it fit in ``max_memory`` (default :data:`STREAM_BYTES`); ``progress(done, total)`` after each."""
+        """``(leaf, example, first row, rows)`` of every leaf, as stored (channel diagonals as such, see
+        :attr:`channels`), each block of rows small enough that ``copies`` of it fit in ``max_memory`` (default
+        :data:`STREAM_BYTES`); ``progress(done, total)`` after each."""
         self._check_complete()
         budget = STREAM_BYTES if max_memory is None else max_memory
+        if self._real is not None:
+            yield from stated_rows(self, budget, copies, progress)
+            return
         item = np.dtype(self.dtype).itemsize
         reads = []
         for a in self.arrays:
@@ -215,7 +249,7 @@ class StoredJacobian(Summarized):
             reads += [(a, n, r0, step) for n in range(self.num_examples) for r0 in range(0, a.shape[1], step)]
         data = {a.path: self._group[a.path] for a in self.arrays}  # type: ignore[index]
         for done, (a, n, r0, step) in enumerate(reads, 1):
-            yield a, n, r0, np.asarray(data[a.path][n, r0 : r0 + step])
+            yield a.leaf, n, r0, np.asarray(data[a.path][n, r0 : r0 + step])
             if progress is not None:
                 progress(done, len(reads))
 
@@ -251,11 +285,24 @@ class StoredJacobian(Summarized):
             notes=self.notes,
             seconds=self.seconds,
             compile_seconds=self.compile_seconds,
+            complex_mode=self.complex_mode,
         )
+
+    def real_problem(self) -> StoredJacobian:
+        """The store read as the real problem it holds: itself, unless a complex convention is stated from it
+        (then rows ``[Re h; Im h]`` and columns ``w.real`` and ``w.imag``, real, as the split's real problem has
+        them: what ``layersens.verify`` checks)."""
+        return self if self._real is None else self._real
 
     def to_xarray(self):
         """A lazily loaded ``xarray.Dataset``: one variable per leaf over ``(example, unit, <leaf>_parameter)``
         (``<leaf>_within`` for a leaf stored as its channel diagonal), read when its values are asked for."""
+        if self._real is not None:
+            raise SelectionError(
+                f"{self.path} holds the real problem of complex_mode {self.complex_mode!r}, which xarray would show "
+                "as stored, not stated: use J.load().to_xarray() for the stated Jacobian, or "
+                "J.real_problem().to_xarray() for the arrays as stored."
+            )
         self._check_complete()
         xr = xarray_module("StoredJacobian.to_xarray")
         parts = []
@@ -288,28 +335,35 @@ class StoredJacobian(Summarized):
         )
 
     def sensitivity_sums(self, max_memory: int | None = None, progress=None):
-        """Σ_i J[i, p]² per parameter (leaf → ``(examples, P_leaf)``) and Σ_p J[i, p]² per unit
+        """Σ_i |J[i, p]|² per parameter (leaf → ``(examples, P_leaf)``) and Σ_p |J[i, p]|² per unit
         (``(examples, M)``), float64, reading at most about ``max_memory`` bytes at a time (default
         :data:`STREAM_BYTES`)."""
         E, M = self.num_examples, self.num_outputs
-        columns = {a.leaf: np.zeros((E, int(np.prod(self._shape(a.leaf))))) for a in self.arrays}
+        columns = {n: np.zeros((E, int(np.prod(self._shape(n))))) for n in self.param_names}
         rows = np.zeros((E, M))
-        for a, n, r0, values in self._read_rows(max_memory, copies=2, progress=progress):  # room for the squares
-            block = np.square(values, dtype=np.float64)
+        for leaf, n, r0, values in self._read_rows(max_memory, copies=2, progress=progress):  # room for the squares
+            block = _squared(values)
             rows[n, r0 : r0 + len(block)] += block.sum(axis=1)
-            channel = self.channels.get(a.leaf)
+            channel = self.channels.get(leaf)
             if channel is None:
-                columns[a.leaf][n] += block.sum(axis=0)
+                columns[leaf][n] += block.sum(axis=0)
             else:  # (r, w) is column (w, c) with c = r's channel: sum rows channel by channel
                 C, axis = channel
                 chan = _row_channels(self.activation_shape, axis, r0, r0 + len(block))
-                sums = np.zeros((a.shape[2], C))
+                sums = np.zeros((block.shape[1], C))
                 np.add.at(sums.T, chan, block)
-                columns[a.leaf][n] += sums.reshape(-1)
+                columns[leaf][n] += sums.reshape(-1)
         return columns, rows
 
     def _shape(self, leaf: str) -> tuple[int, ...]:
         return self.param_shapes[self.param_names.index(leaf)]
+
+
+def _squared(values: np.ndarray) -> np.ndarray:
+    """|values|², float64 (a complex Jacobian's norms are those of its moduli)."""
+    if np.iscomplexobj(values):
+        return np.square(values.real, dtype=np.float64) + np.square(values.imag, dtype=np.float64)
+    return np.square(values, dtype=np.float64)
 
 
 def _row_channels(activation_shape, axis: int, start: int, stop: int) -> np.ndarray:

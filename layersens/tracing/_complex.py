@@ -107,14 +107,83 @@ class ComplexParts:
     def stated_leaves(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
         """The stated Jacobian's columns: ``w`` and ``conj(w)`` (Wirtinger parts) for a complex leaf in complex
         mode, ``w`` in holomorphic mode, the real problem's columns in real mode."""
-        if self.mode is ComplexMode.REAL:
-            return self.real_leaves()
-        out: list[tuple[str, tuple[int, ...]]] = []
-        for name, shape in zip(self.leaves, self.shapes):
-            out.append((name, shape))
-            if name in self.complex_leaves and self.mode is ComplexMode.COMPLEX:
-                out.append((conjugate_name(name), shape))
-        return tuple(out)
+        shapes = dict(self.real_leaves())
+        return tuple((name, shapes[sources[0]]) for name, sources in self.sources().items())
+
+    def sources(self) -> dict[str, tuple[str, ...]]:
+        """Each stated leaf (in column order) → the real problem's leaves its columns are made of
+        (:meth:`state_columns`): ``(w.real, w.imag)`` for both Wirtinger parts of a complex leaf, ``(w.real,)`` in
+        holomorphic mode, the leaf itself otherwise."""
+        out: dict[str, tuple[str, ...]] = {}
+        for name in self.leaves:
+            if name not in self.complex_leaves:
+                out[name] = (name,)
+            elif self.mode is ComplexMode.HOLOMORPHIC:
+                out[name] = (name + REAL_PART,)
+            elif self.mode is ComplexMode.COMPLEX:
+                out[name] = out[conjugate_name(name)] = (name + REAL_PART, name + IMAG_PART)
+            else:
+                out[name + REAL_PART], out[name + IMAG_PART] = (name + REAL_PART,), (name + IMAG_PART,)
+        return out
+
+    def restricted(self, leaves) -> ComplexParts:
+        """These parts over the model's leaves ``leaves`` only (in their order here): how a Jacobian over some of
+        the columns is stated (the dense part of a compressed Jacobian)."""
+        keep = set(leaves)
+        at = [i for i, name in enumerate(self.leaves) if name in keep]
+        return dataclasses.replace(
+            self,
+            leaves=tuple(self.leaves[i] for i in at),
+            shapes=tuple(self.shapes[i] for i in at),
+            complex_leaves=tuple(n for n in self.complex_leaves if n in keep),
+        )
+
+    def state_rows(self, real: np.ndarray, imag: np.ndarray | None = None) -> np.ndarray:
+        """Stated rows from the real problem's: ``real + i imag`` from its rows ``Re h`` and ``Im h`` (``imag``
+        given exactly when :attr:`stacked`), else ``real`` in the stated dtype."""
+        assert (imag is not None) == self.stacked, "imaginary rows exactly when the rows are stacked"
+        if imag is None:
+            return real.astype(self.dtype)
+        out = np.empty(real.shape, self.dtype)
+        out.real, out.imag = real, imag
+        return out
+
+    def state_columns(self, stated: str, columns) -> np.ndarray:
+        """Stated leaf ``stated``'s columns from the columns of its :meth:`sources` (rows already stated):
+        ``w`` = ½(∂x − i ∂y) and ``conj(w)`` = ½(∂x + i ∂y) from ∂x and ∂y; otherwise the one source as it is."""
+        if len(columns) == 1:
+            return columns[0]
+        dx, dy = columns
+        sign = 1 if stated == conjugate_name(self.sources()[stated][0][: -len(REAL_PART)]) else -1
+        return (0.5 * (dx + sign * 1j * dy)).astype(self.dtype, copy=False)
+
+    def describe(self) -> dict:
+        """These parts as JSON (a store's metadata; :meth:`from_description` reads them back)."""
+        return {
+            "mode": self.mode.value,
+            "leaves": list(self.leaves),
+            "shapes": [list(s) for s in self.shapes],
+            "complex_leaves": list(self.complex_leaves),
+            "stacked": self.stacked,
+            "dtype": self.dtype,
+        }
+
+    @classmethod
+    def from_description(cls, described: dict) -> ComplexParts:
+        """The parts :meth:`describe` wrote (``ValueError``, ``KeyError`` or ``TypeError`` if they are not)."""
+        parts = cls(
+            mode=ComplexMode(described["mode"]),
+            leaves=tuple(str(n) for n in described["leaves"]),
+            shapes=tuple(tuple(int(d) for d in s) for s in described["shapes"]),
+            complex_leaves=tuple(str(n) for n in described["complex_leaves"]),
+            stacked=bool(described["stacked"]),
+            dtype=str(np.dtype(described["dtype"])),
+        )
+        if len(parts.leaves) != len(parts.shapes) or not set(parts.complex_leaves) <= set(parts.leaves):
+            raise ValueError(f"complex leaves {parts.complex_leaves} of leaves {parts.leaves}, shapes {parts.shapes}")
+        if is_complex(parts.dtype) != parts.combines:
+            raise ValueError(f"complex mode {parts.mode.value!r} with a stated dtype {parts.dtype}")
+        return parts
 
     def convention(self) -> str:
         """One line for the result's notes and metadata."""
@@ -130,33 +199,22 @@ class ComplexParts:
             )
         return "complex mode 'holomorphic': the complex Jacobian ∂h/∂θ of a layer holomorphic in its complex leaves."
 
-    def _rows(self, matrix: np.ndarray) -> np.ndarray:
-        if not self.stacked:
-            return matrix.astype(self.dtype)
-        m = matrix.shape[1] // 2
-        out = np.empty(matrix.shape[:1] + (m,) + matrix.shape[2:], self.dtype)
-        out.real, out.imag = matrix[:, :m], matrix[:, m:]
-        return out
-
     def combine(self, matrix: np.ndarray) -> np.ndarray:
         """The stated Jacobian ``(examples, M, P)`` from the real problem's ``(examples, M or 2M, P_real)``."""
         if not self.combines:
             return matrix
-        rows = self._rows(matrix)
+        m = matrix.shape[1] // 2 if self.stacked else matrix.shape[1]
+        rows = self.state_rows(matrix[:, :m], matrix[:, m:] if self.stacked else None)
+        at, real = 0, {}
+        for name, shape in self.real_leaves():
+            size = int(np.prod(shape, dtype=np.int64))
+            real[name], at = slice(at, at + size), at + size
         sizes = [int(np.prod(s, dtype=np.int64)) for _, s in self.stated_leaves()]
         out = np.empty(rows.shape[:2] + (sum(sizes),), self.dtype)
-        at = src = 0
-        for name, shape in zip(self.leaves, self.shapes):
-            size = int(np.prod(shape, dtype=np.int64))
-            dx = rows[:, :, src : src + size]
-            if name in self.complex_leaves and self.mode is ComplexMode.COMPLEX:
-                dy = rows[:, :, src + size : src + 2 * size]
-                out[:, :, at : at + size] = 0.5 * (dx - 1j * dy)
-                out[:, :, at + size : at + 2 * size] = 0.5 * (dx + 1j * dy)
-                at, src = at + 2 * size, src + 2 * size
-            else:
-                out[:, :, at : at + size] = dx
-                at, src = at + size, src + size
+        at = 0
+        for (stated, sources), size in zip(self.sources().items(), sizes):
+            out[:, :, at : at + size] = self.state_columns(stated, [rows[:, :, real[s]] for s in sources])
+            at += size
         return out
 
     def separate(self, matrix: np.ndarray) -> np.ndarray:
@@ -235,9 +293,9 @@ def check_holomorphic(apply, params: dict, complex_leaves, examples, layer: str,
                 )
                 for n, p in params.items()
             }
-            at_x = functools.partial(_at_example, apply, x)
-            along = jax.jvp(at_x, (params,), (v,))[1]
-            rotated = jax.jvp(at_x, (params,), ({n: 1j * t for n, t in v.items()},))[1]
+            at_example = functools.partial(_at_example, apply, x)
+            along = jax.jvp(at_example, (params,), (v,))[1]
+            rotated = jax.jvp(at_example, (params,), ({n: 1j * t for n, t in v.items()},))[1]
             scale = float(jnp.max(jnp.abs(along))) or 1.0
             worst = max(worst, float(jnp.max(jnp.abs(rotated - 1j * along))) / scale)
     dtype = next(iter(params.values())).dtype
