@@ -49,6 +49,8 @@ class ComplexCompressedSink(Sink[CompressedJacobian]):
     Memory: the real problem's compressed form and the stated one (the same bytes each), both at the end.
     """
 
+    channel_examples = CompressedSink.channel_examples  # it forwards every block to the real problem's sink
+
     def __init__(self):
         self.compressed = CompressedSink()
 
