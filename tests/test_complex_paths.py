@@ -150,14 +150,14 @@ def check_store(stored, dense, want, mode):
     check_stated(stored.load(), dense, want, mode)
     J, M = dense.matrix, dense.num_outputs
     np.testing.assert_allclose(stored.activation, dense.activation, **EXACT)
-    # (key, the same from the dense matrix): a stored matrix indexes each axis on its own (orthogonally)
+    # (key, the same from the dense matrix): a stored matrix indexes as numpy does
     last = J.shape[2] - 1
     reads = [
         (np.s_[1, M // 2 - 1 : M // 2 + 2], J[1, M // 2 - 1 : M // 2 + 2]),  # rows about the layer's middle
         (np.s_[:, M - 2 :, 3], J[:, M - 2 :, 3]),  # the last rows: their imaginary parts are the real problem's last
         (np.s_[:, :], J),
         (np.s_[2, -1], J[2, -1]),
-        (np.s_[0, ::-1, [5, 0, 2]], J[0, ::-1][:, [5, 0, 2]]),  # reversed rows, columns out of order
+        (np.s_[0, ::-1, [5, 0, 2]], J[0, ::-1, [5, 0, 2]]),  # reversed rows, columns out of order (array axis first)
         (np.s_[:, [M - 1, 0, M // 2]], J[:, [M - 1, 0, M // 2]]),  # rows out of order
         (np.s_[1, M // 2, [last, 0]], J[1, M // 2, [last, 0]]),
     ]

@@ -260,3 +260,30 @@ def test_the_run_display_counts_examples_and_chunks_with_an_eta(monkeypatch):
             progress.stage("drelu2/dθ on cpu:0", 4)
             progress(2, 8)
         assert screen.getvalue() == ""
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["dense", "compressed"])
+def test_a_stored_matrix_indexes_as_numpy_does(tmp_path, tiny_cnn, compressed):
+    """Each axis is read on its own (zarr's orthogonal selection); where numpy differs, an index array and an
+    integer apart (its axis comes first) is given numpy's answer, and two index arrays (paired element by
+    element) are refused."""
+    split = layersens.split(tiny_cnn, "act")
+    x = np.random.default_rng(0).normal(size=(3, 6, 6, 1)).astype(np.float32)
+    stored = layersens.stream_jacobian(split, x, tmp_path / "j.zarr", compressed=compressed)
+    J = stored.load().matrix
+    keys = [
+        np.s_[0, 0:3, [5, 0, 2]],
+        np.s_[[1, 0], :, 2],
+        np.s_[:, 0, [1, 2]],
+        np.s_[..., 3],
+        np.s_[2, ...],
+        np.s_[:, [3, 1], 0],
+        np.s_[1, [0, 4], 2:9],
+        np.s_[np.array([True, False, True])],
+    ]
+    for key in keys:
+        for got, want in ((stored.matrix[key], J[key]), (stored["conv/kernel"][key], J[:, :, :27][key])):
+            assert got.shape == want.shape, key
+            np.testing.assert_array_equal(got, want, err_msg=str(key))
+    with pytest.raises(IndexError, match=r"at most one list or 1-D array \(numpy would pair them"):
+        stored.matrix[[0, 1], [2, 3]]

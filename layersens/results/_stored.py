@@ -373,6 +373,32 @@ def _row_channels(activation_shape, axis: int, start: int, stop: int) -> np.ndar
     return (np.arange(start, stop) // stride) % activation_shape[axis]
 
 
+def numpy_indexing(read, key) -> np.ndarray:
+    """``read(key)`` selects each axis of ``(examples, rows, columns)`` on its own (zarr's orthogonal selection);
+    this gives what numpy gives for the same key. They differ in two cases: numpy pairs two index arrays element by
+    element (refused here: an error says how to read them), and when an index array and an integer are not side
+    by side (``J.matrix[0, :, [5, 0, 2]]``) numpy puts the array's axis first, which would otherwise come back
+    transposed, silently."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (3 - len(key) + 1) + key[at + 1 :]
+    if len(key) > 3 or any(k is None or k is Ellipsis for k in key):
+        raise IndexError(f"a stored Jacobian has 3 axes (examples, rows, columns); {key!r} does not index them.")
+    arrays = [i for i, k in enumerate(key) if not isinstance(k, slice) and np.ndim(k) >= 1]
+    if len(arrays) > 1 or any(np.ndim(key[i]) > 1 for i in arrays):
+        raise IndexError(
+            "index a stored Jacobian with at most one list or 1-D array (numpy would pair them element by element); "
+            "read in two steps, e.g. J.matrix[examples][:, rows], or load() it."
+        )
+    values = read(key)
+    if arrays:
+        advanced = [i for i, k in enumerate(key) if not isinstance(k, slice)]
+        if advanced != list(range(advanced[0], advanced[-1] + 1)):  # not side by side: numpy's array axis is first
+            values = np.moveaxis(values, sum(isinstance(k, slice) for k in key[: arrays[0]]), 0)
+    return values
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class StoredLeaf:
     """The Jacobian w.r.t. one leaf, ``(examples, M, P_leaf)``, on disk: indexing reads only what it covers.
@@ -393,6 +419,10 @@ class StoredLeaf:
         return np.asarray(self[:], dtype=dtype)
 
     def __getitem__(self, key) -> np.ndarray:
+        return numpy_indexing(self._read, key)
+
+    def _read(self, key) -> np.ndarray:
+        """Each axis selected on its own (zarr's orthogonal selection); see :func:`numpy_indexing`."""
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (3 - len(key))
         # slices clamped as numpy clamps them (zarr refuses a stop past the end)
@@ -443,6 +473,9 @@ class StoredMatrix:
         return np.asarray(self[:], dtype=dtype)
 
     def __getitem__(self, key) -> np.ndarray:
+        return numpy_indexing(self._read, key)
+
+    def _read(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         key = key + (slice(None),) * (3 - len(key))
         e, r, c = key
@@ -453,7 +486,7 @@ class StoredMatrix:
         for name, (start, stop) in self.stored.column_ranges.items():
             inside = (columns >= start) & (columns < stop)
             if inside.any():
-                parts.append(self.stored[name][e, r, columns[inside] - start])
+                parts.append(self.stored[name]._read((e, r, columns[inside] - start)))
                 order.append(np.flatnonzero(inside))
         if not parts:
             return np.zeros(self.shape[:2] + (0,), self.dtype)[e, r]

@@ -90,7 +90,7 @@ def stated_values(stored: StoredJacobian, names, key) -> list[np.ndarray]:
     row_keys = _row_keys(rows, stored.num_outputs, parts.stacked)
     # the real leaves' arrays, not ``real[s]``: that would read every ledger again (the caller read them once)
     leaves = [real._array_leaf(s) for s in sources]
-    read = [parts.state_rows(*(leaf[examples, r, columns] for r in row_keys)) for leaf in leaves]
+    read = [parts.state_rows(*(leaf._read((examples, r, columns)) for r in row_keys)) for leaf in leaves]
     return [parts.state_columns(name, read) for name in names]
 
 
@@ -136,4 +136,9 @@ class StatedLeaf:
         return np.asarray(self[:], dtype=dtype)
 
     def __getitem__(self, key) -> np.ndarray:
+        from ._stored import numpy_indexing  # (that module builds on this one)
+
+        return numpy_indexing(self._read, key)
+
+    def _read(self, key) -> np.ndarray:
         return stated_values(self.stored, (self.leaf,), key)[0]
