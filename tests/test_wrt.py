@@ -1,5 +1,5 @@
 """What is differentiated: parameter subsets, the input, an earlier layer; one linearization with many products;
-readout gradients, Hessian-vector products and Hessians; complex numbers refused. Each against an independent
+readout gradients, Hessian-vector products and Hessians; complex values under a convention. Each against an independent
 computation in float64."""
 
 import flax.linen as nn
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import layersens
+from tests.conftest import TOL
 from tests.tiny_models import TinyCNN, random_linen_variables, tiny_cnn_act_flat
 
 TOL64 = dict(rtol=1e-9, atol=1e-11)
@@ -196,24 +197,39 @@ def test_the_full_hessian_is_refused_for_many_parameters_with_the_way_out(tiny):
         layersens.readout_gradient(layersens.split(model, "act"), x, "unit:99,0,0")
 
 
-def test_complex_parameters_and_layers_are_refused_with_the_way_out():
+def test_complex_parameters_and_layers_need_a_convention_then_take_it():
+    """A model of any function (from_function, layersens.capture) with complex values: refused without a
+    convention, naming the three; with one, its Jacobian against jax.jacfwd of the parts split by hand."""
+
     def apply_fn(params, x):
         return jnp.real(x @ params["w"])
 
-    model = layersens.from_function(apply_fn, {"w": np.ones((3, 2), np.complex64)}, (3,))
+    w = (np.arange(6).reshape(3, 2) + 1j * np.arange(6, 12).reshape(3, 2)).astype(np.complex64)
+    model = layersens.from_function(apply_fn, {"w": w}, (3,))
     with pytest.raises(
         layersens.SelectionError,
-        match=r"leaf 'w' is complex \(complex64\); layersens computes real "
-        r"Jacobians only. Keep the real and imaginary parts as two real leaves",
+        match=r"leaf 'w' is complex; choose how its Jacobian is stated: complex_mode='real' .* on the command line "
+        r"--complex real\|complex\|holomorphic\.",
     ):
         layersens.split(model, "output")
+    x = np.random.default_rng(0).normal(size=(2, 3)).astype(np.float32)
+    real = layersens.jacobian(layersens.split(model, "output", complex_mode="real"), x)
+    assert real.param_names == ("w.real", "w.imag")
+    for n in range(2):
+        dx, dy = jax.jacfwd(lambda a, b: jnp.real(x[n] @ (a + 1j * b)), argnums=(0, 1))(w.real, w.imag)
+        np.testing.assert_allclose(real["w.real"][n], dx, **TOL[np.float32])
+        np.testing.assert_allclose(real["w.imag"][n], dy, **TOL[np.float32])
 
     def complex_out(params, x):
         return layersens.capture("z", (x @ params["w"]) * (1 + 1j))
 
     model = layersens.from_function(complex_out, {"w": np.ones((3, 2), np.float32)}, (3,))
-    with pytest.raises(layersens.SelectionError, match=r"layer 'z' is complex"):
+    with pytest.raises(layersens.SelectionError, match=r"layer 'z' is complex \(complex64\); choose"):
         layersens.split(model, "z")
+    stated = layersens.jacobian(layersens.split(model, "z", complex_mode="complex"), x)
+    for n in range(2):
+        want = jax.jacfwd(lambda v: (x[n] @ v) * (1 + 1j))(np.ones((3, 2), np.float32))
+        np.testing.assert_allclose(stated["w"][n], want, **TOL[np.float32])
 
 
 def test_products_and_hessian_vector_products_from_the_command_line(tmp_path):
