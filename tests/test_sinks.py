@@ -91,3 +91,21 @@ def test_compressed_examples_side_by_side_in_small_groups(tiny_cnn, monkeypatch,
     np.testing.assert_allclose(compressed.dense_part.activation, dense.activation, rtol=2e-5, atol=2e-5)
     if prepared.programs()[0].fused is not None:
         assert seen == [(1, 3), (2, 3), (3, 3)]  # 2 + 2 + 1 (topped up)
+
+
+def test_compressed_examples_keep_a_budget_given(tiny_cnn):
+    """Examples side by side multiply one example's working memory: a max_memory given bounds the group."""
+    split = layersens.split(tiny_cnn, "act")
+    x = np.random.default_rng(4).normal(size=(6, 6, 6, 1)).astype(np.float32)
+    programs = layersens.prepare(split, x).programs()[0]
+    # the plan's estimate (not XLA's smaller count) must fit for one chunk; twice XLA's count sizes the group
+    estimate = max(b.width * b.bytes_per_vector for b in programs.plan.blocks)
+    budget = max(estimate, 2 * programs.working)
+    prepared = layersens.prepare(split, x, max_memory=budget)
+    assert prepared.programs()[0].fused is not None
+    seen = []
+    compressed = prepared.run(x, sink=layersens.compute.CompressedSink(), progress=lambda d, t: seen.append((d, t)))
+    group = -(-6 // -(-6 // max(1, budget // programs.working)))
+    assert group < 6 and seen[-1] == (-(-6 // group),) * 2  # groups within the budget, not all six at once
+    dense = layersens.jacobian(split, x)
+    np.testing.assert_allclose(compressed.to_dense().matrix, dense.matrix, rtol=2e-5, atol=2e-5)

@@ -82,11 +82,12 @@ def example_bytes(split: LayerSplit, coloured: Mapping[str, ChannelStructure]) -
     return split.num_outputs * (within + dense + 1) * item
 
 
-def group_size(per_example: int, working: int | None, num_examples: int) -> int:
-    """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of results and ``WORKING_MAX_BYTES`` of the
-    one-example program's working memory (``working``, XLA's count) times the group; equal groups."""
+def group_size(per_example: int, working: int | None, num_examples: int, budget: int | None = None) -> int:
+    """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of results and the one-example program's
+    working memory (``working``, XLA's count) times the group within ``budget`` (the user's ``max_memory``) or
+    ``WORKING_MAX_BYTES``; equal groups."""
     by_result = GROUP_MAX_BYTES // max(1, per_example)
-    by_working = WORKING_MAX_BYTES // max(1, working or 0)
+    by_working = (WORKING_MAX_BYTES if budget is None else budget) // max(1, working or 0)
     largest = max(1, min(num_examples, by_result, by_working))
     groups = -(-num_examples // largest)
     return -(-num_examples // groups)

@@ -343,7 +343,8 @@ class PreparedJacobian:
         assert programs.fused is not None, "for plans computed by one fused program per example"
         split = self.split
         coloured = {n: self.structure[n] for b in programs.plan.blocks if b.method.colouring for n in b.names}
-        group = compressed_group_size(compressed_example_bytes(split, coloured), programs.working, len(x))
+        budget = programs.plan.budget if programs.plan.budget_given else None  # a budget given is kept
+        group = compressed_group_size(compressed_example_bytes(split, coloured), programs.working, len(x), budget)
         key = f"compressed {group}"
         if key not in self._compiled:
             start = time.perf_counter()
