@@ -201,6 +201,10 @@ def test_a_store_states_what_it_reads(tmp_path, name, mode, layout):
     check_store(stored, dense, want, mode)
     back = layersens.load_jacobian(path)  # reopened: the convention is the store's
     assert back.complex_mode == mode and back.load().complex_mode == mode
+    # a format of its own: a reader that knows only stores of real Jacobians refuses it instead of misreading it
+    import zarr
+
+    assert zarr.open_group(str(path), mode="r").attrs["format"] == "layersens-jacobian-store/2"
     np.testing.assert_allclose(back.load().matrix, dense.matrix, **EXACT)
     # on disk: the real problem itself, rows [Re h; Im h] and columns w.real, w.imag
     problem = back.real_problem()
@@ -249,6 +253,9 @@ def test_a_store_of_another_convention_is_refused(tmp_path):
     path = tmp_path / "J.zarr"
     real = stream(layersens.split(model, "act", complex_mode="real"), x, path)
     assert real.complex_mode == "real" and real.load().complex_mode == "real" and real.dtype == "float64"
+    import zarr
+
+    assert zarr.open_group(str(path), mode="r").attrs["format"] == "layersens-jacobian-store/1"  # a real Jacobian
     with pytest.raises(OutputError, match=r"differs in the complex convention \(--complex\) \('real' then"):
         stream(split, x, path)
     check_store(run(split, x, StoreSink(path, overwrite=True), mode=layersens.Auto()), dense, want, "complex")

@@ -21,7 +21,7 @@ import numpy as np
 from .._atomic import atomic_directory, check_name, resolve_target
 from .._errors import OutputError
 from ..planning import leaf_size
-from ..results import STORE_FORMAT, StoredArray, StoredJacobian, open_store, slabs_along
+from ..results import STATED_STORE_FORMAT, STORE_FORMAT, StoredArray, StoredJacobian, open_store, slabs_along
 from ._blocks import JacobianBlock, Layout
 from ._sinks import Done, Job, Sink, _starts, place_diagonal, within_ranges
 
@@ -164,7 +164,7 @@ class StoreSink(Sink[StoredJacobian]):
             multihost_utils.sync_global_devices("layersens: the store exists")
         self.group = zarr.open_group(str(target), mode="r+")  # never "w": that would erase finished slabs
         meta = dict(self.group.attrs)
-        if meta.get("format") != STORE_FORMAT:
+        if meta.get("format") not in (STORE_FORMAT, STATED_STORE_FORMAT):
             raise OutputError(
                 f"--out {self.path} exists and is not a layersens Jacobian store; choose another name, or pass "
                 "--overwrite (overwrite=True) to replace it."
@@ -234,8 +234,9 @@ class StoreSink(Sink[StoredJacobian]):
         from .. import __version__
 
         split = job.split
+        stated = split.complex is not None and split.complex.combines
         return {
-            "format": STORE_FORMAT,
+            "format": STATED_STORE_FORMAT if stated else STORE_FORMAT,
             "layout": "compressed" if self.compressed else "dense",
             "layer": split.layer,
             "model": split.model.name,

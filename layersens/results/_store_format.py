@@ -23,7 +23,13 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 STORE_FORMAT = "layersens-jacobian-store/1"
+# A store of a complex convention that states its arrays when read ('complex', 'holomorphic'): the arrays are the
+# real problem's. A reader that knows only STORE_FORMAT would present them as they are, unstated, so such a store
+# carries a format of its own, which that reader refuses.
+STATED_STORE_FORMAT = "layersens-jacobian-store/2"
 # Chunks are at most this large (a few MiB: small enough that reading one row or one leaf reads little more than
 # it needs, large enough that the file count stays in the thousands for gigabytes).
 CHUNK_BYTES = 4 * 2**20
@@ -86,3 +92,29 @@ def slabs_along(extent: int, per_unit_bytes: int, budget: int, unit: int = 1) ->
     fit = max(1, budget // max(1, per_unit_bytes))
     count = max(unit, fit // unit * unit)
     return max(1, min(extent, count))
+
+
+def numpy_indexing(read, key) -> np.ndarray:
+    """``read(key)`` selects each axis of ``(examples, rows, columns)`` on its own (zarr's orthogonal selection);
+    this gives what numpy gives for the same key. They differ in two cases: numpy pairs two index arrays element by
+    element (refused here: an error says how to read them), and when an index array and an integer are not side
+    by side (``J.matrix[0, :, [5, 0, 2]]``) numpy puts the array's axis first, which would otherwise come back
+    transposed, silently."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(k is Ellipsis for k in key):
+        at = next(i for i, k in enumerate(key) if k is Ellipsis)
+        key = key[:at] + (slice(None),) * (3 - len(key) + 1) + key[at + 1 :]
+    if len(key) > 3 or any(k is None or k is Ellipsis for k in key):
+        raise IndexError(f"a stored Jacobian has 3 axes (examples, rows, columns); {key!r} does not index them.")
+    arrays = [i for i, k in enumerate(key) if not isinstance(k, slice) and np.ndim(k) >= 1]
+    if len(arrays) > 1 or any(np.ndim(key[i]) > 1 for i in arrays):
+        raise IndexError(
+            "index a stored Jacobian with at most one list or 1-D array (numpy would pair them element by element); "
+            "read in two steps, e.g. J.matrix[examples][:, rows], or load() it."
+        )
+    values = read(key)
+    if arrays:
+        advanced = [i for i, k in enumerate(key) if not isinstance(k, slice)]
+        if advanced != list(range(advanced[0], advanced[-1] + 1)):  # not side by side: numpy's array axis is first
+            values = np.moveaxis(values, sum(isinstance(k, slice) for k in key[: arrays[0]]), 0)
+    return values

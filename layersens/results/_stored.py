@@ -14,7 +14,7 @@ from .._errors import CheckpointError, JacobianTooLargeError, SelectionError, fo
 from .._repr import Summarized
 from ._result import LayerJacobian, column_ranges, load_jacobian_npz
 from ._sensitivity import Sensitivity
-from ._store_format import STORE_FORMAT, StoredArray
+from ._store_format import STATED_STORE_FORMAT, STORE_FORMAT, StoredArray, numpy_indexing
 from ._stored_complex import StatedLeaf, convention, stated_rows, stated_store
 from ._xarray import xarray_module
 
@@ -49,7 +49,7 @@ def open_store(path, timings: tuple[float, float] | None = None) -> StoredJacobi
         meta = dict(group.attrs)
     except Exception as e:  # zarr raises many kinds for a damaged store
         raise CheckpointError(f"{path} cannot be read as a zarr store ({type(e).__name__}: {e}).") from None
-    if meta.get("format") != STORE_FORMAT:
+    if meta.get("format") not in (STORE_FORMAT, STATED_STORE_FORMAT):
         raise CheckpointError(f"{path} is a zarr store but not a layersens Jacobian (format {meta.get('format')!r}).")
     try:
         arrays = tuple(StoredArray.from_description(d, group[d["path"]].shape) for d in meta["arrays"])
@@ -80,6 +80,8 @@ def open_store(path, timings: tuple[float, float] | None = None) -> StoredJacobi
             _group=group,
         )
         parts = convention(meta, stored)
+        if (meta["format"] == STATED_STORE_FORMAT) != (parts is not None and parts.combines):
+            raise ValueError(f"format {meta['format']} and complex convention {meta.get('complex')}")
         if parts is not None:
             stored = dataclasses.replace(stored, complex_mode=parts.mode.value)
             if parts.combines:
@@ -371,32 +373,6 @@ def _row_channels(activation_shape, axis: int, start: int, stop: int) -> np.ndar
     axis %= len(activation_shape)
     stride = int(np.prod(activation_shape[axis + 1 :], dtype=np.int64))
     return (np.arange(start, stop) // stride) % activation_shape[axis]
-
-
-def numpy_indexing(read, key) -> np.ndarray:
-    """``read(key)`` selects each axis of ``(examples, rows, columns)`` on its own (zarr's orthogonal selection);
-    this gives what numpy gives for the same key. They differ in two cases: numpy pairs two index arrays element by
-    element (refused here: an error says how to read them), and when an index array and an integer are not side
-    by side (``J.matrix[0, :, [5, 0, 2]]``) numpy puts the array's axis first, which would otherwise come back
-    transposed, silently."""
-    key = key if isinstance(key, tuple) else (key,)
-    if any(k is Ellipsis for k in key):
-        at = next(i for i, k in enumerate(key) if k is Ellipsis)
-        key = key[:at] + (slice(None),) * (3 - len(key) + 1) + key[at + 1 :]
-    if len(key) > 3 or any(k is None or k is Ellipsis for k in key):
-        raise IndexError(f"a stored Jacobian has 3 axes (examples, rows, columns); {key!r} does not index them.")
-    arrays = [i for i, k in enumerate(key) if not isinstance(k, slice) and np.ndim(k) >= 1]
-    if len(arrays) > 1 or any(np.ndim(key[i]) > 1 for i in arrays):
-        raise IndexError(
-            "index a stored Jacobian with at most one list or 1-D array (numpy would pair them element by element); "
-            "read in two steps, e.g. J.matrix[examples][:, rows], or load() it."
-        )
-    values = read(key)
-    if arrays:
-        advanced = [i for i, k in enumerate(key) if not isinstance(k, slice)]
-        if advanced != list(range(advanced[0], advanced[-1] + 1)):  # not side by side: numpy's array axis is first
-            values = np.moveaxis(values, sum(isinstance(k, slice) for k in key[: arrays[0]]), 0)
-    return values
 
 
 @dataclasses.dataclass(frozen=True, repr=False)

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._store_format import numpy_indexing
+
 if TYPE_CHECKING:
     from ..tracing import ComplexParts
     from ._stored import StoredJacobian
@@ -136,8 +138,6 @@ class StatedLeaf:
         return np.asarray(self[:], dtype=dtype)
 
     def __getitem__(self, key) -> np.ndarray:
-        from ._stored import numpy_indexing  # (that module builds on this one)
-
         return numpy_indexing(self._read, key)
 
     def _read(self, key) -> np.ndarray:
