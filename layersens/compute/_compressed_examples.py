@@ -23,7 +23,8 @@ from ..analysis import ChannelStructure
 from ..planning import leaf_size
 from ._blocks import Layout
 from ._kernels import Kernel
-from ._side_by_side import GROUP_MAX_BYTES, WORKING_MAX_BYTES
+from ._side_by_side import GROUP_MAX_BYTES, WORKING_MAX_BYTES, equal_groups
+from ._sinks import within_ranges
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -44,15 +45,11 @@ def compressed_program(split: LayerSplit, fused: Kernel, coloured: Mapping[str, 
         for block in fused.blocks(0, 0, list(fused.compute(params, x, 0))):
             values, names = block.values, block.names
             if block.layout is Layout.CHANNEL_COLUMNS:  # (*act, W of the leaves side by side)
-                at = 0
-                for name in names:
-                    channel[name] = values[..., at : at + within[name]]
-                    at += within[name]
+                for name, a, b in within_ranges(within, names):
+                    channel[name] = values[..., a:b]
             elif block.layout is Layout.CHANNEL_ROWS:  # (S, C, W of the run): rows are the layer, C last
-                at = 0
-                for name in names:
-                    channel[name] = values[:, :, at : at + within[name]].reshape(act + (within[name],))
-                    at += within[name]
+                for name, a, b in within_ranges(within, names):
+                    channel[name] = values[:, :, a:b].reshape(act + (b - a,))
             elif block.layout is Layout.COLUMNS:  # (M, columns of the leaves side by side)
                 at = 0
                 for name in names:
@@ -88,6 +85,4 @@ def group_size(per_example: int, working: int | None, num_examples: int, budget:
     ``WORKING_MAX_BYTES``; equal groups."""
     by_result = GROUP_MAX_BYTES // max(1, per_example)
     by_working = (WORKING_MAX_BYTES if budget is None else budget) // max(1, working or 0)
-    largest = max(1, min(num_examples, by_result, by_working))
-    groups = -(-num_examples // largest)
-    return -(-num_examples // groups)
+    return equal_groups(num_examples, min(by_result, by_working))

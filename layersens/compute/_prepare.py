@@ -35,7 +35,7 @@ from ._compressed_examples import group_size as compressed_group_size
 from ._kernels import Kernel, dense_program, fused_kernel, kernel
 from ._lanes import Lanes, compile_lanes, run_lanes
 from ._processes import finish_share, process_share
-from ._side_by_side import Candidates, SideBySide, candidates, compile_side_by_side
+from ._side_by_side import Candidates, SideBySide, candidates, compile_side_by_side, in_groups
 from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
 
 if TYPE_CHECKING:
@@ -315,19 +315,12 @@ class PreparedJacobian:
         fresh = group not in self._side
         program = self.side_by_side(group, x[:group])
         start = time.perf_counter()
-        starts = range(0, len(x), group)
         activation = np.empty((len(x),) + self.split.activation_shape, np.dtype(self.split.activation_dtype))
-        tick = _Ticker(progress, len(starts))
-        for first in starts:
-            xs = x[first : first + group]
-            short = group - len(xs)
-            if short:  # the last group is topped up with copies of its last example: one compiled size
-                xs = np.concatenate([xs, np.repeat(xs[-1:], short, axis=0)])
+        tick = _Ticker(progress, -(-len(x) // group))
+        for first, xs, keep in in_groups(x, group):
             matrices, values = program.run(self.params, xs)  # placed by the program: a device_put costs more
-            matrices, values = np.asarray(matrices), np.asarray(values)  # zero-copy on CPU, read-only
-            if short:
-                matrices, values = matrices[: group - short], values[: group - short]
-            activation[first : first + len(matrices)] = values
+            matrices, values = np.asarray(matrices)[:keep], np.asarray(values)[:keep]  # zero-copy on CPU, read-only
+            activation[first : first + keep] = values
             target.put(JacobianBlock(first, Layout.EXAMPLES, self.split.param_names, 0, matrices))
             tick.advance(1)
         notes = (program.trial.describe(),) if fresh and program.trial is not None else ()
@@ -342,7 +335,7 @@ class PreparedJacobian:
         values from one program (``_compressed_examples``)."""
         assert programs.fused is not None, "for plans computed by one fused program per example"
         split = self.split
-        coloured = {n: self.structure[n] for b in programs.plan.blocks if b.method.colouring for n in b.names}
+        coloured = {n: self.structure[n] for n in programs.plan.coloured}
         budget = programs.plan.budget if programs.plan.budget_given else None  # a budget given is kept
         group = compressed_group_size(compressed_example_bytes(split, coloured), programs.working, len(x), budget)
         key = f"compressed {group}"
@@ -356,16 +349,10 @@ class PreparedJacobian:
         program = self._compiled[key]
         start = time.perf_counter()
         activation = np.empty((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
-        starts = range(0, len(x), group)
-        tick = _Ticker(progress, len(starts))
+        tick = _Ticker(progress, -(-len(x) // group))
         dense_names = tuple(n for n in split.param_names if n not in coloured)
-        for first in starts:
-            xs = x[first : first + group]
-            short = group - len(xs)
-            if short:  # the last group is topped up with copies of its last example: one compiled size
-                xs = np.concatenate([xs, np.repeat(xs[-1:], short, axis=0)])
+        for first, xs, keep in in_groups(x, group):
             channel, dense, values = program(self.params, xs)  # placed by the program
-            keep = group - short
             for name, blocks in channel.items():  # zero-copy on CPU, read-only
                 target.put(JacobianBlock(first, Layout.CHANNEL_EXAMPLES, (name,), 0, np.asarray(blocks)[:keep]))
             target.put(JacobianBlock(first, Layout.EXAMPLES, dense_names, 0, np.asarray(dense)[:keep]))

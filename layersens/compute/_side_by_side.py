@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 import jax
+import numpy as np
 
 from ..planning import DenseForward, DenseReverse
 from ._blocks import dense_bytes
@@ -92,11 +93,27 @@ class Candidates:
         working memory."""
         by_result = GROUP_MAX_BYTES // max(1, dense_bytes(split, 1))
         by_working = WORKING_MAX_BYTES // max(1, self.working)
-        largest = max(1, min(num_examples, by_result, by_working))
-        # equal groups: the last one is topped up to the group size, so 8 examples in groups of at most 6 run as
-        # 4 + 4, not 6 + 6 (measured 2x slower)
-        groups = -(-num_examples // largest)
-        return -(-num_examples // groups)
+        return equal_groups(num_examples, min(by_result, by_working))
+
+
+def equal_groups(num_examples: int, largest: int) -> int:
+    """The group size for ``num_examples`` in groups of at most ``largest`` (at least one): equal groups, the last
+    one topped up to the group size, so 8 examples in groups of at most 6 run as 4 + 4, not 6 + 6 (measured 2x
+    slower)."""
+    largest = max(1, min(num_examples, largest))
+    groups = -(-num_examples // largest)
+    return -(-num_examples // groups)
+
+
+def in_groups(x, group: int):
+    """``(first, xs, keep)`` for each group of the examples ``x``: ``xs`` is ``x[first : first + group]``, the last
+    one topped up with copies of its last example (one compiled size), of which the first ``keep`` are real."""
+    for first in range(0, len(x), group):
+        xs = x[first : first + group]
+        keep = len(xs)
+        if keep < group:
+            xs = np.concatenate([xs, np.repeat(xs[-1:], group - keep, axis=0)])
+        yield first, xs, keep
 
 
 def fits(split: LayerSplit) -> bool:

@@ -242,7 +242,7 @@ class CompressedSink(Sink[CompressedJacobian]):
 
     def begin(self, job: Job) -> None:
         split = job.split
-        coloured = {n for b in job.plan.blocks if b.method.colouring for n in b.names}
+        coloured = set(job.plan.coloured)
         structure = job.structure
         self.job = job
         self.structure = {n: structure[n] for n in split.param_names if n in coloured}

@@ -55,7 +55,7 @@ def _compressed_columns(split, x, max_memory) -> int:
 
     structure = analyze(split).structure
     planned = plan(split, x[:1], Auto(), max_memory)
-    coloured = {n for b in planned.blocks if b.method.colouring for n in b.names}
+    coloured = set(planned.coloured)
     return sum(leaf_size(split, n) // (structure[n].channels if n in coloured else 1) for n in split.param_names)
 
 

@@ -110,6 +110,11 @@ class Plan(Summarized):
         return {name: b.method.name for b in self.blocks for name in b.names}
 
     @property
+    def coloured(self) -> tuple[str, ...]:
+        """The leaves a colouring method computes (channel-diagonal, kept as channel blocks by compressed sinks)."""
+        return tuple(n for b in self.blocks if b.method.colouring for n in b.names)
+
+    @property
     def cost(self) -> float:
         return sum(b.cost for b in self.blocks)
 
