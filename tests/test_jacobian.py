@@ -213,15 +213,18 @@ def test_compiled_programs_fit_the_memory_budget_by_xla_count(lenet_linen):
     split = layersens.split(lenet_linen, "fc1")
     x = lenet_linen.example_inputs[:1]
     budget = 4 * 2**20
-    prepared = layersens.prepare(split, x, max_memory=budget)
-    result = prepared(x)
-    for step in prepared.programs()[0].steps:
-        sizes = [program_memory(step.compute, with_arguments=step.linearize is not None)]
-        sizes += [program_memory(step.linearize)] if step.linearize is not None else []
-        assert max(sizes) <= budget, [b.width for b in prepared.plan.blocks]
-    assert prepared.plan.blocks[0].width < layersens.plan(split, x[0], max_memory=budget).blocks[0].width  # narrowed
     reference = layersens.jacobian(split, x, mode="rev")
-    np.testing.assert_allclose(result.matrix, reference.matrix, **TOL[np.float32])
+    # auto (separated and coloured blocks) and reverse mode, whose estimate XLA's count narrows
+    for mode in ("auto", "rev"):
+        prepared = layersens.prepare(split, x, mode=mode, max_memory=budget)
+        result = prepared(x)
+        for step in prepared.programs()[0].steps:
+            sizes = [program_memory(step.compute, with_arguments=step.linearize is not None)]
+            sizes += [program_memory(step.linearize)] if step.linearize is not None else []
+            assert max(sizes) <= budget, [b.width for b in prepared.plan.blocks]
+        np.testing.assert_allclose(result.matrix, reference.matrix, **TOL[np.float32])
+    planned = layersens.plan(split, x[0], mode="rev", max_memory=budget)
+    assert prepared.plan.blocks[0].width < planned.blocks[0].width  # narrowed
 
 
 def test_verify_tells_a_right_jacobian_from_a_wrong_one(lenet_linen):

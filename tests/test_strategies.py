@@ -127,9 +127,14 @@ def test_auto_plans_by_shape_on_the_shipped_example(lenet_linen):
     for layer in ("relu1", "relu2", "fc1"):
         methods[layer] = layersens.plan(layersens.split(lenet_linen, layer), x).methods
     assert set(methods["relu1"].values()) == {"fwd-colour"}
-    assert methods["relu2"]["conv1/kernel"] == "fwd" and methods["relu2"]["conv2/kernel"] == "fwd-colour"
-    # fc1's own leaves: one row-coloured pullback instead of 128 dense rows of 200,832 mostly-zero entries
-    assert methods["fc1"]["conv2/kernel"] == "rev" and methods["fc1"]["fc1/kernel"] == "rev-colour"
+    # conv1's channels stay apart up to conv2: one grouped conv2 per within-channel index, not one conv2 per column
+    assert methods["relu2"]["conv1/kernel"] == "fwd-separated" and methods["relu2"]["conv2/kernel"] == "fwd-colour"
+    # every conv leaf of fc1 is separated up to fc1's contraction; fc1's own leaves: one row-coloured pullback
+    # instead of 128 dense rows of 200,832 mostly-zero entries
+    assert methods["fc1"]["conv2/kernel"] == "fwd-separated" and methods["fc1"]["fc1/kernel"] == "rev-colour"
+    # without structure, neither
+    per_leaf = layersens.plan(layersens.split(lenet_linen, "fc1"), x, mode="per-leaf").methods
+    assert set(per_leaf.values()) <= {"fwd", "rev"}
 
 
 def test_structured_matches_dense_on_lenet_relu2_and_fc1(lenet_linen):

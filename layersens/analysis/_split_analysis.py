@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ._cost import PassCost, pass_cost
 from ._linearized import AutodiffLimits, autodiff_limits, channel_structure_of, jvp_jaxpr
+from ._separation import Separation, separations
 from ._structure import ChannelStructure
 
 if TYPE_CHECKING:
@@ -20,11 +21,13 @@ if TYPE_CHECKING:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class SplitAnalysis:
-    """Channel structure of each upstream leaf, the cost of passes, and which modes each leaf allows."""
+    """Channel structure of each upstream leaf, the cost of passes, which modes each leaf allows, and the cost
+    of carrying each leaf with a channel axis channel-separated (``separation``)."""
 
     structure: dict[str, ChannelStructure]
     cost: PassCost
     limits: AutodiffLimits
+    separation: dict[str, Separation] = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
         return (
@@ -54,6 +57,7 @@ def analyze(split: LayerSplit) -> SplitAnalysis:
         structure=channel_structure_of(split, linearized),
         cost=cost,
         limits=autodiff_limits(split, linearized),
+        separation=separations(split, linearized),
     )
     _ANALYSES[split] = result
     return result

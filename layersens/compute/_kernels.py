@@ -26,11 +26,13 @@ from ..planning import (
     DenseReverse,
     Method,
     RowColouring,
+    SeparatedForward,
     column_starts,
     contiguous_runs,
     leaf_size,
 )
 from ._blocks import JacobianBlock, Layout
+from ._separated import Separated, separated_columns
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -242,6 +244,53 @@ def row_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, 
 
 
 KERNELS[RowColouring] = row_colouring_kernel
+
+
+def separated_forward_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
+    """Columns of leaves with C channels, ``width`` (a multiple of C) at a time: ``width / C`` within-channel
+    indices pushed forward channel-separated (``_separated``)."""
+    shapes = [tuple(np.shape(split.params[k])) for k in names]
+    C = shapes[0][-1]
+    if any(s[-1] != C for s in shapes) or len(contiguous_runs(split, names)) > 1 or width % C:
+        raise ValueError(
+            f"a separated block needs adjacent leaves of one channel count, chunks of whole channels: {names}"
+        )
+    bounds = np.cumsum([0] + [int(np.prod(s[:-1], dtype=np.int64)) for s in shapes])
+    basis = int(bounds[-1]) * C
+    whole = width >= basis
+    colours = width // C
+    dtype = np.dtype(split.params[names[0]].dtype)
+    start = column_starts(split)[names[0]]
+    specs = [jax.ShapeDtypeStruct(s, dtype) for s in shapes]
+
+    def setup(params, x):
+        params = split.point(params, x)  # the parameters, or this example's input or activation
+        return (lambda *leaves: split.apply({**params, **dict(zip(names, leaves))}, x)), [params[k] for k in names]
+
+    def linearize(params, x):
+        g, primals = setup(params, x)
+        return jax.linearize(g, *primals)[1]
+
+    def chunk(linear, offset):
+        index = (0 if whole else offset // C) + jnp.arange(colours)  # the chunk's within-channel indices
+        tangents = []
+        for shape, a, b in zip(shapes, bounds[:-1], bounds[1:]):
+            one_hot = (index[:, None] == (a + jnp.arange(b - a))[None, :]).astype(dtype)  # e_w in every channel
+            values = jnp.broadcast_to(one_hot.reshape((colours,) + shape[:-1] + (1,)), (colours,) + shape)
+            tangents.append(Separated(values, len(shape) - 1, C))
+        columns = separated_columns(linear, specs, tangents)
+        return (columns.reshape(width, -1).T,)
+
+    def compute(params, x, offset):
+        return chunk(linearize(params, x), offset)
+
+    def blocks(n, offset, outputs):
+        return [JacobianBlock(n, Layout.COLUMNS, names, offset, outputs[0])]
+
+    return Kernel(compute, linearize, chunk, blocks, lambda outputs: [(start, outputs[0])], 1)
+
+
+KERNELS[SeparatedForward] = separated_forward_kernel
 
 
 def fused_kernel(kernels: Sequence[Kernel]) -> Kernel:

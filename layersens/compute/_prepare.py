@@ -25,7 +25,7 @@ import numpy as np
 
 from .._errors import DeviceError, MemoryBudgetError, format_bytes
 from ..analysis import analyze
-from ..planning import Auto, Plan, balanced_width, example_spec
+from ..planning import Auto, Plan, aligned, balanced_width, example_spec
 from ..planning import plan as make_plan
 from ..results import CompressedJacobian, LayerJacobian
 from ._blocks import JacobianBlock, Layout, dense_bytes
@@ -151,7 +151,11 @@ def _compile_block(split: LayerSplit, block, params, x0, budget: int, structure)
         narrowable = not block.fixed_width and not (block.method.colouring and len(block.names) > 1)
         if not narrowable or working is None or working <= budget or width == 1:
             return step, dataclasses.replace(block, width=width), working
-        width = balanced_width(block.basis, max(1, min(width - 1, int(width * budget / working))))
+        align = block.method.align(split, block.names)
+        narrower = aligned(balanced_width(block.basis, max(1, min(width - 1, int(width * budget / working)))), align)
+        if narrower >= width:  # already one channel's columns per chunk
+            return step, dataclasses.replace(block, width=width), working
+        width = narrower
     return step, dataclasses.replace(block, width=width), working
 
 

@@ -13,6 +13,7 @@ method                passes per example                          use when
 ``DenseReverse``      M pullbacks (``jax.jacrev``)                narrow layers fed by many parameters
 ``ColumnColouring``   W JVPs: one column of every channel at once  channel-diagonal leaves, wide layers
 ``RowColouring``      S pullbacks: one row of every channel        channel-diagonal leaves on the last axis
+``SeparatedForward``  W separated JVPs, then W·C after the mix     leaves with a channel axis the layer mixes
 ====================  ==========================================  ===========================================
 """
 
@@ -56,6 +57,10 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def basis_size(self, split: LayerSplit, names: Sequence[str]) -> int:
         """Passes per example."""
+
+    def align(self, split: LayerSplit, names: Sequence[str]) -> int:
+        """Chunk widths (and so offsets) are multiples of this."""
+        return 1
 
     @abc.abstractmethod
     def cost(self, split: LayerSplit, names: Sequence[str]) -> float:
@@ -173,4 +178,47 @@ class RowColouring(Method):
         return sum(leaf_size(split, n) for n in names)
 
 
-METHODS = {m.name: m for m in (DenseForward(), DenseReverse(), ColumnColouring(), RowColouring())}
+class SeparatedForward(Method):
+    """Forward mode with each leaf's channels carried apart (``compute._separated``): for leaves with a channel
+    axis (C > 1) whose channels the layer mixes, so that column colouring does not apply. One tangent stands for
+    the C columns ``(w, 0..C-1)`` up to the first equation that mixes channels; that equation computes the C
+    columns at the price of one pass (a grouped convolution, a batched contraction), and the rest runs per
+    column. Its basis is the block's columns, in chunks of whole channels (``align``).
+
+    Cost: W passes up to the mix plus P_b passes after it (``analysis.Separation``), writing M per column.
+    Memory per vector (column): 1 / C of a within-channel index's tangents + the column. Use when a layer's
+    channels mix late (conv1's columns at relu2, every conv leaf at fc1).
+    """
+
+    name = "fwd-separated"
+    forward = True
+
+    def channels(self, split: LayerSplit, names: Sequence[str]) -> int:
+        return analyze(split).separation[names[0]].channels
+
+    def align(self, split: LayerSplit, names):
+        return self.channels(split, names)
+
+    def basis_size(self, split: LayerSplit, names):
+        return sum(leaf_size(split, n) for n in names)
+
+    def cost(self, split: LayerSplit, names):
+        separation = analyze(split).separation
+        return sum(
+            leaf_size(split, n) * (separation[n].flops / separation[n].channels + WRITE_COST * split.num_outputs)
+            for n in names
+        )
+
+    def returns_per_vector(self, split: LayerSplit, names):
+        return split.num_outputs
+
+    def bytes_per_vector(self, split: LayerSplit, names):
+        """Per column: its share of a within-channel index's tangents (``analysis.Separation.bytes``), plus the
+        column it returns."""
+        itemsize = np.dtype(split.activation_dtype).itemsize
+        separation = analyze(split).separation
+        share = max(-(-separation[n].bytes // separation[n].channels) for n in names)
+        return share + self.returns_per_vector(split, names) * itemsize
+
+
+METHODS = {m.name: m for m in (DenseForward(), DenseReverse(), ColumnColouring(), RowColouring(), SeparatedForward())}

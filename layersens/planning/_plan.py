@@ -189,11 +189,16 @@ def plan(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=N
     )
 
 
+def aligned(width: int, align: int) -> int:
+    """``width`` rounded down to a multiple of ``align``, at least ``align``."""
+    return max(align, width // align * align)
+
+
 def _size(split: LayerSplit, block, budget: int) -> list[PlannedBlock]:
     method, names = block.method, block.names
     basis = method.basis_size(split, names)
     per_vector = method.bytes_per_vector(split, names)
-    width = chunk_size(basis, per_vector, budget, block.chunk_size)
+    width = aligned(chunk_size(basis, per_vector, budget, block.chunk_size), method.align(split, names))
     if method.colouring and method.forward and len(names) > 1 and width < basis:
         # Several coloured leaves share a program only when they fit in one chunk; otherwise one each.
         return [p for name in names for p in _size(split, dataclasses.replace(block, names=(name,)), budget)]

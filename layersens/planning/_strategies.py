@@ -21,13 +21,13 @@ from .._errors import ModeError
 from .._modes import MODE_ALIASES, MODE_NAMES
 from ..analysis import analyze
 from ._layout import contiguous_runs, leaf_size
-from ._methods import WRITE_COST, ColumnColouring, DenseForward, DenseReverse, Method, RowColouring
+from ._methods import WRITE_COST, ColumnColouring, DenseForward, DenseReverse, Method, RowColouring, SeparatedForward
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
 
 FORWARD, REVERSE = DenseForward(), DenseReverse()
-COLUMNS, ROWS = ColumnColouring(), RowColouring()
+COLUMNS, ROWS, SEPARATED = ColumnColouring(), RowColouring(), SeparatedForward()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,12 +111,13 @@ class PerLeaf(Strategy):
     name: ClassVar[str] = "per-leaf"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        return plan_blocks(split, {}, self.chunk_size)
+        return plan_blocks(split, {}, self.chunk_size, separate=False)
 
 
 @dataclasses.dataclass(frozen=True)
 class Structured(Strategy):
-    """Column or row colouring for every channel-diagonal leaf, dense forward/reverse for the rest.
+    """Column or row colouring for every channel-diagonal leaf; for the rest the cheapest of dense forward,
+    channel-separated forward and reverse mode.
 
     Cost: P_leaf / C JVPs (column colouring) or M / C shared pullbacks (row colouring) per structured leaf; only
     the block's nonzeros (1 / C of it) leave the device and are written into the zeroed result. Use to force
@@ -132,8 +133,9 @@ class Structured(Strategy):
 
 @dataclasses.dataclass(frozen=True)
 class Auto(Strategy):
-    """The default: per leaf, the cheapest of forward, reverse, and (where the leaf acts one channel at a time)
-    column or row colouring, counting reverse passes as shared between leaves.
+    """The default: per leaf, the cheapest of forward, reverse, (where the leaf acts one channel at a time)
+    column or row colouring, and (where it has a channel axis the layer mixes) channel-separated forward mode,
+    counting reverse passes as shared between leaves.
 
     Cost: the minimum over those plans of the estimated device time (see :func:`plan_blocks`), plus placing the
     result on the host. What it picked, and why, is the plan: ``layersens.plan(split).table()`` lists each
@@ -153,7 +155,9 @@ class Auto(Strategy):
         return plan_blocks(split, analyze(split).structure, self.chunk_size)
 
 
-def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_structure=False) -> tuple[Block, ...]:
+def plan_blocks(
+    split: LayerSplit, structure: dict, chunk_size=None, force_structure=False, separate=True
+) -> tuple[Block, ...]:
     """Chooses a method per leaf minimizing the estimated device time per example.
 
     Reverse groups (dense rows; row colouring per channel count) share their passes between leaves, so we
@@ -165,8 +169,14 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
     limits.check(split.param_names)
     last_axis = len(split.activation_shape) - 1
 
+    separation = analyze(split).separation if separate else {}
+
     def forward_method(name):
-        return COLUMNS if name in structure else FORWARD
+        if name in structure:
+            return COLUMNS
+        if name in separation and SEPARATED.cost(split, (name,)) < FORWARD.cost(split, (name,)):
+            return SEPARATED
+        return FORWARD
 
     groups: dict[tuple[str, int | None], Method] = {("rev", None): REVERSE}
     for st in structure.values():
@@ -213,25 +223,39 @@ def plan_blocks(split: LayerSplit, structure: dict, chunk_size=None, force_struc
     choice = best[1]
 
     blocks: list[Block] = []
-    plain_forward = {n for n, c in choice.items() if c == "fwd" and n not in structure}
+    plain_forward = {n for n, c in choice.items() if c == "fwd" and forward_method(n) is FORWARD}
     blocks += [Block(run, FORWARD, chunk_size) for run in contiguous_runs(split, plain_forward)]
+    # Adjacent separated leaves of one channel count share a block (one basis, chunks of whole channels).
+    separated = [n for n in split.param_names if choice[n] == "fwd" and forward_method(n) is SEPARATED]
+    blocks += [
+        Block(run, SEPARATED, chunk_size) for run in _runs_by(split, separated, lambda n: separation[n].channels)
+    ]
     # Adjacent coloured leaves of one channel axis share a block: one JVP batch, and one mask writes all their
     # columns at once.
     coloured = [n for n in split.param_names if choice[n] == "fwd" and n in structure]
-    for run in contiguous_runs(split, coloured):
-        group: list[str] = []
-        for name in run:
-            key = (structure[name].channels, structure[name].output_axis)
-            if group and key != (structure[group[-1]].channels, structure[group[-1]].output_axis):
-                blocks.append(Block(tuple(group), COLUMNS, chunk_size))
-                group = []
-            group.append(name)
-        blocks.append(Block(tuple(group), COLUMNS, chunk_size))
+    blocks += [
+        Block(run, COLUMNS, chunk_size)
+        for run in _runs_by(split, coloured, lambda n: (structure[n].channels, structure[n].output_axis))
+    ]
     for g, method in groups.items():
         names = tuple(n for n in split.param_names if choice[n] == g)
         if names:
             blocks.append(Block(names, method, chunk_size))
     return tuple(blocks)
+
+
+def _runs_by(split: LayerSplit, names, key) -> list[tuple[str, ...]]:
+    """``names`` in runs of adjacent columns with one ``key`` each."""
+    runs: list[tuple[str, ...]] = []
+    for run in contiguous_runs(split, names):
+        group: list[str] = []
+        for name in run:
+            if group and key(name) != key(group[-1]):
+                runs.append(tuple(group))
+                group = []
+            group.append(name)
+        runs.append(tuple(group))
+    return runs
 
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Auto, Forward, Reverse, PerLeaf, Structured)}
