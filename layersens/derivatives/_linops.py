@@ -88,8 +88,9 @@ def chunk_width(op: LinearizedLayer, basis: int, max_memory=None) -> int:
 
 def plan_passes(split, inputs) -> int:
     """Passes per example of ``layersens.jacobian`` and ``layersens.compute.sensitivity`` under ``Auto``: the basis
-    sizes of its plan (channel colouring counted: 12 for LeNet's relu1 instead of its 240 columns)."""
-    return int(sum(b.basis for b in make_plan(split, inputs[:1]).blocks))
+    sizes of its plan (channel colouring counted: 12 for LeNet's relu1 instead of its 240 columns; a
+    channel-separated block one per within-channel index)."""
+    return int(sum(b.method.passes(split, b.names) for b in make_plan(split, inputs[:1]).blocks))
 
 
 def exact_passes(op: LinearizedLayer) -> int:

@@ -62,6 +62,11 @@ class Method(abc.ABC):
         """Chunk widths (and so offsets) are multiples of this."""
         return 1
 
+    def passes(self, split: LayerSplit, names: Sequence[str]) -> int:
+        """Passes through the layer's program per example (what a probe of an estimator also costs): the basis,
+        except where one pass computes several basis vectors."""
+        return self.basis_size(split, names)
+
     @abc.abstractmethod
     def cost(self, split: LayerSplit, names: Sequence[str]) -> float:
         """Estimated device time per example, in flop-equivalents: passes × (the arithmetic of one pass over
@@ -198,6 +203,10 @@ class SeparatedForward(Method):
 
     def align(self, split: LayerSplit, names):
         return self.channels(split, names)
+
+    def passes(self, split: LayerSplit, names):
+        # one pass per within-channel index; after the mix its C columns are per-column work, not passes
+        return self.basis_size(split, names) // self.channels(split, names)
 
     def basis_size(self, split: LayerSplit, names):
         return sum(leaf_size(split, n) for n in names)
