@@ -36,9 +36,12 @@ from ._errors import (
     UntrustedModuleError,
     format_bytes,
 )
+from ._jax_versions import warn_if_broken
 from ._modes import MODE_ALIASES, MODE_NAMES
 
 __version__ = "0.1.0"
+
+warn_if_broken()  # a JAX release known to compute wrong values (reads installed metadata; JAX is not imported)
 
 # name → the module that defines it (relative to this package); one entry per public name.
 _LAZY = {

@@ -199,7 +199,8 @@ class SeparatedForward(Method):
     forward = True
 
     def channels(self, split: LayerSplit, names: Sequence[str]) -> int:
-        return analyze(split).separation[names[0]].channels
+        # the leaf's last axis, read from the split (a kept plan holds its split weakly: no analysis lookup)
+        return int(np.shape(split.params[names[0]])[-1])
 
     def align(self, split: LayerSplit, names):
         return self.channels(split, names)
