@@ -6,11 +6,12 @@ own ``jax.jit(jax.vmap(jax.jacrev(f)))``. Here every example of a group goes thr
 the examples, which returns the ``(group, M, P)`` matrices and the layer's values at once.
 
 Which program: the plan's own (its blocks fused into one whole matrix), plain reverse mode (``jax.jacrev`` of
-every leaf at once) or plain forward mode (``jax.jacfwd``). The cost model counts arithmetic and writes; on
-layers this small, what XLA makes of each program decides, so ``Auto`` lets a short timed trial on the first
-group pick (``Plan.trial``), once per group size, and says what it measured (:class:`Trial`). The candidates
-compute the same Jacobian (each is checked against ``jax.jacrev`` in the tests); a mode a leaf cannot be
-differentiated in is never a candidate.
+every leaf at once), plain forward mode (``jax.jacfwd``), or, where the plan separates channels, the same plan
+without (``SeparatedForward``'s masks and expansions are not in the cost model). The cost model counts
+arithmetic and writes; on layers this small, what XLA makes of each program decides, so ``Auto`` lets a short
+timed trial on the first group pick (``Plan.trial``), once per group size, and says what it measured
+(:class:`Trial`). The candidates compute the same Jacobian (each is checked against ``jax.jacrev`` in the
+tests); a mode a leaf cannot be differentiated in is never a candidate.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import jax
 import numpy as np
 
-from ..planning import DenseForward, DenseReverse
+from ..planning import DenseForward, DenseReverse, SeparatedForward, plan_blocks
 from ._blocks import dense_bytes
 from ._kernels import dense_program, fused_kernel, kernel
 
@@ -63,7 +64,8 @@ class Trial:
 @dataclasses.dataclass(frozen=True)
 class SideBySide:
     """A compiled program for ``group`` examples: ``run(params, xs) -> (matrices, activations)``; ``method``
-    names the program (``"plan"``, ``"rev"`` or ``"fwd"``); ``trial`` is what decided, if a trial did."""
+    names the program (``"plan"``, ``"rev"``, ``"fwd"``, or the plan without channel separation by its methods);
+    ``trial`` is what decided, if a trial did."""
 
     group: int
     method: str
@@ -142,6 +144,15 @@ def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candida
                 continue  # the estimate leaves it no chance: not worth a compilation
             working = method.basis_size(split, names) * method.bytes_per_vector(split, names)
             options.append((method.name, ((method, names, working),)))
+        if any(isinstance(b.method, SeparatedForward) for b in plan.blocks):
+            # the same plan without channel separation: separated tangents pay masks and expansions the cost
+            # model does not count, which on a small layer can outweigh the passes they save
+            alternative = plan_blocks(split, structure, separate=False)
+            blocks = tuple(
+                (b.method, b.names, b.method.basis_size(split, b.names) * b.method.bytes_per_vector(split, b.names))
+                for b in alternative
+            )
+            options.append((_describe(alternative), blocks))
     programs, largest = {}, 0
     for name, blocks in options:
         working = sum(w for _, _, w in blocks)
@@ -151,6 +162,14 @@ def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candida
         programs[name] = dense_program(held, kernels[0] if len(kernels) == 1 else fused_kernel(kernels))
         largest = max(largest, working)
     return Candidates(programs, largest) if programs else None
+
+
+def _describe(blocks) -> str:
+    """Blocks as a plan describes them (``Plan.describe``): one method's name, or each method with its leaves."""
+    methods = {b.method.name for b in blocks}
+    if len(methods) == 1:
+        return methods.pop()
+    return ", ".join(f"{b.method.name}[{'+'.join(b.names)}]" for b in blocks)
 
 
 def _batched(split: LayerSplit, dense: Callable) -> Callable:
