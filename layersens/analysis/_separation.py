@@ -29,6 +29,7 @@ import enum
 from typing import TYPE_CHECKING
 
 import numpy as np
+from jax.extend import core as jcore
 from jax.extend.core import primitives as P
 
 from ._cost import _bytes, equation_flops
@@ -191,7 +192,7 @@ def separations(split: LayerSplit, closed) -> dict[str, Separation]:
             decision = decide(eqn, ins, channels)
             if decision.action is not Action.PRIMAL:
                 factor = channels if decision.action is Action.COLUMNS else 1
-                total[0] += factor * equation_flops(eqn)
+                total[0] += factor * _flops_within(eqn)
                 # a separated output is one tangent per w, a mixed one C
                 total[1] = max(
                     [total[1]]
@@ -210,6 +211,20 @@ def separations(split: LayerSplit, closed) -> dict[str, Separation]:
         # undercount costs a recompilation (the compiled program's count narrows the chunk), never the budget.
         found[name] = Separation(leaf=name, channels=channels, flops=total[0], bytes=2 * int(total[1]))
     return found
+
+
+def _flops_within(eqn) -> float:
+    """An equation's arithmetic, a loop's or branch's body included (a scan's ``length`` times, a while loop's
+    once, the dearest branch), every equation of it counted: an overestimate where only part of a body depends
+    on the leaf, so loops rather not be separated."""
+    bodies = [getattr(v, "jaxpr", v) for v in eqn.params.values() if isinstance(v, (jcore.Jaxpr, jcore.ClosedJaxpr))]
+    branches = eqn.params.get("branches")
+    if branches:
+        return max(sum(_flops_within(e) for e in b.jaxpr.eqns) for b in branches)
+    if not bodies:
+        return equation_flops(eqn)
+    times = max(1, int(eqn.params.get("length", 1)))
+    return times * sum(_flops_within(e) for body in bodies for e in body.eqns)
 
 
 def walk(jaxpr, states: list, step) -> list:
