@@ -6,9 +6,16 @@ result; a ``LayersensError`` becomes one line on stderr and exit code 1 (usage e
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import click
+# XLA's C++ log lines are not for the command line's users (its errors reach them as exceptions, turned into one
+# line): jax 0.10.1 logs a 10 KB line on every program loaded from the compilation cache (a machine-feature check
+# that fails on the machine that compiled it). Read once, when JAX loads: set here, before it does. Set
+# TF_CPP_MIN_LOG_LEVEL yourself to see them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import click  # noqa: E402
 from rich.markup import escape
 from rich.table import Table
 

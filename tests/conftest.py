@@ -2,10 +2,14 @@ import os
 import shutil
 import tempfile
 
-import jax
-import numpy as np
-import pytest
-from hypothesis import settings
+# The command lines the tests start inherit this environment, and importing JAX here would set its own default
+# (1) first: set the command line's own (XLA's C++ log lines off; see cli/main.py) before it does.
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 
 # Small layers' timed trials (extra compilations per plan) are off, except in the tests of the trial itself
 # (tests/test_side_by_side.py, tests/test_zoo.py::test_every_side_by_side_candidate), which turn them on.

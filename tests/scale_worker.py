@@ -12,8 +12,10 @@ import sys
 
 
 def devices(out_dir: str) -> None:
-    """1 device against 3 and 8, for a coloured and a chunked layer and 1 or 3 examples in memory, and a store of
-    a third kind of layer (relu2: coloured and dense columns) on 8 devices."""
+    """1 device against 3 and 8, for a coloured and a chunked layer, 3 examples in memory (on 3 devices they run
+    side by side; on 8, fewer than the devices, one example at a time with its chunks side by side, each example in
+    turn: the two ways lanes are filled), and a store of a third kind of layer (relu2: coloured and dense columns)
+    on 8 devices."""
     import numpy as np
 
     import layersens
@@ -21,32 +23,34 @@ def devices(out_dir: str) -> None:
 
     model = layersens.load_model(LENET_DIGITS)
     report = {"devices": len(__import__("jax").devices()), "cases": []}
+    x = model.example_inputs[:3]
+    ones = []
     for layer in ("relu1", "fc1"):
         split = layersens.split(model, layer)
-        for n in (1, 3):
-            x = model.example_inputs[:n]
-            one = layersens.jacobian(split, x, max_memory="16MB")
-            scale = float(np.abs(one.matrix).max())
-            for count in (3, 8):
-                many = layersens.jacobian(split, x, max_memory="16MB", devices=count)
-                report["cases"].append(
-                    {
-                        "layer": layer,
-                        "examples": n,
-                        "devices": count,
-                        "device": many.device,
-                        "error": float(np.abs(many.matrix - one.matrix).max()) / scale,
-                        "activation_error": float(np.abs(many.activation - one.activation).max()),
-                    }
-                )
-    # one device other than the first, for the whole-matrix program and the chunked one
+        one = layersens.jacobian(split, x, max_memory="16MB")
+        ones.append((split, one))
+        scale = float(np.abs(one.matrix).max())
+        for count in (3, 8):
+            many = layersens.jacobian(split, x, max_memory="16MB", devices=count)
+            report["cases"].append(
+                {
+                    "layer": layer,
+                    "examples": len(x),
+                    "devices": count,
+                    "device": many.device,
+                    "error": float(np.abs(many.matrix - one.matrix).max()) / scale,
+                    "activation_error": float(np.abs(many.activation - one.activation).max()),
+                }
+            )
+    # one device other than the first, for the whole-matrix program (relu1: one chunk) and the chunked one (fc1),
+    # against the same programs' results on the first device above
     report["cpu5"] = [
-        float(np.abs(layersens.jacobian(s, x, device="cpu:5").matrix - layersens.jacobian(s, x).matrix).max())
-        for s, x in ((layersens.split(model, "relu1"), model.example_inputs[:1]), (split, model.example_inputs[:2]))
+        float(np.abs(layersens.jacobian(s, x, device="cpu:5", max_memory="16MB").matrix - one.matrix).max())
+        for s, one in ones
     ]
-    # a store written on 8 devices, and one resumed on 2 after an interruption on 8
+    # a store written on 8 devices (2 examples, one after the other, each over the lanes)
     split = layersens.split(model, "relu2")
-    x = model.example_inputs[:3]
+    x = model.example_inputs[:2]
     one = layersens.jacobian(split, x, max_memory="16MB")
     stored = layersens.stream_jacobian(split, x, f"{out_dir}/eight.zarr", devices=8, max_memory="16MB")
     report["store_error"] = float(np.abs(stored.load().matrix - one.matrix).max()) / float(np.abs(one.matrix).max())

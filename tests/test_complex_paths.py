@@ -185,11 +185,20 @@ def check_store(stored, dense, want, mode):
     np.testing.assert_allclose(sens.frobenius, np.sqrt(squares.sum(axis=(1, 2))), **EXACT)
 
 
-STORES = [(name, mode, "dense") for name, mode in CASES] + [
+# Each case in one layout, each layout in both conventions: the compressed layout reads its dense leaves as the dense
+# layout does and its coloured ones through the same stated reads, so a case stored compressed here is stored dense
+# elsewhere in this file, not again here: holo_conv 'complex' (slabs and resume tests), intensity 'complex' (the
+# refused store, overwritten), holo_mlp 'complex' (the verified store, from extract); holo_conv 'holomorphic' is the
+# holomorphic convention of a coloured conv, stored dense by holo_mlp and real_to_complex.
+STORES = [
+    ("holo_mlp", "holomorphic", "dense"),
+    ("conjugating", "complex", "dense"),  # not holomorphic: both Wirtinger parts nonzero
+    ("real_to_complex", "complex", "dense"),  # real parameters, complex rows
+    ("real_to_complex", "holomorphic", "dense"),
     ("holo_conv", "complex", "compressed"),  # a coloured kernel's parts stored as their channel diagonals
     ("holo_conv", "holomorphic", "compressed"),
     ("holo_mlp", "complex", "compressed"),  # d2 as diagonals, d1 dense
-    ("intensity", "complex", "compressed"),
+    ("intensity", "complex", "compressed"),  # a real layer of complex parameters
 ]
 
 
@@ -230,18 +239,19 @@ def test_slabs_across_the_real_and_imaginary_rows(tmp_path, strategy):
     check_store(stored, dense, want, "complex")
 
 
-@pytest.mark.parametrize("after", [0, 5])
-def test_an_interrupted_complex_store_resumes_to_the_same_jacobian(tmp_path, after):
+def test_an_interrupted_complex_store_resumes_to_the_same_jacobian(tmp_path):
+    """Interrupted before its first slab, then again after 5 more (a resumed run interrupted), then resumed."""
     split, x, dense, want = case_of("holo_conv", "complex")
     path = tmp_path / "J.zarr"
-    with pytest.raises(Crash):
-        run(split, x, CrashingSink(path, after, slab_bytes=16384), mode=layersens.Reverse(chunk_size=7))
-    partial = layersens.load_jacobian(path)
-    assert not partial.complete and partial.complex_mode == "complex"
-    with pytest.raises(CheckpointError, match="unfinished .* rerun the command that made it"):
-        partial["conj(conv/kernel)"]
+    for after in (0, 5):
+        with pytest.raises(Crash):
+            run(split, x, CrashingSink(path, after, slab_bytes=16384), mode=layersens.Reverse(chunk_size=7))
+        partial = layersens.load_jacobian(path)
+        assert not partial.complete and partial.complex_mode == "complex"
+        with pytest.raises(CheckpointError, match="unfinished .* rerun the command that made it"):
+            partial["conj(conv/kernel)"]
     resumed = stream(split, x, path, layersens.Reverse(chunk_size=7), slab_bytes=16384)
-    assert after == 0 or any(note.startswith("resumed: ") for note in resumed.notes)
+    assert "resumed: 5 slab(s) were already written by an earlier run" in resumed.notes
     check_store(resumed, dense, want, "complex")
 
 

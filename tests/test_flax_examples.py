@@ -36,6 +36,13 @@ def _inputs(example, n=2):
     return np.random.default_rng(1).normal(size=(n,) + tuple(example.input_shape)).astype(example.input_dtype)
 
 
+def _reference(value):
+    """``jax.jacrev`` of ``value(params, one example)`` per example, compiled without XLA's backend optimizations
+    (as test_zoo's and test_random_architectures' references: a fraction of the compile time, and the float32
+    results well inside RTOL)."""
+    return jax.jit(jax.vmap(jax.jacrev(value), in_axes=(None, 0)), compiler_options=fx.INIT_COMPILER_OPTIONS)
+
+
 def _compare(jac, reference: dict, n):
     """Every upstream leaf of ``jac`` equals the reference; every other reference leaf is zero."""
     scale = max(float(np.max(np.abs(v))) for v in reference.values()) or 1.0
@@ -106,7 +113,7 @@ def test_linen_example_saved_as_built_then_listed_and_extracted_by_the_cli(name,
             captured = model.capture(params, xn[None])
             return DERIVED[layer](captured) if layer in DERIVED else captured[layer][0]
 
-        references = jax.jit(jax.vmap(jax.jacrev(value), in_axes=(None, 0)))(unboxed["params"], x)
+        references = _reference(value)(unboxed["params"], x)
         for n in range(2):
             _compare(jac, flatten_params(jax.tree.map(lambda r, n=n: r[n], references)), n)
         assert rest.keys() == model.constants.keys()
@@ -154,7 +161,7 @@ def test_nnx_example_saved_as_built_then_listed_and_extracted_by_the_cli(name, t
         def value(params, xn):
             return loaded.capture(params, xn[None])[layer][0]
 
-        references = jax.jit(jax.vmap(jax.jacrev(value), in_axes=(None, 0)))(loaded.params, x)
+        references = _reference(value)(loaded.params, x)
         for n in range(2):
             _compare(jac, flatten_params(jax.tree.map(lambda r, n=n: r[n], references)), n)
     # the loaded model is the saved one: same parameters, and the same noise for the VAE
