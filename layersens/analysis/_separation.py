@@ -34,7 +34,7 @@ from jax.extend.core import primitives as P
 
 from ._cost import _bytes, equation_flops
 from ._interpreter import CALL_BODIES
-from ._structure import MIXED, STRUCTURE_RULES
+from ._structure import MIXED, STRUCTURE_RULES, _shape
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -80,10 +80,6 @@ _POSITIONWISE = {
 }
 # Calls the evaluator walks into (custom derivative calls are left whole: their rules were applied already).
 WALKED_CALLS = {p for p in CALL_BODIES if p not in (P.custom_jvp_call_p, P.custom_vjp_call_p)}
-
-
-def _shape(var) -> tuple[int, ...]:
-    return tuple(getattr(var.aval, "shape", ()))
 
 
 def _columns(eqn) -> Decision:

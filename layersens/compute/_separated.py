@@ -151,12 +151,17 @@ def _register(primitive) -> Callable:
     return decorate
 
 
+def _channel_columns(values, channel_axis: int):
+    """``(B, ..., C at channel_axis, ...)`` → columns ``(B·C, ...)``: C brought next to B and merged, b-major."""
+    moved = jnp.moveaxis(values, channel_axis, 1)
+    return moved.reshape((-1,) + moved.shape[2:])
+
+
 def _to_columns(values, axis: int, channels: int):
     """``(B, ..., C·O at axis, ...)`` → columns ``(B·C, ..., O, ...)``: split the axis, bring C next to B."""
     shape = values.shape
     split = values.reshape(shape[: 1 + axis] + (channels, shape[1 + axis] // channels) + shape[2 + axis :])
-    moved = jnp.moveaxis(split, 1 + axis, 1)
-    return moved.reshape((-1,) + moved.shape[2:])
+    return _channel_columns(split, 1 + axis)
 
 
 @_register(P.conv_general_dilated_p)
@@ -218,8 +223,7 @@ def _dot_general(eqn, ins):
         return lax.dot_general_p.bind(*operands, **params)
 
     out = jax.vmap(one)(sep_values)  # (B, *batch, C, *free)
-    moved = jnp.moveaxis(out, 1 + len(lb), 1)
-    return [Columns(moved.reshape((-1,) + moved.shape[2:]))]
+    return [Columns(_channel_columns(out, 1 + len(lb)))]
 
 
 def separated_columns(linear: Callable, specs: list, tangents: list[Separated]):

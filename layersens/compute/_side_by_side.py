@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import jax
 import numpy as np
 
-from ..planning import DenseForward, DenseReverse, SeparatedForward, plan_blocks
+from ..planning import DenseForward, DenseReverse, SeparatedForward, describe_blocks, plan_blocks
 from ._blocks import dense_bytes
 from ._kernels import dense_program, fused_kernel, kernel
 
@@ -152,7 +152,7 @@ def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candida
                 (b.method, b.names, b.method.basis_size(split, b.names) * b.method.bytes_per_vector(split, b.names))
                 for b in alternative
             )
-            options.append((_describe(alternative), blocks))
+            options.append((describe_blocks(alternative), blocks))
     programs, largest = {}, 0
     for name, blocks in options:
         working = sum(w for _, _, w in blocks)
@@ -162,14 +162,6 @@ def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candida
         programs[name] = dense_program(held, kernels[0] if len(kernels) == 1 else fused_kernel(kernels))
         largest = max(largest, working)
     return Candidates(programs, largest) if programs else None
-
-
-def _describe(blocks) -> str:
-    """Blocks as a plan describes them (``Plan.describe``): one method's name, or each method with its leaves."""
-    methods = {b.method.name for b in blocks}
-    if len(methods) == 1:
-        return methods.pop()
-    return ", ".join(f"{b.method.name}[{'+'.join(b.names)}]" for b in blocks)
 
 
 def _batched(split: LayerSplit, dense: Callable) -> Callable:

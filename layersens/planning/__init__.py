@@ -4,7 +4,7 @@ chunks. Pure: nothing here builds or runs a device program (that is ``compute``)
 from ._layout import column_starts, contiguous_runs, leaf_size
 from ._memory import available_memory, balanced_width, chunk_size, parse_bytes, working_memory
 from ._methods import METHODS, ColumnColouring, DenseForward, DenseReverse, Method, RowColouring, SeparatedForward
-from ._plan import Plan, PlannedBlock, aligned, example_spec, plan
+from ._plan import Plan, PlannedBlock, aligned, describe_blocks, example_spec, plan
 from ._strategies import (
     STRATEGIES,
     Auto,

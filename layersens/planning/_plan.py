@@ -120,10 +120,7 @@ class Plan(Summarized):
 
     def describe(self) -> str:
         """``"fwd-colour"`` when one method computes everything, else each method with its leaves."""
-        methods = {b.method.name for b in self.blocks}
-        if len(methods) == 1:
-            return methods.pop()
-        return ", ".join(b.describe for b in self.blocks)
+        return describe_blocks(self.blocks)
 
     def table(self) -> str:
         """One line per block: method, leaves, passes, chunk width, estimated memory per chunk."""
@@ -135,6 +132,15 @@ class Plan(Summarized):
             )
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
+
+
+def describe_blocks(blocks) -> str:
+    """Blocks (a plan's, or a strategy's ``Block`` s) as a result's ``mode`` names them: one method's name, or each
+    method with its leaves."""
+    methods = {b.method.name for b in blocks}
+    if len(methods) == 1:
+        return methods.pop()
+    return ", ".join(f"{b.method.name}[{'+'.join(b.names)}]" for b in blocks)
 
 
 def example_spec(split: LayerSplit, example) -> jax.ShapeDtypeStruct:
