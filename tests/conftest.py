@@ -5,6 +5,14 @@ import tempfile
 # The command lines the tests start inherit this environment, and importing JAX here would set its own default
 # (1) first: set the command line's own (XLA's C++ log lines off; see cli/main.py) before it does.
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+# XLA's fast-compile options (LLVM without its expensive passes) for every program the suite compiles, in the test
+# processes and the command lines they start: compiling is most of the suite's time, and what the tests check is
+# layersens's arithmetic against independent computations, not XLA's optimizer (measured: 20 % less time for
+# test_zoo, test_jacobian and test_strategies). `LAYERSENS_TEST_XLA=default python -m pytest` compiles as users do;
+# tests/test_jax_release.py checks the installed JAX with XLA's defaults either way.
+FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if os.environ.get("LAYERSENS_TEST_XLA", "fast") == "fast" and FAST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA_FLAGS}".strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

@@ -5,29 +5,37 @@ installed anyway."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-
 from layersens._jax_versions import broken_release
+
+CHECK = """
+import jax, jax.numpy as jnp, numpy as np
+jax.config.update("jax_enable_x64", True)
+rng = np.random.default_rng(0)
+xs = rng.standard_normal((3, 17, 16))
+p = rng.standard_normal((17, 16)) * 0.02
+
+def f(p, x):  # a residual add and an RMS normalization, as in a ViT's first block
+    h = x + p
+    return h * jax.lax.rsqrt((h**2).mean(-1, keepdims=True) + 1e-6)
+
+batched = jax.jit(jax.vmap(jax.jacfwd(f), in_axes=(None, 0)))(jnp.float32(p), jnp.float32(xs))
+for n, x in enumerate(xs):
+    want = np.asarray(jax.jacfwd(f)(jnp.asarray(p, jnp.float64), jnp.asarray(x, jnp.float64)))
+    np.testing.assert_allclose(np.asarray(batched[n]), want, rtol=1e-5, atol=1e-5, err_msg=f"example {n}")
+print("ok")
+"""
 
 
 def test_side_by_side_forward_jacobians_are_right():
-    rng = np.random.default_rng(0)
-    xs = rng.standard_normal((3, 17, 16))
-    p = rng.standard_normal((17, 16)) * 0.02
-
-    def f(p, x):  # a residual add and an RMS normalization, as in a ViT's first block
-        h = x + p
-        return h * jax.lax.rsqrt((h**2).mean(-1, keepdims=True) + 1e-6)
-
-    batched = jax.jit(jax.vmap(jax.jacfwd(f), in_axes=(None, 0)))(jnp.float32(p), jnp.float32(xs))
-    for n, x in enumerate(xs):
-        want = np.asarray(jax.jacfwd(f)(jnp.asarray(p, jnp.float64), jnp.asarray(x, jnp.float64)))
-        np.testing.assert_allclose(np.asarray(batched[n]), want, rtol=1e-5, atol=1e-5, err_msg=f"example {n}")
+    # in a process of its own, with XLA's default options (the suite compiles with its fast ones: conftest.py),
+    # as users run it
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    run = subprocess.run([sys.executable, "-c", CHECK], capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
 
 
 def test_a_broken_release_is_named_and_warned_of():

@@ -79,3 +79,42 @@ def test_large_layers_keep_the_loop_over_examples(split, monkeypatch):
     jac = layersens.jacobian(split, X, mode=layersens.Auto(chunk_size=3))
     assert not any(n.startswith("timed trial") for n in jac.notes)
     np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
+
+
+def test_the_chosen_candidate_takes_the_groups_its_own_memory_allows(split, monkeypatch):
+    """The trial runs on groups the largest candidate fits; the one chosen then computes in groups sized by its own
+    working memory (fewer programs to dispatch, no copies into a zeroed result)."""
+    from layersens.compute import _prepare
+
+    prepared = layersens.prepare(split, X)
+    working = prepared.whole.working
+    if len(set(working.values())) < 2:
+        pytest.skip("the candidates' working memories are equal")
+    smallest, largest = min(working, key=working.get), max(working.values())
+    real = _prepare.compile_side_by_side
+
+    def choose_smallest(split_, programs, params, xs, device):
+        # the trial's timing decides between near-equal programs at random: here it always picks the smallest
+        side = real(split_, {smallest: programs[smallest]}, params, xs, device)
+        trial = _side_by_side.Trial(len(xs), {name: 1.0 for name in programs}, smallest)
+        return side if len(programs) == 1 else _side_by_side.SideBySide(len(xs), smallest, side.run, 0.0, trial)
+
+    monkeypatch.setattr(_prepare, "compile_side_by_side", choose_smallest)
+    prepared = layersens.prepare(split, X, max_memory=2 * largest)  # the largest candidate: 2 examples at once
+    assert prepared.whole.working == working
+    assert prepared.whole.group_size(split, 5) == 2  # the trial's groups: 2 + 2 + 1
+    wider = prepared.whole.group_size(split, 5, smallest)
+    assert wider > 2
+    calls = []
+    jac = prepared.run(X, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1] == (-(-5 // wider),) * 2
+    assert any(n.startswith(f"timed trial for 2 example(s) side by side chose {smallest}") for n in jac.notes)
+    np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
+    assert set(prepared._side) == {(2, None), (wider, smallest)}
+
+
+def test_a_budget_given_bounds_the_groups(split):
+    prepared = layersens.prepare(split, X, max_memory=10**9)
+    small = max(prepared.whole.working.values())
+    bounded = layersens.prepare(split, X, max_memory=small)
+    assert bounded.whole.cap == small and bounded.whole.group_size(split, 5) == 1

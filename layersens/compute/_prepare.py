@@ -188,9 +188,9 @@ class PreparedJacobian:
     # the dense program once compiled
     _compiled: dict[str, jax.stages.Compiled] = dataclasses.field(default_factory=dict, repr=False)
     # a small layer's candidate programs for examples side by side (else None), and their compiled programs by
-    # group size (``_side_by_side``)
+    # group size and candidate (None: the trial's choice; ``_side_by_side``)
     whole: Candidates | None = dataclasses.field(default=None, repr=False)
-    _side: dict[int, SideBySide] = dataclasses.field(default_factory=dict, repr=False)
+    _side: dict[tuple[int, str | None], SideBySide] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def plan(self) -> Plan:
@@ -298,26 +298,37 @@ class PreparedJacobian:
         finish_share(processes)
         return target.finish(Done(x, activation, time.perf_counter() - start, compile_seconds))
 
-    def side_by_side(self, group: int, xs=None) -> SideBySide:
-        """The compiled program for ``group`` examples side by side (compiled, and chosen by a timed trial on
-        ``xs`` when the plan asks for one, on first use)."""
-        found = self._side.get(group)
+    def side_by_side(self, group: int, xs=None, method: str | None = None) -> SideBySide:
+        """The compiled program for ``group`` examples side by side, compiled on first use: the candidate
+        ``method``, or, by default, the one a timed trial on ``xs`` chooses when the plan asks for one."""
+        key = (group, method)
+        found = self._side.get(key)
         if found is None:
             assert self.whole is not None, "examples side by side are for small layers"
-            programs = self.whole.programs
+            programs = self.whole.programs if method is None else {method: self.whole.programs[method]}
             if xs is None:
                 spec = example_spec(self.split, None)
                 xs = np.zeros((group,) + tuple(spec.shape), spec.dtype)
             xs = jax.device_put(xs, self.device)
-            found = self._side[group] = compile_side_by_side(self.split, programs, self.params, xs, self.device)
+            found = self._side[key] = compile_side_by_side(self.split, programs, self.params, xs, self.device)
         return found
 
     def _side_by_side(self, x: np.ndarray, target: Sink[Result], progress) -> Result:
         """Every example in groups, each group's matrices and layer values from one program."""
         assert self.whole is not None, "examples side by side are for small layers"
-        group = self.whole.group_size(self.split, len(x))
-        fresh = group not in self._side
-        program = self.side_by_side(group, x[:group])
+        trial_group = self.whole.group_size(self.split, len(x))
+        fresh = (trial_group, None) not in self._side
+        program = self.side_by_side(trial_group, x[:trial_group])
+        compile_seconds = program.compile_seconds if fresh else 0.0
+        notes = (program.trial.describe(),) if fresh and program.trial is not None else ()
+        method = None if program.method == "plan" else program.method
+        # The trial compares every candidate on groups the largest one fits; the one chosen may take more
+        # examples at once (a ViT's final norm, 8 examples: plain reverse mode in 1 group, not 4 groups of 2)
+        group = self.whole.group_size(self.split, len(x), program.method)
+        if group != trial_group:
+            fresh = (group, program.method) not in self._side
+            program = self.side_by_side(group, x[:group], program.method)
+            compile_seconds += program.compile_seconds if fresh else 0.0
         start = time.perf_counter()
         activation = np.empty((len(x),) + self.split.activation_shape, np.dtype(self.split.activation_dtype))
         tick = _Ticker(progress, -(-len(x) // group))
@@ -327,10 +338,8 @@ class PreparedJacobian:
             activation[first : first + keep] = values
             target.put(JacobianBlock(first, Layout.EXAMPLES, self.split.param_names, 0, matrices))
             tick.advance(1)
-        notes = (program.trial.describe(),) if fresh and program.trial is not None else ()
-        method = None if program.method == "plan" else program.method
         seconds = time.perf_counter() - start
-        return target.finish(Done(x, activation, seconds, program.compile_seconds if fresh else 0.0, method, notes))
+        return target.finish(Done(x, activation, seconds, compile_seconds, method, notes))
 
     def _compressed_side_by_side(
         self, x: np.ndarray, target: Sink[Result], programs: _Programs, progress, compile_seconds: float

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
 # Above it one example's work outweighs a dispatch, and a large vmapped output is written to fresh pages
 # (slower on CPU than the per-example loop, measured on relu1 of the shipped LeNet, 14.4 MiB per example).
 SIDE_BY_SIDE_MAX_BYTES = 8 * 2**20
-GROUP_MAX_BYTES = 32 * 2**20
+# 64 MiB, not 32: 8 examples of a ViT's MLP layer (6 MiB each) in one group took 84-89 ms against 98-117 ms in two
+# groups of 4 (each copied into a zeroed result), a grouped CNN's layer (4.7 MiB each) 476-555 ms against 527-714.
+GROUP_MAX_BYTES = 64 * 2**20
 # Timed rounds of the trial (after one untimed run of each candidate); the median decides.
 TRIAL_ROUNDS = 5
 # A candidate this many times slower than the best after its first run leaves the trial.
@@ -84,17 +86,21 @@ WORKING_MAX_BYTES = 512 * 2**20
 @dataclasses.dataclass(frozen=True)
 class Candidates:
     """The programs that may compute a small layer's examples side by side: ``programs`` maps a name to
-    ``dense(params, x) -> (M, P)`` for one example; ``working`` is the largest one's estimated working memory
-    per example (it sizes the groups)."""
+    ``dense(params, x) -> (M, P)`` for one example; ``working`` maps it to its estimated working memory per
+    example, and ``cap`` is what a group may take (the user's budget, else ``WORKING_MAX_BYTES``): they size the
+    groups."""
 
     programs: dict[str, Callable]
-    working: int
+    working: dict[str, int]
+    cap: int
 
-    def group_size(self, split: LayerSplit, num_examples: int) -> int:
-        """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of matrices and ``WORKING_MAX_BYTES`` of
-        working memory."""
+    def group_size(self, split: LayerSplit, num_examples: int, method: str | None = None) -> int:
+        """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of matrices and ``cap`` of working
+        memory for ``method`` (default: for the largest candidate, so that a trial compares every candidate on
+        the same group)."""
+        working = max(self.working.values()) if method is None else self.working[method]
         by_result = GROUP_MAX_BYTES // max(1, dense_bytes(split, 1))
-        by_working = WORKING_MAX_BYTES // max(1, self.working)
+        by_working = self.cap // max(1, working)
         return equal_groups(num_examples, min(by_result, by_working))
 
 
@@ -153,15 +159,15 @@ def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candida
                 for b in alternative
             )
             options.append((describe_blocks(alternative), blocks))
-    programs, largest = {}, 0
+    programs, workings = {}, {}
     for name, blocks in options:
         working = sum(w for _, _, w in blocks)
         if working > cap:
             continue
         kernels = [kernel(m, held, names, m.basis_size(split, names), structure) for m, names, _ in blocks]
         programs[name] = dense_program(held, kernels[0] if len(kernels) == 1 else fused_kernel(kernels))
-        largest = max(largest, working)
-    return Candidates(programs, largest) if programs else None
+        workings[name] = working
+    return Candidates(programs, workings, cap) if programs else None
 
 
 def _batched(split: LayerSplit, dense: Callable) -> Callable:
