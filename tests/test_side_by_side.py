@@ -109,6 +109,7 @@ def test_the_chosen_candidate_takes_the_groups_its_own_memory_allows(split, monk
     jac = prepared.run(X, progress=lambda d, t: calls.append((d, t)))
     assert calls[-1] == (-(-5 // wider),) * 2
     assert any(n.startswith(f"timed trial for 2 example(s) side by side chose {smallest}") for n in jac.notes)
+    assert f"{smallest} then computed {wider} example(s) at a time (its own working memory)" in jac.notes
     np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
     assert set(prepared._side) == {(2, None), (wider, smallest)}
 

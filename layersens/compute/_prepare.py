@@ -320,7 +320,7 @@ class PreparedJacobian:
         fresh = (trial_group, None) not in self._side
         program = self.side_by_side(trial_group, x[:trial_group])
         compile_seconds = program.compile_seconds if fresh else 0.0
-        notes = (program.trial.describe(),) if fresh and program.trial is not None else ()
+        notes: tuple[str, ...] = (program.trial.describe(),) if fresh and program.trial is not None else ()
         method = None if program.method == "plan" else program.method
         # The trial compares every candidate on groups the largest one fits; the one chosen may take more
         # examples at once (a ViT's final norm, 8 examples: plain reverse mode in 1 group, not 4 groups of 2)
@@ -329,6 +329,8 @@ class PreparedJacobian:
             fresh = (group, program.method) not in self._side
             program = self.side_by_side(group, x[:group], program.method)
             compile_seconds += program.compile_seconds if fresh else 0.0
+            if notes:
+                notes += (f"{program.method} then computed {group} example(s) at a time (its own working memory)",)
         start = time.perf_counter()
         activation = np.empty((len(x),) + self.split.activation_shape, np.dtype(self.split.activation_dtype))
         tick = _Ticker(progress, -(-len(x) // group))
