@@ -13,6 +13,9 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 if os.environ.get("LAYERSENS_TEST_XLA", "fast") == "fast" and FAST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA_FLAGS}".strip()
+# For a test's own heavy reference program (``jax.jit(..., compiler_options=OPTIMIZED)`` overrides the flags above):
+# relu1's jacrev, 15,680 pullbacks, runs 3.4 s compiled fast and 1.5 s optimized.
+OPTIMIZED = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
