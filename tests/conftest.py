@@ -2,6 +2,8 @@ import os
 import shutil
 import tempfile
 
+from tests.compile_options import FAST_COMPILE, as_flags
+
 # The command lines the tests start inherit this environment, and importing JAX here would set its own default
 # (1) first: set the command line's own (XLA's C++ log lines off; see cli/main.py) before it does.
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -10,12 +12,10 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 # layersens's arithmetic against independent computations, not XLA's optimizer (measured: 20 % less time for
 # test_zoo, test_jacobian and test_strategies). `LAYERSENS_TEST_XLA=default python -m pytest` compiles as users do;
 # tests/test_jax_release.py checks the installed JAX with XLA's defaults either way.
-FAST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+FAST_XLA_FLAGS = as_flags(FAST_COMPILE)
 if os.environ.get("LAYERSENS_TEST_XLA", "fast") == "fast" and FAST_XLA_FLAGS not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA_FLAGS}".strip()
-# For a test's own heavy reference program (``jax.jit(..., compiler_options=OPTIMIZED)`` overrides the flags above):
-# relu1's jacrev, 15,680 pullbacks, runs 3.4 s compiled fast and 1.5 s optimized.
-OPTIMIZED = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+# A test's own heavy reference may be compiled optimized: jax.jit(..., compiler_options=compile_options.OPTIMIZED).
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402

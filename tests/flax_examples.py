@@ -105,6 +105,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
 
+from tests.compile_options import fast_jit
+
 # ---------------------------------------------------------------------------------------------------------------
 # linen: the MNIST CNN (examples/mnist before it moved to NNX). Features are hard-coded, as in the example, and
 # the activations are plain functions, so only Conv_0/Conv_1/Dense_0/Dense_1 have names of their own.
@@ -136,11 +138,8 @@ class MnistCNN(nn.Module):
 # test_random_architectures are): an eager init compiles each of its operations on its own, and an optimized one
 # takes seconds on CPU for what are random draws of a few thousand numbers (ResNet's: 8.7 s against 1.2 s). The
 # values are the same random draws, to rounding; no test depends on them beyond their being the model's parameters.
-INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
 def _init(module, *args):
-    return jax.jit(module.init, compiler_options=INIT_COMPILER_OPTIONS)(*args)
+    return fast_jit(module.init)(*args)
 
 
 def init_mnist_cnn(seed: int = 0):

@@ -11,6 +11,7 @@ import layersens
 from layersens.models import flatten_params
 from layersens_cli.main import main
 from tests import flax_examples as fx
+from tests.compile_options import fast_jit
 
 # float32 models against float32 jax.jacrev of another program: relative to the largest entry
 RTOL, ATOL_SCALE = 1e-4, 1e-5
@@ -40,7 +41,7 @@ def _reference(value):
     """``jax.jacrev`` of ``value(params, one example)`` per example, compiled without XLA's backend optimizations
     (as test_zoo's and test_random_architectures' references: a fraction of the compile time, and the float32
     results well inside RTOL)."""
-    return jax.jit(jax.vmap(jax.jacrev(value), in_axes=(None, 0)), compiler_options=fx.INIT_COMPILER_OPTIONS)
+    return fast_jit(jax.vmap(jax.jacrev(value), in_axes=(None, 0)))
 
 
 def _compare(jac, reference: dict, n):

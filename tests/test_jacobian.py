@@ -7,7 +7,8 @@ import pytest
 
 import layersens
 from layersens.models import flatten_params
-from tests.conftest import OPTIMIZED, TOL
+from tests.compile_options import OPTIMIZED
+from tests.conftest import TOL
 from tests.tiny_models import TinyCNN, TinyCNNNNX, TinyMLP, random_linen_variables, tiny_cnn_act_flat
 
 MODES = [

@@ -61,6 +61,7 @@ from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import layersens
+from tests.compile_options import fast_jit
 from tests.zoo import _flatten, _unflatten
 
 TOL = dict(rtol=1e-9, atol=1e-11)
@@ -92,11 +93,7 @@ def max_ops() -> int:
 
 # The references (Flax values, jax.jacrev of split.apply) are compiled without XLA's backend optimizations, as in
 # test_zoo: half the compile time, float64 results far inside TOL. layersens compiles its programs as it chooses.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def jit(fn):
-    return jax.jit(fn, compiler_options=FAST_COMPILE)
+jit = fast_jit
 
 
 # ---------------------------------------------------------------------------------------------------------------

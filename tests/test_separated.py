@@ -25,15 +25,12 @@ from layersens.compute._kernels import kernel
 from layersens.compute._separated import Separated, separated_columns
 from layersens.planning import SeparatedForward
 from tests import zoo
+from tests.compile_options import fast_jit
 from tests.test_zoo import MODE_PAIRS, reference, split_of
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 # XLA's backend optimizations off for these small programs: half the compile time, float64 results far inside TOL
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def jit(fn):
-    return jax.jit(fn, compiler_options=FAST_COMPILE)
+jit = fast_jit
 
 
 def _separated_jacobian(f, primals, first=0, colours=None):

@@ -28,6 +28,7 @@ import pytest
 
 import layersens
 from tests import zoo
+from tests.compile_options import fast_jit
 
 TOL = dict(rtol=1e-9, atol=1e-11)
 
@@ -69,11 +70,7 @@ SHIFT_INVARIANT = {"attn/key/bias"}
 
 # The zoo's own programs (references, Flax-side values) are compiled without XLA's backend optimizations: half the
 # compile time, and float64 results agree far inside TOL. layersens's programs are compiled as it chooses.
-FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def jit(fn):
-    return jax.jit(fn, compiler_options=FAST_COMPILE)
+jit = fast_jit
 
 
 @functools.lru_cache(maxsize=None)
