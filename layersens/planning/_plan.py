@@ -62,7 +62,7 @@ class PlannedBlock(Summarized):
 
     @property
     def describe(self) -> str:
-        return f"{self.method.name}[{'+'.join(self.names)}]"
+        return describe_block(self)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -134,13 +134,18 @@ class Plan(Summarized):
         return "\n".join(lines)
 
 
+def describe_block(block) -> str:
+    """One block (a plan's, or a strategy's ``Block``): its method with its leaves."""
+    return f"{block.method.name}[{'+'.join(block.names)}]"
+
+
 def describe_blocks(blocks) -> str:
     """Blocks (a plan's, or a strategy's ``Block`` s) as a result's ``mode`` names them: one method's name, or each
     method with its leaves."""
     methods = {b.method.name for b in blocks}
     if len(methods) == 1:
         return methods.pop()
-    return ", ".join(f"{b.method.name}[{'+'.join(b.names)}]" for b in blocks)
+    return ", ".join(describe_block(b) for b in blocks)
 
 
 def example_spec(split: LayerSplit, example) -> jax.ShapeDtypeStruct:
