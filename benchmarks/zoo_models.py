@@ -9,6 +9,10 @@ every layer run in milliseconds.
   (MobileNet style), a 1×1 conv, average pooling and a head.
 * ``lstm``: ``nn.RNN(nn.OptimizedLSTMCell)`` over a short sequence, and a readout of the last state.
 * ``lenet``: the shipped LeNet-digits example (its small layers; relu1/relu2/fc1 are ``run_lenet.py``'s).
+* ``mlp_out_in``: a plain-JAX MLP (``layersens.from_function``) whose kernels are laid out ``(out, in)`` and applied
+  as ``x @ W.T``, as PyTorch ports and the JAX tutorials write them.
+* ``conv_oihw``: plain-JAX convolutions with PyTorch-layout ``OIHW`` kernels on NHWC images, and an ``(out, in)``
+  readout.
 """
 
 from __future__ import annotations
@@ -89,6 +93,46 @@ class LSTM(nn.Module):
         return nn.Dense(4, name="readout")(h[:, -1])
 
 
+def mlp_out_in(sizes=(64, 256, 256, 10), seed=0):
+    rng = np.random.default_rng(seed)
+    params = {}
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        params[f"layer{i}"] = {
+            "weight": (rng.normal(size=(b, a)) / np.sqrt(a)).astype(np.float32),
+            "bias": (0.1 * rng.normal(size=(b,))).astype(np.float32),
+        }
+    depth = len(sizes) - 1
+
+    def apply(p, x):
+        for i in range(depth):
+            x = x @ p[f"layer{i}"]["weight"].T + p[f"layer{i}"]["bias"]
+            if i < depth - 1:
+                x = layersens.capture(f"tanh{i}", jnp.tanh(x))
+        return x
+
+    return layersens.from_function(apply, params, (sizes[0],), name="mlp_out_in")
+
+
+def conv_oihw(seed=0):
+    rng = np.random.default_rng(seed)
+    params = {
+        "conv1": {"weight": (0.3 * rng.normal(size=(8, 3, 3, 3))).astype(np.float32), "bias": np.zeros(8, np.float32)},
+        "conv2": {"weight": (0.1 * rng.normal(size=(8, 8, 3, 3))).astype(np.float32), "bias": np.zeros(8, np.float32)},
+        "fc": {"weight": (0.3 * rng.normal(size=(10, 8))).astype(np.float32), "bias": np.zeros(10, np.float32)},
+    }
+
+    def conv(x, layer):
+        y = jax.lax.conv_general_dilated(x, layer["weight"], (1, 1), "SAME", dimension_numbers=("NHWC", "OIHW", "NHWC"))
+        return y + layer["bias"]
+
+    def apply(p, x):
+        h = layersens.capture("tanh1", jnp.tanh(conv(x, p["conv1"])))
+        h = layersens.capture("tanh2", jnp.tanh(conv(h, p["conv2"])))
+        return h.mean(axis=(1, 2)) @ p["fc"]["weight"].T + p["fc"]["bias"]
+
+    return layersens.from_function(apply, params, (12, 12, 3), name="conv_oihw")
+
+
 @dataclasses.dataclass(frozen=True)
 class ZooModel:
     name: str
@@ -115,6 +159,8 @@ ZOO = {
     ),
     "grouped_cnn": ZooModel("grouped_cnn", lambda: _linen(GroupedCNN(), (8, 8, 3)), _normal((8, 8, 3))),
     "lstm": ZooModel("lstm", lambda: _linen(LSTM(), (6, 5)), _normal((6, 5))),
+    "mlp_out_in": ZooModel("mlp_out_in", mlp_out_in, _normal((64,))),
+    "conv_oihw": ZooModel("conv_oihw", conv_oihw, _normal((12, 12, 3))),
     "lenet": ZooModel(
         "lenet",
         lambda: layersens.load_model(LENET_DIGITS),

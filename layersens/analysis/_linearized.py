@@ -69,17 +69,20 @@ def jvp_jaxpr(split: LayerSplit) -> jcore.ClosedJaxpr:
 
 def channel_structure_of(split: LayerSplit, closed) -> dict[str, ChannelStructure]:
     """The upstream leaves of ``split`` that are channel-diagonal with respect to its layer. Cost: one pass over
-    the derivative program per leaf."""
+    the derivative program per leaf and candidate axis."""
     found = {}
     n_primal = len(closed.jaxpr.invars) - len(split.param_names)
     for k, (name, shape) in enumerate(zip(split.param_names, split.param_shapes)):
         if not shape:
             continue
-        states: list[int | None] = [None] * len(closed.jaxpr.invars)
-        states[n_primal + k] = len(shape) - 1
-        _, out = structure_of(closed.jaxpr, states)
-        if out is not None and out != MIXED and split.activation_shape[out] == shape[-1]:
-            found[name] = ChannelStructure(leaf=name, channels=shape[-1], output_axis=out)
+        # The last axis first (Flax's layout); then the first, for a kernel laid out (out, in)
+        for leaf_axis in (-1, 0) if len(shape) > 1 else (-1,):
+            states: list[int | None] = [None] * len(closed.jaxpr.invars)
+            states[n_primal + k] = leaf_axis % len(shape)
+            _, out = structure_of(closed.jaxpr, states)
+            if out is not None and out != MIXED and split.activation_shape[out] == shape[leaf_axis]:
+                found[name] = ChannelStructure(name, shape[leaf_axis], out, leaf_axis)
+                break
     return found
 
 

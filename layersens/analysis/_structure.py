@@ -8,7 +8,8 @@ one column of every channel at once (column colouring), one pullback one row of 
 The analysis runs over the *derivative* program: the JVP of the split's jaxpr (``_linearized``), so custom
 derivative rules and ``stop_gradient`` are seen as JAX differentiates them. A value's abstract value is
 ``None`` (no tangent reaches it), an axis ``a`` (its slice ``c`` along ``a`` depends only on the leaf's channel
-``c``: the leaf's last axis, as Flax lays out kernels, biases and scales) or ``MIXED``. ``STRUCTURE_RULES`` holds
+``c``: the leaf's last axis, as Flax lays out kernels, biases and scales, or failing that its first, as an
+``(out, in)`` kernel is laid out) or ``MIXED``. ``STRUCTURE_RULES`` holds
 one rule per primitive, keyed by the primitive object; a primitive without a rule makes every non-constant
 output ``MIXED``, so an unknown operation costs structure (speed), never correctness.
 """
@@ -401,11 +402,31 @@ STRUCTURE = Analysis(
 
 @dataclasses.dataclass(frozen=True)
 class ChannelStructure:
-    """Leaf ``leaf``'s last axis (``channels`` long) maps one to one onto axis ``output_axis`` of the layer."""
+    """Leaf ``leaf``'s channel axis (``channels`` long) maps one to one onto axis ``output_axis`` of the layer.
+
+    The channel axis is the leaf's last (``leaf_axis == -1``: Flax's kernels, biases and scales) or its first
+    (``leaf_axis == 0``: an ``(out, in)`` kernel used as ``W @ x`` or ``x @ W.T``, a PyTorch-layout ``OIHW``
+    convolution kernel). A leaf's columns are its elements in row-major order; column ``(w, c)`` (within-channel
+    index ``w`` of ``W = size / C``, channel ``c``) is ``w·C + c`` for the last axis and ``c·W + w`` for the first.
+    """
 
     leaf: str
     channels: int
     output_axis: int
+    leaf_axis: int = -1
+
+    @property
+    def channel_last(self) -> bool:
+        return self.leaf_axis == -1
+
+    def column_strides(self, within: int) -> tuple[int, int]:
+        """How far one step of the within-channel index, and of the channel, moves along the leaf's columns."""
+        return (self.channels, 1) if self.channel_last else (1, within)
+
+    def columns(self, values):
+        """``values[..., C, W]`` (channel, within-channel index) in the leaf's own column order, flattened."""
+        ordered = values if not self.channel_last else values.swapaxes(-1, -2)
+        return ordered.reshape(ordered.shape[:-2] + (-1,))
 
 
 def structure_of(jaxpr, in_states: list) -> list:

@@ -97,13 +97,16 @@ def stated_compressed(real: CompressedJacobian, parts) -> CompressedJacobian:
     def kept(stated: str) -> ChannelStructure | None:
         if not all(s in real.structure for s in sources[stated]):
             return None
-        axes = {(real.structure[s].channels, real.structure[s].output_axis % len(act)) for s in sources[stated]}
+        axes = {
+            (real.structure[s].channels, real.structure[s].output_axis % len(act), real.structure[s].leaf_axis)
+            for s in sources[stated]
+        }
         if len(axes) != 1:
             return None
-        ((channels, axis),) = axes
+        ((channels, axis, leaf_axis),) = axes
         if parts.stacked and axis == 0:
             return None  # the channels are Re and Im themselves: no channel axis in the stated layer
-        return ChannelStructure(stated, channels, axis - 1 if parts.stacked else axis)
+        return ChannelStructure(stated, channels, axis - 1 if parts.stacked else axis, leaf_axis)
 
     structure = {name: s for name in sources if (s := kept(name)) is not None}
     blocks = {}

@@ -10,7 +10,7 @@ import numpy as np
 
 from .._errors import JacobianTooLargeError, format_bytes
 from .._progress import announce
-from ..planning import Auto, Structured, available_memory
+from ..planning import Auto, Structured, as_strategy, available_memory, channel_last_only
 from ..results import CompressedJacobian, LayerJacobian, StoredJacobian
 from ._blocks import dense_bytes
 from ._cache import prepared_for
@@ -181,4 +181,5 @@ def stream_jacobian(
     """
     x = split.model.check_inputs(inputs, dtype=split.input_dtype)
     sink = StoreSink(out, compressed=compressed, overwrite=overwrite, written=written)
-    return _run(split, x, sink, mode, max_memory, device, progress, devices)
+    # the store's slabs and its readers follow (w, c) columns: leaves whose channel is their first go uncoloured
+    return _run(split, x, sink, channel_last_only(as_strategy(mode)), max_memory, device, progress, devices)

@@ -27,6 +27,7 @@ from ..planning import (
     Method,
     RowColouring,
     SeparatedForward,
+    colour_runs,
     column_starts,
     contiguous_runs,
     leaf_size,
@@ -100,14 +101,33 @@ def _with_linearization(forward: bool, setup, chunk):
     return linearize, compute
 
 
-def _expand_diagonal(values, row_shape, channel_axis: int):
-    """The dense block a channel diagonal fills, built on the device: ``(prod(row_shape), W × C)``."""
+def _expand_diagonal(values, row_shape, channel_axis: int, channel_last: bool = True):
+    """The dense block a channel diagonal fills, built on the device: ``(prod(row_shape), W × C)``, its columns
+    ``(w, c)`` (``channel_last``) or ``(c, w)`` (a leaf whose channel axis is its first)."""
     C = row_shape[channel_axis]
     full = tuple(row_shape) + (values.shape[-1], C)
     same_channel = lax.broadcasted_iota(jnp.int32, full, channel_axis) == lax.broadcasted_iota(
         jnp.int32, full, len(full) - 1
     )
-    return jnp.where(same_channel, values[..., None], 0).reshape(int(np.prod(row_shape)), -1)
+    dense = jnp.where(same_channel, values[..., None], 0)
+    return (dense if channel_last else dense.swapaxes(-1, -2)).reshape(int(np.prod(row_shape)), -1)
+
+
+def _check_colour_block(split: LayerSplit, names, structure, what: str) -> None:
+    """A colouring block's leaves continue one another's ``(w, c)`` columns: adjacent, one channel count, each
+    with its channel last; a leaf whose channel axis is its first has ``(c, w)`` columns, and a block of its own."""
+    first = structure[names[0]]
+    if (
+        any(structure[k].channels != first.channels for k in names)
+        or len(contiguous_runs(split, names)) > 1
+        or (len(names) > 1 and not all(structure[k].channel_last for k in names))
+    ):
+        raise ValueError(f"a {what} block needs adjacent channel-last leaves of one channel count: {names}")
+
+
+def _moved_within(s, shape, structure):
+    """Tangent ``s`` (one entry per within-channel index) of a leaf of ``shape``, moving every channel alike."""
+    return s.reshape(shape[:-1] + (1,) if structure.channel_last else (1,) + shape[1:])
 
 
 def dense_forward_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
@@ -166,11 +186,11 @@ KERNELS[DenseReverse] = dense_reverse_kernel
 
 
 def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
-    C, axis = structure[names[0]].channels, structure[names[0]].output_axis
-    if any((structure[k].channels, structure[k].output_axis) != (C, axis) for k in names) or (
-        len(contiguous_runs(split, names)) > 1
-    ):
-        raise ValueError(f"a colouring block needs adjacent leaves of one channel axis: {names}")
+    axis = structure[names[0]].output_axis
+    _check_colour_block(split, names, structure, "colouring")
+    if any(structure[k].output_axis != axis for k in names):
+        raise ValueError(f"a colouring block needs leaves of one layer channel axis: {names}")
+    channel_last = structure[names[0]].channel_last
     bounds = np.cumsum([0] + [leaf_size(split, k) // structure[k].channels for k in names])
     if len(names) > 1 and width != bounds[-1]:
         raise ValueError("a colouring block of several leaves is computed in one chunk")
@@ -185,7 +205,8 @@ def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: in
 
         def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
             moved = {
-                k: params[k] + s[a:b].reshape(shapes[k][:-1] + (1,)) for k, a, b in zip(names, bounds[:-1], bounds[1:])
+                k: params[k] + _moved_within(s[a:b], shapes[k], structure[k])
+                for k, a, b in zip(names, bounds[:-1], bounds[1:])
             }
             return split.apply({**params, **moved}, x)
 
@@ -200,7 +221,12 @@ def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: in
 
     linearize, compute = _with_linearization(True, setup, chunk)
     return Kernel(
-        compute, linearize, chunk, blocks, lambda outputs: [(start, _expand_diagonal(outputs[0], act_shape, axis))], 1
+        compute,
+        linearize,
+        chunk,
+        blocks,
+        lambda outputs: [(start, _expand_diagonal(outputs[0], act_shape, axis, channel_last))],
+        1,
     )
 
 
@@ -211,7 +237,9 @@ def row_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, 
     C = structure[names[0]].channels
     S = split.num_outputs // C
     whole = width >= S
-    runs = contiguous_runs(split, names)
+    runs = colour_runs(split, names, structure)
+    for run in runs:
+        _check_colour_block(split, run, structure, "row colouring")
     starts = column_starts(split)
     dtype = np.dtype(split.activation_dtype)
 
@@ -219,13 +247,15 @@ def row_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, 
         params = split.point(params, x)  # the parameters, or this example's input or activation
         return (lambda block: split.apply({**params, **block}, x).reshape(S, C)), {k: params[k] for k in names}
 
+    def by_within(grad, k):  # (width, W, C) of one leaf, whichever its channel axis
+        last = structure[k].channel_last
+        return grad.reshape(width, -1, C) if last else grad.reshape(width, C, -1).swapaxes(1, 2)
+
     def chunk(pull, offset):
         basis = one_hot_rows(0 if whole else offset, width, S, dtype)  # position s, every channel
         grads = jax.vmap(pull)(jnp.broadcast_to(basis[:, :, None], (width, S, C)))[0]
         # Adjacent leaves' columns continue one another: one (width, C, W_run) diagonal per run.
-        return tuple(
-            jnp.concatenate([grads[k].reshape(width, -1, C) for k in run], axis=1).swapaxes(1, 2) for run in runs
-        )
+        return tuple(jnp.concatenate([by_within(grads[k], k) for k in run], axis=1).swapaxes(1, 2) for run in runs)
 
     def blocks(n, offset, outputs):
         return [JacobianBlock(n, Layout.CHANNEL_ROWS, run, offset, values) for run, values in zip(runs, outputs)]
@@ -237,7 +267,8 @@ def row_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, 
         chunk,
         blocks,
         lambda outputs: [
-            (starts[run[0]], _expand_diagonal(values, (width, C), 1)) for run, values in zip(runs, outputs)
+            (starts[run[0]], _expand_diagonal(values, (width, C), 1, structure[run[0]].channel_last))
+            for run, values in zip(runs, outputs)
         ],
         len(runs),
     )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..planning import Auto
+from ..planning import Auto, leaf_size
 from ..results import Sensitivity
 from ..tracing import require_real
 from ._blocks import JacobianBlock, Layout
@@ -41,6 +41,7 @@ class SensitivitySink(Sink[Sensitivity]):
         split = job.split
         self.job = job
         self.starts = _starts(split, split.param_names)
+        self.sizes = {n: leaf_size(split, n) for n in split.param_names}
         self.columns = np.zeros((job.num_examples, split.num_params), np.float64)  # Σ_i J[i, p]²
         self.rows = np.zeros((job.num_examples, split.num_outputs), np.float64)  # Σ_p J[i, p]²
 
@@ -61,12 +62,17 @@ class SensitivitySink(Sink[Sensitivity]):
             axis = s.output_axis % len(shape)
             width = squares.shape[-1]
             per_channel = np.moveaxis(squares, axis, -2).reshape(-1, s.channels, width).sum(axis=0)  # (C, width)
-            at = start + offset * s.channels
-            columns[at : at + width * s.channels] += per_channel.T.reshape(-1)
+            if s.channel_last:
+                at = start + offset * s.channels
+                columns[at : at + width * s.channels] += per_channel.T.reshape(-1)
+            else:  # a block of its own, columns (c, w)
+                size = self.sizes[block.names[0]]
+                columns[start : start + size].reshape(s.channels, -1)[:, offset : offset + width] += per_channel
             rows += squares.reshape(-1, width).sum(axis=1)
         elif layout is Layout.CHANNEL_ROWS:  # (width, C, W_run): (s, c, w) is row (offset + s, c), column (w, c)
             width, channels, run = squares.shape
-            columns[start : start + run * channels] += squares.sum(axis=0).T.reshape(-1)
+            s = self.job.structure[block.names[0]]
+            columns[start : start + run * channels] += s.columns(squares.sum(axis=0))
             rows[offset * channels : (offset + width) * channels] += squares.sum(axis=2).reshape(-1)
         elif layout is Layout.WHOLE:  # (M, P)
             columns += squares.sum(axis=0)

@@ -109,19 +109,30 @@ def within_ranges(within: Mapping[str, int], names):
         at += within[name]
 
 
-def place_diagonal(matrix: np.ndarray, row: int, column: int, row_shape, channel_axis: int, values: np.ndarray):
+def place_diagonal(
+    matrix: np.ndarray,
+    row: int,
+    column: int,
+    row_shape,
+    channel_axis: int,
+    values: np.ndarray,
+    column_strides: tuple[int, int] | None = None,
+):
     """Writes ``values`` (``row_shape + (W,)``) onto the channel diagonal of a block of ``matrix`` (C-contiguous,
-    ``(M, P)``) that starts at ``(row, column)``, whose rows are laid out as ``row_shape`` and whose columns as
-    ``(W, C)``: entry ``(r, (w, c))`` with ``r[channel_axis] == c`` gets ``values[r + (w,)]``."""
+    ``(M, P)``) that starts at ``(row, column)``, whose rows are laid out as ``row_shape``: entry ``(r, (w, c))``
+    with ``r[channel_axis] == c`` gets ``values[r + (w,)]``. Column ``(w, c)`` lies ``w·sw + c·sc`` right of
+    ``column`` for ``column_strides`` ``(sw, sc)``: ``(C, 1)`` (the default, a leaf's channel last) or ``(1, W)``
+    (``ChannelStructure.column_strides``)."""
     item = matrix.itemsize
     num_params = matrix.shape[1]
     C = row_shape[channel_axis]
+    sw, sc = (C, 1) if column_strides is None else column_strides
     row_strides = [int(np.prod(row_shape[a + 1 :], dtype=np.int64)) * num_params * item for a in range(len(row_shape))]
-    row_strides[channel_axis] += item  # moving one channel down the rows moves one column right
+    row_strides[channel_axis] += sc * item  # moving one channel down the rows moves sc columns right
     flat = matrix.reshape(-1)
     start = row * num_params + column
     view = np.lib.stride_tricks.as_strided(
-        flat[start:], shape=tuple(row_shape) + (values.shape[-1],), strides=tuple(row_strides) + (C * item,)
+        flat[start:], shape=tuple(row_shape) + (values.shape[-1],), strides=tuple(row_strides) + (sw * item,)
     )
     view[...] = values
 
@@ -164,6 +175,7 @@ class _Matrix:
     def __init__(self, split: LayerSplit, structure: Mapping[str, ChannelStructure], num_examples: int, names):
         self.names = tuple(names)
         self.starts = _starts(split, self.names)
+        self.sizes = {n: leaf_size(split, n) for n in self.names}
         self.structure = structure
         self.activation_shape = split.activation_shape
         width = sum(leaf_size(split, n) for n in self.names)
@@ -180,14 +192,21 @@ class _Matrix:
             matrix[offset : offset + values.shape[0], start : start + values.shape[1]] = values
         elif block.layout is Layout.CHANNEL_COLUMNS:
             s = self.structure[names[0]]
-            place_diagonal(
-                matrix, 0, self.starts[names[0]] + offset * s.channels, self.activation_shape, s.output_axis, values
-            )
+            strides = self._strides(names)
+            column = self.starts[names[0]] + offset * strides[0]
+            place_diagonal(matrix, 0, column, self.activation_shape, s.output_axis, values, strides)
         elif block.layout is Layout.CHANNEL_ROWS:
             width, channels = values.shape[:2]
-            place_diagonal(matrix, offset * channels, self.starts[names[0]], (width, channels), 1, values)
+            place_diagonal(
+                matrix, offset * channels, self.starts[names[0]], (width, channels), 1, values, self._strides(names)
+            )
         else:
             raise ValueError(f"the matrix takes no {block.layout} block here")
+
+    def _strides(self, names) -> tuple[int, int]:
+        """Column strides of a colouring block's ``(w, c)`` (a channel-first leaf is a block of its own)."""
+        s = self.structure[names[0]]
+        return s.column_strides(self.sizes[names[0]] // s.channels)
 
 
 class DenseSink(Sink[LayerJacobian]):
@@ -281,7 +300,7 @@ class CompressedSink(Sink[CompressedJacobian]):
         elif block.layout is Layout.CHANNEL_ROWS:
             width, channels = values.shape[:2]
             for name, a, b in self._leaves(block.names):
-                rows = self._block(name)[n].reshape(-1, channels, b - a)  # (S, C, W): channels are the last axis
+                rows = self._block(name)[n].reshape(-1, channels, b - a)  # (S, C, W): the layer's channels last
                 rows[offset : offset + width] = values[:, :, a:b]
         elif block.layout is Layout.CHANNEL_EXAMPLES and every:
             self._blocks[block.names[0]] = values  # zero-copy: the program's output becomes the result

@@ -146,6 +146,9 @@ class StoreSink(Sink[StoredJacobian]):
         self.job = job
         if job.inputs is None:
             raise ValueError("a store records its inputs: the job must carry them")
+        first = [n for n in job.plan.coloured if not job.structure[n].channel_last]
+        if first:  # its slabs, its ledger and its readers take a coloured leaf's columns as (w, c)
+            raise ValueError(f"a store takes colouring of channel-last leaves only (channel_last_only): {first}")
         methods = {n: b.method.name for b in job.plan.blocks for n in b.names}
         self.fingerprint = fingerprint(split, job.inputs, methods, "compressed" if self.compressed else "dense")
         target = resolve_target(self.path)

@@ -1,7 +1,7 @@
 """Planning: the methods (what each costs), the strategies that choose them, and the plan that sizes their
 chunks. Pure: nothing here builds or runs a device program (that is ``compute``)."""
 
-from ._layout import column_starts, contiguous_runs, leaf_size
+from ._layout import colour_runs, column_starts, contiguous_runs, leaf_size
 from ._memory import available_memory, balanced_width, chunk_size, parse_bytes, working_memory
 from ._methods import METHODS, ColumnColouring, DenseForward, DenseReverse, Method, RowColouring, SeparatedForward
 from ._plan import Plan, PlannedBlock, aligned, describe_blocks, example_spec, plan
@@ -15,5 +15,6 @@ from ._strategies import (
     Strategy,
     Structured,
     as_strategy,
+    channel_last_only,
     plan_blocks,
 )

@@ -125,10 +125,12 @@ class Structured(Strategy):
     """
 
     chunk_size: int | None = None
+    channel_first: bool = True  # see Auto
     name: ClassVar[str] = "structured"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        return plan_blocks(split, analyze(split).structure, self.chunk_size, force_structure=True)
+        structure = _usable_structure(split, self.channel_first)
+        return plan_blocks(split, structure, self.chunk_size, force_structure=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,14 +147,30 @@ class Auto(Strategy):
     than the arithmetic counted, the plan's program races plain reverse and forward mode on the first inputs
     (a few runs each, once per input shape) and the fastest is kept; the result's notes give the timings. Costs
     one extra compilation per candidate. ``False`` keeps the plan.
+
+    ``channel_first``: whether a leaf whose channel axis is its first (an ``(out, in)`` kernel) may be coloured;
+    a store on disk (``stream_jacobian``) plans without, as its slabs follow ``(w, c)`` columns.
     """
 
     chunk_size: int | None = None
     trial: bool = True
+    channel_first: bool = True
     name: ClassVar[str] = "auto"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        return plan_blocks(split, analyze(split).structure, self.chunk_size)
+        return plan_blocks(split, _usable_structure(split, self.channel_first), self.chunk_size)
+
+
+def _usable_structure(split: LayerSplit, channel_first: bool) -> dict:
+    structure = analyze(split).structure
+    return structure if channel_first else {n: s for n, s in structure.items() if s.channel_last}
+
+
+def channel_last_only(strategy: Strategy) -> Strategy:
+    """``strategy``, colouring only leaves whose channel axis is their last (what a store on disk takes)."""
+    if getattr(strategy, "channel_first", False):
+        return dataclasses.replace(strategy, channel_first=False)  # type: ignore[type-var]
+    return strategy
 
 
 def plan_blocks(
@@ -231,12 +249,14 @@ def plan_blocks(
         Block(run, SEPARATED, chunk_size) for run in _runs_by(split, separated, lambda n: separation[n].channels)
     ]
     # Adjacent coloured leaves of one channel axis share a block: one JVP batch, and one mask writes all their
-    # columns at once.
+    # columns at once. A leaf whose channel is its first axis has (c, w) columns, and a block of its own.
     coloured = [n for n in split.param_names if choice[n] == "fwd" and n in structure]
-    blocks += [
-        Block(run, COLUMNS, chunk_size)
-        for run in _runs_by(split, coloured, lambda n: (structure[n].channels, structure[n].output_axis))
-    ]
+
+    def colour_key(n):
+        st = structure[n]
+        return (st.channels, st.output_axis, None if st.channel_last else n)
+
+    blocks += [Block(run, COLUMNS, chunk_size) for run in _runs_by(split, coloured, colour_key)]
     for g, method in groups.items():
         names = tuple(n for n in split.param_names if choice[n] == g)
         if names:

@@ -1,10 +1,11 @@
 """The compressed Jacobian: per-channel blocks for channel-diagonal leaves, dense columns for the rest.
 
-For a leaf whose last axis (C channels) maps onto axis ``a`` of the layer, the dense Jacobian block is zero
-except where the layer's channel equals the leaf's channel. The compressed block keeps only those entries:
-``channel_blocks[leaf][n, *act, w]`` is d act[n, *act] / d leaf[w, c] with c the channel of ``*act``: W = leaf
-size / C entries per activation element instead of W·C (20× smaller for relu1 of the shipped example). The
-conversion to dense is lossless (:meth:`CompressedJacobian.to_dense`).
+For a leaf whose channel axis (C channels, its last or its first) maps onto axis ``a`` of the layer, the dense
+Jacobian block is zero except where the layer's channel equals the leaf's channel. The compressed block keeps only
+those entries: ``channel_blocks[leaf][n, *act, w]`` is d act[n, *act] / d leaf[w, c] with c the channel of
+``*act`` and w the index over the leaf's other axes: W = leaf size / C entries per activation element instead of
+W·C (20× smaller for relu1 of the shipped example). The conversion to dense is lossless
+(:meth:`CompressedJacobian.to_dense`).
 """
 
 from __future__ import annotations
@@ -90,11 +91,12 @@ def _expand(block: np.ndarray, structure, out: np.ndarray) -> np.ndarray:
     """Writes the channel-diagonal ``block`` (``(examples,) + activation_shape + (W,)``, channels along
     ``structure.output_axis`` of the activation) into ``out`` (``(examples, M, W * C)``, zeros off the diagonal:
     column ``(w, c)`` of row ``r`` is ``block[r, w]`` where ``r``'s channel is ``c``); returns ``out``."""
-    n, act, C = block.shape[0], block.shape[1:-1], structure.channels
-    view = out.reshape((n,) + act + (block.shape[-1], C))  # splits axes only: a view of ``out``
+    n, act, C, W = block.shape[0], block.shape[1:-1], structure.channels, block.shape[-1]
+    # splits axes only: a view of ``out``, its columns (w, c), or (c, w) for a leaf whose channel axis is its first
+    view = out.reshape((n,) + act + ((W, C) if structure.channel_last else (C, W)))
     assert np.may_share_memory(view, out), "the diagonal is written through a view"
     axis = structure.output_axis % len(act)
     for c in range(C):
         at = (slice(None),) * (1 + axis) + (c,)
-        view[at + (Ellipsis, c)] = block[at]
+        view[at + ((Ellipsis, c) if structure.channel_last else (Ellipsis, c, slice(None)))] = block[at]
     return out

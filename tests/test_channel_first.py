@@ -1,0 +1,210 @@
+"""Leaves whose channel axis is their first: an ``(out, in)`` kernel used as ``x @ W.T`` or ``einsum("oi,bi")``
+(PyTorch's layout, the JAX tutorials' ``W @ x``) and an ``OIHW`` convolution kernel. The analysis finds them
+(``ChannelStructure.leaf_axis == 0``); every colouring path (column and row colouring, chunked, in blocks beside
+channel-last leaves, built on the device or placed on the host, the compressed form, the sensitivity sums, a complex
+convention) is checked against ``jax.jacrev`` of the flat function in float64 (rtol 1e-10, atol 1e-12); a store
+plans them uncoloured and refuses a plan that colours them.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import layersens
+from layersens.planning import Block, ColumnColouring, DenseForward, DenseReverse, RowColouring
+
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+@pytest.fixture(autouse=True)
+def _x64():
+    with jax.enable_x64(True):
+        yield
+
+
+def _torch_mlp(dtype=np.float64):
+    """h1 = tanh(x Wᵀ + b), h2 = relu(W2 h1 + V x + c): every kernel laid out (out, in)."""
+    rng = np.random.default_rng(0)
+    params = {
+        "V": rng.normal(size=(5, 4)),
+        "W1": rng.normal(size=(6, 4)),
+        "W2": rng.normal(size=(5, 6)),
+        "b1": rng.normal(size=(6,)),
+        "c": rng.normal(size=(5,)),
+    }
+    params = {k: v.astype(dtype) for k, v in params.items()}
+
+    def apply(p, x):
+        h = layersens.capture("h1", jnp.tanh(x @ p["W1"].T + p["b1"]))
+        return layersens.capture("h2", jax.nn.relu(jnp.einsum("oi,bi->bo", p["W2"], h) + x @ p["V"].T + p["c"]))
+
+    return layersens.from_function(apply, params, (4,), str(np.dtype(dtype)), name="torch_mlp")
+
+
+def _oihw_conv():
+    """A convolution with a PyTorch-layout kernel (O, I, H, W) on NHWC inputs, then a bias and tanh."""
+    rng = np.random.default_rng(1)
+    params = {"K": rng.normal(size=(3, 2, 3, 3)), "bias": rng.normal(size=(3,))}
+
+    def apply(p, x):
+        y = jax.lax.conv_general_dilated(x, p["K"], (1, 1), "SAME", dimension_numbers=("NHWC", "OIHW", "NHWC"))
+        return layersens.capture("conv", jnp.tanh(y + p["bias"])).sum(axis=(1, 2))
+
+    return layersens.from_function(apply, params, (5, 4, 2), "float64", name="oihw")
+
+
+def _reference(split, xs):
+    def flat(params, x):
+        return jnp.ravel(split.apply(params, x))
+
+    def one(x):
+        jac = jax.jacrev(flat)(split.params, x)
+        return np.concatenate([np.asarray(jac[k]).reshape(split.num_outputs, -1) for k in split.param_names], 1)
+
+    return np.stack([one(x) for x in xs])
+
+
+def _inputs(split, n=3, seed=2):
+    return np.random.default_rng(seed).normal(size=(n,) + split.input_shape)
+
+
+class _Forced(layersens.Structured):
+    """Hand-picked blocks, to reach each kernel on these leaves whatever the cost model prefers."""
+
+    def __init__(self, blocks):
+        object.__setattr__(self, "chosen", tuple(blocks))
+
+    def blocks(self, split):
+        return self.chosen
+
+    def __hash__(self):
+        return hash(self.chosen)
+
+
+def test_the_analysis_finds_channels_on_a_leafs_first_axis():
+    structure = layersens.channel_structure(layersens.split(_torch_mlp(), "h1"))
+    assert structure["W1"] == layersens.ChannelStructure("W1", 6, 0, leaf_axis=0)
+    assert structure["b1"].leaf_axis == -1 and structure["b1"].channel_last
+    h2 = layersens.channel_structure(layersens.split(_torch_mlp(), "h2"))
+    assert {n: s.leaf_axis for n, s in h2.items()} == {"V": 0, "W2": 0, "c": -1}  # W1 and b1 mix through h1
+    conv = layersens.channel_structure(layersens.split(_oihw_conv(), "conv"))
+    assert conv["K"] == layersens.ChannelStructure("K", 3, 2, leaf_axis=0)
+
+
+def test_a_square_kernel_used_both_ways_is_not_channel_diagonal():
+    params = {"W": np.random.default_rng(3).normal(size=(4, 4))}
+
+    def apply(p, x):
+        return layersens.capture("out", jnp.tanh(x @ p["W"]) @ p["W"].T)
+
+    split = layersens.split(layersens.from_function(apply, params, (4,), "float64"), "out")
+    assert layersens.channel_structure(split) == {}
+    xs = _inputs(split)
+    np.testing.assert_allclose(layersens.jacobian(split, xs).matrix, _reference(split, xs), **TOL)
+
+
+@pytest.mark.parametrize("mode", ["auto", "structured", "forward", "reverse", "per-leaf"])
+@pytest.mark.parametrize("layer", ["h1", "h2"])
+def test_every_strategy_on_an_out_in_mlp(mode, layer):
+    split = layersens.split(_torch_mlp(), layer)
+    xs = _inputs(split)
+    np.testing.assert_allclose(layersens.jacobian(split, xs, mode=mode).matrix, _reference(split, xs), **TOL)
+
+
+FORCED = {
+    # column colouring of the OIHW kernel alone, whole and in chunks of 1 and 4 within-channel indices (18 of them)
+    "columns": [Block(("K",), ColumnColouring()), Block(("bias",), DenseForward())],
+    "columns-1": [Block(("K",), ColumnColouring(), 1), Block(("bias",), ColumnColouring(), 1)],
+    "columns-4": [Block(("K",), ColumnColouring(), 4), Block(("bias",), DenseReverse(), 7)],
+    # row colouring of a channel-first and a channel-last leaf in one block (two runs), whole and in chunks
+    "rows": [Block(("K", "bias"), RowColouring())],
+    "rows-3": [Block(("K", "bias"), RowColouring(), 3)],
+}
+
+
+@pytest.mark.parametrize("name", FORCED)
+def test_each_colouring_of_an_oihw_kernel(name, monkeypatch):
+    import layersens.compute._prepare as driver
+
+    split = layersens.split(_oihw_conv(), "conv")
+    xs = _inputs(split)
+    reference = _reference(split, xs)
+    strategy = _Forced(FORCED[name])
+    device_built = layersens.jacobian(split, xs, mode=strategy)
+    np.testing.assert_allclose(device_built.matrix, reference, **TOL)
+    monkeypatch.setattr(driver, "DEVICE_DENSE_MAX_BYTES", 0)  # the zeroed host array + placed nonzeros
+    host_placed = layersens.jacobian(layersens.split(_oihw_conv(), "conv"), xs, mode=strategy)
+    np.testing.assert_allclose(host_placed.matrix, reference, **TOL)
+    compressed = layersens.compressed_jacobian(layersens.split(_oihw_conv(), "conv"), xs, mode=strategy)
+    assert compressed.channel_blocks["K"].shape == (3, 5, 4, 3, 18)
+    np.testing.assert_allclose(compressed.to_dense().matrix, reference, **TOL)
+    np.testing.assert_allclose(compressed.leaf_columns("K"), reference[:, :, :54], **TOL)
+
+
+@pytest.mark.parametrize("name", ["columns-4", "rows-3"])
+def test_sensitivity_of_an_oihw_kernel_from_its_coloured_blocks(name):
+    split = layersens.split(_oihw_conv(), "conv")
+    xs = _inputs(split)
+    reference = _reference(split, xs)
+    result = layersens.sensitivity(split, xs, mode=_Forced(FORCED[name]))
+    squares = np.sum(reference**2, axis=1)  # (examples, P): Σ_i J[i, p]²
+    np.testing.assert_allclose(result.parameter["K"], squares[:, :54].reshape(3, 3, 2, 3, 3), **TOL)
+    np.testing.assert_allclose(result.parameter["bias"], squares[:, 54:], **TOL)
+    np.testing.assert_allclose(result.unit.reshape(3, -1), np.sqrt(np.sum(reference**2, axis=2)), **TOL)
+
+
+def test_row_colouring_over_alternating_channel_first_and_last_leaves():
+    split = layersens.split(_torch_mlp(), "h2")
+    xs = _inputs(split)
+    for chunk in (None, 1, 2):  # V (first), then W1 and b1 (mixed, reverse), W2 (first), c (last)
+        strategy = _Forced([Block(("V", "W2", "c"), RowColouring(), chunk), Block(("W1", "b1"), DenseReverse())])
+        result = layersens.jacobian(split, xs, mode=strategy)
+        assert result.mode.startswith("rev-colour[V+W2+c]")
+        np.testing.assert_allclose(result.matrix, _reference(split, xs), **TOL)
+    compressed = layersens.compressed_jacobian(split, xs, mode=strategy)
+    np.testing.assert_allclose(compressed.to_dense().matrix, _reference(split, xs), **TOL)
+
+
+def test_a_complex_out_in_kernel_in_the_complex_convention():
+    rng = np.random.default_rng(4)
+    params = {"W": (rng.normal(size=(3, 4)) + 1j * rng.normal(size=(3, 4))).astype(np.complex128)}
+
+    def apply(p, x):
+        return layersens.capture("out", jnp.sin(x.astype(jnp.complex128) @ p["W"].T))
+
+    model = layersens.from_function(apply, params, (4,), "float64")
+    split = layersens.split(model, "out", complex_mode="complex")
+    xs = _inputs(split)
+    dense = layersens.jacobian(split, xs)
+    compressed = layersens.compressed_jacobian(split, xs, mode=layersens.Structured())
+    assert set(compressed.channel_blocks) == {"W", "conj(W)"} and compressed.structure["W"].leaf_axis == 0
+    np.testing.assert_allclose(compressed.to_dense().matrix, dense.matrix, **TOL)
+    holomorphic = jax.jacrev(lambda w, x: apply({"W": w}, x[None])[0], holomorphic=True)
+    for n, x in enumerate(xs):
+        expected = np.asarray(holomorphic(params["W"], x)).reshape(3, 12)
+        np.testing.assert_allclose(dense.matrix[n, :, :12], expected, **TOL)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_store_plans_channel_first_leaves_uncoloured(tmp_path, compressed):
+    split = layersens.split(_oihw_conv(), "conv")
+    xs = _inputs(split, n=2)
+    stored = layersens.stream_jacobian(
+        split, xs, tmp_path / "j.zarr", compressed=compressed, mode=layersens.Structured()
+    )
+    assert "fwd-colour[K]" not in stored.mode and "rev-colour[K" not in stored.mode
+    np.testing.assert_allclose(stored.load().matrix, _reference(split, xs), **TOL)
+
+
+def test_a_store_refuses_a_plan_that_colours_a_channel_first_leaf(tmp_path):
+    from layersens.compute import StoreSink
+    from layersens.compute._jacobian import _run
+
+    split = layersens.split(_oihw_conv(), "conv")
+    xs = _inputs(split, n=1)
+    with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K'\]"):
+        _run(split, xs, StoreSink(tmp_path / "j.zarr"), _Forced(FORCED["columns"]), None, None, None)
+    assert not (tmp_path / "j.zarr").exists()
