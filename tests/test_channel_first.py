@@ -208,3 +208,35 @@ def test_a_store_refuses_a_plan_that_colours_a_channel_first_leaf(tmp_path):
     with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K'\]"):
         _run(split, xs, StoreSink(tmp_path / "j.zarr"), _Forced(FORCED["columns"]), None, None, None)
     assert not (tmp_path / "j.zarr").exists()
+
+
+def test_without_channel_first_no_candidate_colours_such_a_leaf(monkeypatch):
+    """``Auto(channel_first=False)`` (what a store plans with): neither the plan nor a small layer's trial
+    candidates (the plan without separation among them) colour a leaf whose channel axis is its first."""
+    from layersens.analysis import analyze
+    from layersens.compute._side_by_side import candidates
+
+    rng = np.random.default_rng(5)
+    params = {"K1": rng.normal(size=(3, 2, 3, 3)), "b1": rng.normal(size=(3,)), "K2": rng.normal(size=(4, 3, 3, 3))}
+
+    def apply(p, x):
+        def conv(h, k):
+            return jax.lax.conv_general_dilated(h, k, (1, 1), "SAME", dimension_numbers=("NHWC", "OIHW", "NHWC"))
+
+        return layersens.capture("out", jnp.tanh(conv(jnp.tanh(conv(x, p["K1"]) + p["b1"]), p["K2"])))
+
+    monkeypatch.setenv("LAYERSENS_TRIAL", "1")  # conftest turns trials off for the rest of the suite
+    split = layersens.split(layersens.from_function(apply, params, (6, 6, 2), "float64"), "out")
+    xs = _inputs(split, n=2)
+    analysis = analyze(split)
+    assert analysis.structure["K2"].leaf_axis == 0
+    for channel_first in (True, False):
+        planned = layersens.plan(split, xs, layersens.Auto(channel_first=channel_first))
+        assert "fwd-separated" in planned.describe()  # b1 is carried apart to the mix: the trial races it unseparated
+        found = candidates(split, planned, analysis.structure, analysis.limits)
+        assert found is not None and len(found.programs) >= 2
+        coloured = [name for name in found.programs if "K2" in name.split("colour[")[-1]]
+        assert bool(coloured) == channel_first, list(found.programs)
+        result = layersens.jacobian(split, xs, mode=layersens.Auto(channel_first=channel_first))
+        assert ("colour[K2" in result.mode) <= channel_first
+        np.testing.assert_allclose(result.matrix, _reference(split, xs), **TOL)

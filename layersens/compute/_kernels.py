@@ -104,13 +104,15 @@ def _with_linearization(forward: bool, setup, chunk):
 def _expand_diagonal(values, row_shape, channel_axis: int, channel_last: bool = True):
     """The dense block a channel diagonal fills, built on the device: ``(prod(row_shape), W × C)``, its columns
     ``(w, c)`` (``channel_last``) or ``(c, w)`` (a leaf whose channel axis is its first)."""
-    C = row_shape[channel_axis]
-    full = tuple(row_shape) + (values.shape[-1], C)
+    C, W = row_shape[channel_axis], values.shape[-1]
+    # built in the columns' own order: a transpose after the select would be one more pass over the block
+    full = tuple(row_shape) + ((W, C) if channel_last else (C, W))
+    column_channel = len(full) - 1 if channel_last else len(full) - 2
     same_channel = lax.broadcasted_iota(jnp.int32, full, channel_axis) == lax.broadcasted_iota(
-        jnp.int32, full, len(full) - 1
+        jnp.int32, full, column_channel
     )
-    dense = jnp.where(same_channel, values[..., None], 0)
-    return (dense if channel_last else dense.swapaxes(-1, -2)).reshape(int(np.prod(row_shape)), -1)
+    spread = values[..., None] if channel_last else values[..., None, :]
+    return jnp.where(same_channel, spread, 0).reshape(int(np.prod(row_shape)), -1)
 
 
 def _check_colour_block(split: LayerSplit, names, structure, what: str) -> None:

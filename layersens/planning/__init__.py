@@ -17,4 +17,5 @@ from ._strategies import (
     as_strategy,
     channel_last_only,
     plan_blocks,
+    usable_structure,
 )

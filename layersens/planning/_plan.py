@@ -79,6 +79,8 @@ class Plan(Summarized):
       notes: what the plan changed from what the strategy asked for, and why.
       trial: a small layer's whole-matrix program may be chosen by a timed trial against plain reverse and
         forward mode (``Auto``'s ``trial``; see ``compute._side_by_side``).
+      channel_first: leaves whose channel axis is their first may be coloured (the strategy's ``channel_first``);
+        a trial's other candidates keep to it.
     """
 
     layer: str
@@ -89,6 +91,7 @@ class Plan(Summarized):
     platform: str
     notes: tuple[str, ...] = ()
     trial: bool = False
+    channel_first: bool = True
 
     def _summary(self):
         return [
@@ -197,6 +200,7 @@ def plan(split: LayerSplit, example=None, mode=Auto(), max_memory=None, device=N
         platform=platform,
         notes=tuple(notes),
         trial=bool(getattr(strategy, "trial", False)),
+        channel_first=bool(getattr(strategy, "channel_first", True)),
     )
 
 

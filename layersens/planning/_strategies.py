@@ -129,7 +129,7 @@ class Structured(Strategy):
     name: ClassVar[str] = "structured"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        structure = _usable_structure(split, self.channel_first)
+        structure = usable_structure(analyze(split).structure, self.channel_first)
         return plan_blocks(split, structure, self.chunk_size, force_structure=True)
 
 
@@ -158,11 +158,12 @@ class Auto(Strategy):
     name: ClassVar[str] = "auto"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        return plan_blocks(split, _usable_structure(split, self.channel_first), self.chunk_size)
+        return plan_blocks(split, usable_structure(analyze(split).structure, self.channel_first), self.chunk_size)
 
 
-def _usable_structure(split: LayerSplit, channel_first: bool) -> dict:
-    structure = analyze(split).structure
+def usable_structure(structure: dict, channel_first: bool) -> dict:
+    """``structure`` (leaf → ``ChannelStructure``) less the leaves whose channel axis is their first, unless
+    ``channel_first``."""
     return structure if channel_first else {n: s for n, s in structure.items() if s.channel_last}
 
 
