@@ -58,6 +58,16 @@ def pytest_unconfigure(config):
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
+def cpu_policy(monkeypatch, policy=None, **changes):
+    """Runs the rest of a test under another CPU execution policy (``layersens.compute.POLICIES``): ``policy``
+    (default: the CPU one) with ``changes``."""
+    import dataclasses
+
+    from layersens.compute import POLICIES
+
+    monkeypatch.setitem(POLICIES, "cpu", dataclasses.replace(policy or POLICIES["cpu"], **changes))
+
+
 @pytest.fixture(scope="session")
 def lenet_linen():
     import layersens

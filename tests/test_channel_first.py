@@ -15,6 +15,7 @@ import pytest
 
 import layersens
 from layersens.planning import Block, ColumnColouring, DenseForward, DenseReverse, RowColouring
+from tests.conftest import cpu_policy
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -127,15 +128,13 @@ FORCED = {
 
 @pytest.mark.parametrize("name", FORCED)
 def test_each_colouring_of_an_oihw_kernel(name, monkeypatch):
-    import layersens.compute._prepare as driver
-
     split = layersens.split(_oihw_conv(), "conv")
     xs = _inputs(split)
     reference = _reference(split, xs)
     strategy = _Forced(FORCED[name])
     device_built = layersens.jacobian(split, xs, mode=strategy)
     np.testing.assert_allclose(device_built.matrix, reference, **TOL)
-    monkeypatch.setattr(driver, "DEVICE_DENSE_MAX_BYTES", 0)  # the zeroed host array + placed nonzeros
+    cpu_policy(monkeypatch, device_dense_max_bytes=0)  # the zeroed host array + placed nonzeros
     host_placed = layersens.jacobian(layersens.split(_oihw_conv(), "conv"), xs, mode=strategy)
     np.testing.assert_allclose(host_placed.matrix, reference, **TOL)
     compressed = layersens.compressed_jacobian(layersens.split(_oihw_conv(), "conv"), xs, mode=strategy)

@@ -12,7 +12,7 @@ import pytest
 
 import layersens
 from layersens.compute import _side_by_side
-from tests.conftest import TOL
+from tests.conftest import TOL, cpu_policy
 
 
 def reference(split, x):
@@ -59,9 +59,12 @@ def test_without_a_trial_the_plan_computes(split):
     np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
 
 
-def test_groups_and_the_topped_up_last_group(split, monkeypatch):
+@pytest.mark.parametrize("in_flight", [1, 2, 3])
+def test_groups_and_the_topped_up_last_group(split, monkeypatch, in_flight):
+    """Groups of 2 (2 + 2 + 1, topped up), handed back in order however many are dispatched ahead (an
+    accelerator's policy keeps two in flight)."""
     per_example = split.num_outputs * split.num_params * 4
-    monkeypatch.setattr(_side_by_side, "GROUP_MAX_BYTES", 2 * per_example)  # groups of 2: 2 + 2 + 1 (topped up)
+    cpu_policy(monkeypatch, group_max_bytes=2 * per_example, in_flight=in_flight)
     calls = []
     jac = layersens.jacobian(
         split, X, mode=layersens.Auto(trial=False, chunk_size=10**6), progress=lambda d, t: calls.append((d, t))
@@ -75,7 +78,7 @@ def test_groups_and_the_topped_up_last_group(split, monkeypatch):
 
 
 def test_large_layers_keep_the_loop_over_examples(split, monkeypatch):
-    monkeypatch.setattr(_side_by_side, "SIDE_BY_SIDE_MAX_BYTES", 0)
+    cpu_policy(monkeypatch, side_by_side_max_bytes=0)
     jac = layersens.jacobian(split, X, mode=layersens.Auto(chunk_size=3))
     assert not any(n.startswith("timed trial") for n in jac.notes)
     np.testing.assert_allclose(jac.matrix, reference(split, X), **TOL[np.float32])
@@ -119,3 +122,30 @@ def test_a_budget_given_bounds_the_groups(split):
     small = max(prepared.whole.working.values())
     bounded = layersens.prepare(split, X, max_memory=small)
     assert bounded.whole.cap == small and bounded.whole.group_size(split, 5) == 1
+
+
+def test_the_accelerator_policy_on_cpu(monkeypatch):
+    """``compute.ACCELERATOR`` (examples side by side up to far larger layers, every result assembled on the device,
+    two groups in flight) computes what the CPU policy computes, dense and compressed, on every layer of a tiny
+    CNN: the paths a GPU takes, checked where the suite runs."""
+    from layersens.compute import _platform
+    from tests.tiny_models import TinyCNN, random_linen_variables
+
+    module = TinyCNN()
+    model = layersens.from_linen(
+        module, random_linen_variables(module, (6, 6, 1)), (6, 6, 1), call_kwargs={"train": False}
+    )
+    xs = np.random.default_rng(7).normal(size=(5, 6, 6, 1)).astype(np.float32)
+    layers = [info.name for info in layersens.list_layers(model)]
+    on_cpu = {name: layersens.jacobian(layersens.split(model, name), xs, mode="structured") for name in layers}
+    cpu_policy(monkeypatch, _platform.ACCELERATOR, group_max_bytes=3 * 2**10)  # several groups on every layer
+    for name in layers:
+        split = layersens.split(model, name)
+        assert _side_by_side.fits(split, _platform.execution_policy("cpu"))
+        dense = layersens.jacobian(split, xs, mode="structured")
+        np.testing.assert_allclose(dense.matrix, on_cpu[name].matrix, **TOL[np.float32], err_msg=name)
+        np.testing.assert_allclose(dense.activation, on_cpu[name].activation, **TOL[np.float32], err_msg=name)
+        compressed = layersens.compressed_jacobian(split, xs)
+        np.testing.assert_allclose(compressed.to_dense().matrix, on_cpu[name].matrix, **TOL[np.float32])
+    assert _platform.execution_policy("gpu") is _platform.ACCELERATOR
+    assert _platform.execution_policy("tpu") is _platform.ACCELERATOR

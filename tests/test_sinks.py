@@ -7,6 +7,7 @@ import pytest
 
 import layersens
 from layersens.compute import Layout
+from tests.conftest import cpu_policy
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +84,7 @@ def test_compressed_examples_side_by_side_in_small_groups(tiny_cnn, monkeypatch,
     plan = prepared.programs()[0].plan
     coloured = {n: prepared.structure[n] for b in plan.blocks if b.method.colouring for n in b.names}
     per_example = _compressed_examples.example_bytes(split, coloured)
-    monkeypatch.setattr(_compressed_examples, "GROUP_MAX_BYTES", 2 * per_example)
+    cpu_policy(monkeypatch, group_max_bytes=2 * per_example, in_flight=2)  # and one group dispatched ahead
     seen = []
     compressed = prepared.run(x, sink=layersens.compute.CompressedSink(), progress=lambda d, t: seen.append((d, t)))
     dense = layersens.jacobian(split, x, mode=mode)

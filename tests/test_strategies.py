@@ -11,7 +11,7 @@ from flax import linen as nn
 from flax import nnx
 
 import layersens
-from tests.conftest import TOL
+from tests.conftest import TOL, cpu_policy
 from tests.tiny_models import TinyCNN, TinyCNNNNX, random_linen_variables
 
 STRATEGIES = {
@@ -255,12 +255,10 @@ def test_pass_cost_counts_only_what_depends_on_the_leaves(lenet_linen):
 
 @pytest.mark.parametrize("layer", ["act", "output"])
 def test_one_example_built_on_the_device_equals_host_placement(model, layer, monkeypatch):
-    import layersens.compute._prepare as driver
-
     x = np.random.default_rng(6).normal(size=(1, 6, 6, 1)).astype(np.float32)
     for name in ("fwd", "rev", "structured"):
         device_built = layersens.jacobian(layersens.split(model, layer), x, mode=name)
-        monkeypatch.setattr(driver, "DEVICE_DENSE_MAX_BYTES", 0)  # the zeroed host array + placed nonzeros
+        cpu_policy(monkeypatch, device_dense_max_bytes=0)  # the zeroed host array + placed nonzeros
         host_placed = layersens.jacobian(layersens.split(model, layer), x, mode=name)
         monkeypatch.undo()
         np.testing.assert_allclose(device_built.matrix, host_placed.matrix, **TOL[np.float32], err_msg=name)

@@ -23,7 +23,8 @@ from ..analysis import ChannelStructure
 from ..planning import leaf_size
 from ._blocks import Layout
 from ._kernels import Kernel
-from ._side_by_side import GROUP_MAX_BYTES, WORKING_MAX_BYTES, equal_groups
+from ._platform import CPU, ExecutionPolicy
+from ._side_by_side import equal_groups
 from ._sinks import within_ranges
 
 if TYPE_CHECKING:
@@ -79,10 +80,12 @@ def example_bytes(split: LayerSplit, coloured: Mapping[str, ChannelStructure]) -
     return split.num_outputs * (within + dense + 1) * item
 
 
-def group_size(per_example: int, working: int | None, num_examples: int, budget: int | None = None) -> int:
-    """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of results and the one-example program's
-    working memory (``working``, XLA's count) times the group within ``budget`` (the user's ``max_memory``) or
-    ``WORKING_MAX_BYTES``; equal groups."""
-    by_result = GROUP_MAX_BYTES // max(1, per_example)
-    by_working = (WORKING_MAX_BYTES if budget is None else budget) // max(1, working or 0)
+def group_size(
+    per_example: int, working: int | None, num_examples: int, budget: int | None = None, policy: ExecutionPolicy = CPU
+) -> int:
+    """Examples per program: all of them, up to ``policy.group_max_bytes`` of results and the one-example
+    program's working memory (``working``, XLA's count) times the group within ``budget`` (the user's
+    ``max_memory``) or ``policy.working_max_bytes``; equal groups."""
+    by_result = policy.group_max_bytes // max(1, per_example)
+    by_working = (policy.working_max_bytes if budget is None else budget) // max(1, working or 0)
     return equal_groups(num_examples, min(by_result, by_working))

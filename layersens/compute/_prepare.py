@@ -5,8 +5,9 @@ and returns what is nonzero; a sink (``_sinks``) places it on the host. Why: on 
 is memory traffic, not arithmetic. Fresh zeroed host memory is paid for only by its page faults, so a
 mostly-zero block costs one touch of its pages plus its nonzeros, where a dense device output would be written
 in full and then copied. Vectorizing over examples as well was slower (XLA's large fresh outputs fault page by
-page), and looping keeps working memory at one example's chunk. On CPU, one example's small matrix is instead
-built whole by one program (``DEVICE_DENSE_MAX_BYTES``).
+page), and looping keeps working memory at one example's chunk. One example's small matrix is instead built
+whole by one program, and small layers compute examples side by side (``_platform.ExecutionPolicy``: how small,
+per platform).
 
 Widths come from the plan's estimates; once compiled, XLA's own count of each program's memory is checked
 against the budget and chunks are narrowed (and recompiled) while it is over. A budget the narrowest chunk still
@@ -34,6 +35,7 @@ from ._compressed_examples import example_bytes as compressed_example_bytes
 from ._compressed_examples import group_size as compressed_group_size
 from ._kernels import Kernel, dense_program, fused_kernel, kernel
 from ._lanes import Lanes, compile_lanes, run_lanes
+from ._platform import execution_policy
 from ._processes import finish_share, process_share
 from ._side_by_side import Candidates, SideBySide, candidates, compile_side_by_side, in_groups
 from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
@@ -41,12 +43,6 @@ from ._sinks import CompressedSink, DenseSink, Done, Job, Result, Sink
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
 
-# On CPU, one example's matrix up to this size is built as one program output (one pass, in memory XLA's
-# allocator reuses across calls) instead of zeroed host memory plus placed nonzeros (two passes). Above it,
-# the allocator maps fresh pages for every output (glibc's largest mmap threshold is 32 MiB), whose faults
-# cost more than the host path's. Measured on the shipped LeNet, relu1 (14.4 MiB): the whole-matrix program
-# 1.8 ms, against 0.7 ms for the compressed program plus 1.6 ms zeroing and placing on the host.
-DEVICE_DENSE_MAX_BYTES = 32 * 2**20
 _NARROWING_STEPS = 6
 
 
@@ -334,8 +330,7 @@ class PreparedJacobian:
         start = time.perf_counter()
         activation = np.empty((len(x),) + self.split.activation_shape, np.dtype(self.split.activation_dtype))
         tick = _Ticker(progress, -(-len(x) // group))
-        for first, xs, keep in in_groups(x, group):
-            matrices, values = program.run(self.params, xs)  # placed by the program: a device_put costs more
+        for first, keep, (matrices, values) in _in_flight(program.run, self.params, x, group, self.device):
             matrices, values = np.asarray(matrices)[:keep], np.asarray(values)[:keep]  # zero-copy on CPU, read-only
             activation[first : first + keep] = values
             target.put(JacobianBlock(first, Layout.EXAMPLES, self.split.param_names, 0, matrices))
@@ -352,7 +347,9 @@ class PreparedJacobian:
         split = self.split
         coloured = {n: self.structure[n] for n in programs.plan.coloured}
         budget = programs.plan.budget if programs.plan.budget_given else None  # a budget given is kept
-        group = compressed_group_size(compressed_example_bytes(split, coloured), programs.working, len(x), budget)
+        per_example = compressed_example_bytes(split, coloured)
+        policy = execution_policy(self.device.platform)
+        group = compressed_group_size(per_example, programs.working, len(x), budget, policy)
         key = f"compressed {group}"
         if key not in self._compiled:
             start = time.perf_counter()
@@ -366,8 +363,7 @@ class PreparedJacobian:
         activation = np.empty((len(x),) + split.activation_shape, np.dtype(split.activation_dtype))
         tick = _Ticker(progress, -(-len(x) // group))
         dense_names = tuple(n for n in split.param_names if n not in coloured)
-        for first, xs, keep in in_groups(x, group):
-            channel, dense, values = program(self.params, xs)  # placed by the program
+        for first, keep, (channel, dense, values) in _in_flight(program, self.params, x, group, self.device):
             for name, blocks in channel.items():  # zero-copy on CPU, read-only
                 target.put(JacobianBlock(first, Layout.CHANNEL_EXAMPLES, (name,), 0, np.asarray(blocks)[:keep]))
             target.put(JacobianBlock(first, Layout.EXAMPLES, dense_names, 0, np.asarray(dense)[:keep]))
@@ -396,6 +392,24 @@ class PreparedJacobian:
             else:
                 tick.skip(1)
             covered = offset + step.width
+
+
+def _in_flight(run, params, x: np.ndarray, group: int, device: jax.Device):
+    """``(first, keep, outputs)`` of ``run(params, xs)`` for each group of ``x`` (``in_groups``), with
+    ``execution_policy(device.platform).in_flight`` groups dispatched before the first is handed back, each
+    copying itself to the host as soon as it is computed: an accelerator computes the next group while the last
+    one crosses the bus. The inputs are placed by the program (a ``device_put`` costs more on CPU)."""
+    depth = execution_policy(device.platform).in_flight
+    pending: list = []
+    for first, xs, keep in in_groups(x, group):
+        outputs = run(params, xs)
+        if depth > 1:
+            for leaf in jax.tree_util.tree_leaves(outputs):
+                leaf.copy_to_host_async()
+        pending.append((first, keep, outputs))
+        if len(pending) >= depth:
+            yield pending.pop(0)
+    yield from pending
 
 
 class _Ticker:
@@ -450,7 +464,7 @@ def _compile_plan(split: LayerSplit, planned: Plan, devices: tuple[jax.Device, .
     spec = example_spec(split, None)
     params = jax.device_put(split.params, dev)
     x0 = jax.device_put(np.zeros(spec.shape, spec.dtype), dev)
-    whole = candidates(unheld, planned, structure, limits, held=split)
+    whole = candidates(unheld, planned, structure, limits, held=split, policy=execution_policy(dev.platform))
 
     def build() -> _Programs:
         return _compile_programs(split, planned, structure, devices, params, x0)
@@ -499,7 +513,7 @@ def _compile_programs(split: LayerSplit, planned: Plan, structure, devices, para
         working = program_memory(compute)
         if working is None or working <= budget:
             steps, one = (_Step(None, compute, fused.blocks, 1, 1, None),), fused
-            if dev.platform == "cpu" and dense_bytes(split, 1) <= DEVICE_DENSE_MAX_BYTES:
+            if dense_bytes(split, 1) <= execution_policy(dev.platform).device_dense_max_bytes:
                 dense = jax.jit(dense_program(split, fused))
     if steps is None:
         compiled = [_compile_block(split, b, params, x0, budget, structure) for b in blocks]

@@ -28,17 +28,11 @@ import numpy as np
 from ..planning import DenseForward, DenseReverse, SeparatedForward, describe_blocks, plan_blocks, usable_structure
 from ._blocks import dense_bytes
 from ._kernels import dense_program, fused_kernel, kernel
+from ._platform import CPU, ExecutionPolicy
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
 
-# Examples side by side when one example's matrix is at most this large, in groups of at most GROUP_MAX_BYTES.
-# Above it one example's work outweighs a dispatch, and a large vmapped output is written to fresh pages
-# (slower on CPU than the per-example loop, measured on relu1 of the shipped LeNet, 14.4 MiB per example).
-SIDE_BY_SIDE_MAX_BYTES = 8 * 2**20
-# 64 MiB, not 32: 8 examples of a ViT's MLP layer (6 MiB each) in one group took 84-89 ms against 98-117 ms in two
-# groups of 4 (each copied into a zeroed result), a grouped CNN's layer (4.7 MiB each) 476-555 ms against 527-714.
-GROUP_MAX_BYTES = 64 * 2**20
 # Timed rounds of the trial (after one untimed run of each candidate); the median decides.
 TRIAL_ROUNDS = 5
 # A candidate this many times slower than the best after its first run leaves the trial.
@@ -76,30 +70,24 @@ class SideBySide:
     trial: Trial | None = None
 
 
-# Working memory a group's whole-basis program may take when the user gave no budget (estimated as the plan
-# does: a tangent or cotangent of every intermediate per basis vector; an overestimate, XLA fuses most). JAX's
-# own jacrev/jacfwd take what they need; a small layer's plan chunked to the default 32 MiB would lose to them
-# by a dispatch per chunk.
-WORKING_MAX_BYTES = 512 * 2**20
-
-
 @dataclasses.dataclass(frozen=True)
 class Candidates:
     """The programs that may compute a small layer's examples side by side: ``programs`` maps a name to
     ``dense(params, x) -> (M, P)`` for one example; ``working`` maps it to its estimated working memory per
-    example, and ``cap`` is what a group may take (the user's budget, else ``WORKING_MAX_BYTES``): they size the
-    groups."""
+    example, and ``cap`` is what a group may take (the user's budget, else the platform's
+    ``ExecutionPolicy.working_max_bytes``): they size the groups, with ``group_max`` bytes of matrices at most."""
 
     programs: dict[str, Callable]
     working: dict[str, int]
     cap: int
+    group_max: int = CPU.group_max_bytes
 
     def group_size(self, split: LayerSplit, num_examples: int, method: str | None = None) -> int:
-        """Examples per program: all of them, up to ``GROUP_MAX_BYTES`` of matrices and ``cap`` of working
+        """Examples per program: all of them, up to ``group_max`` bytes of matrices and ``cap`` of working
         memory for ``method`` (default: for the largest candidate, so that a trial compares every candidate on
         the same group)."""
         working = max(self.working.values()) if method is None else self.working[method]
-        by_result = GROUP_MAX_BYTES // max(1, dense_bytes(split, 1))
+        by_result = self.group_max // max(1, dense_bytes(split, 1))
         by_working = self.cap // max(1, working)
         return equal_groups(num_examples, min(by_result, by_working))
 
@@ -124,22 +112,24 @@ def in_groups(x, group: int):
         yield first, xs, keep
 
 
-def fits(split: LayerSplit) -> bool:
-    """Whether ``split``'s layer is small enough for examples side by side."""
-    return dense_bytes(split, 1) <= SIDE_BY_SIDE_MAX_BYTES
+def fits(split: LayerSplit, policy: ExecutionPolicy = CPU) -> bool:
+    """Whether ``split``'s layer is small enough for examples side by side under ``policy``."""
+    return dense_bytes(split, 1) <= policy.side_by_side_max_bytes
 
 
-def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candidates | None:
+def candidates(
+    split: LayerSplit, plan, structure, limits, held=None, policy: ExecutionPolicy = CPU
+) -> Candidates | None:
     """The candidates for a small layer's examples side by side (``None`` where the layer is not small): the plan's
     blocks each computed in one chunk, and where the plan asks for a trial, plain reverse and forward mode
     (where every leaf can be differentiated so, ``limits``: ``analysis.AutodiffLimits``, and they differ from the
     plan). Each must fit its working memory in the plan's budget when the user gave one, else in
-    ``WORKING_MAX_BYTES``. The programs hold ``held`` (default: ``split``; a kept plan holds its split weakly,
-    and the sizes are read from the split itself)."""
+    ``policy.working_max_bytes``. The programs hold ``held`` (default: ``split``; a kept plan holds its split
+    weakly, and the sizes are read from the split itself)."""
     held = split if held is None else held
-    if not fits(split) or any(b.fixed_width and b.width < b.basis for b in plan.blocks):
+    if not fits(split, policy) or any(b.fixed_width and b.width < b.basis for b in plan.blocks):
         return None  # not small, or the user asked for chunks
-    cap = plan.budget if plan.budget_given else max(plan.budget, WORKING_MAX_BYTES)
+    cap = plan.budget if plan.budget_given else max(plan.budget, policy.working_max_bytes)
     options = [("plan", tuple((b.method, b.names, b.basis * b.bytes_per_vector) for b in plan.blocks))]
     if plan.trial and os.environ.get("LAYERSENS_TRIAL", "1") != "0":  # the variable turns trials off everywhere
         names = split.param_names
@@ -167,7 +157,7 @@ def candidates(split: LayerSplit, plan, structure, limits, held=None) -> Candida
         kernels = [kernel(m, held, names, m.basis_size(split, names), structure) for m, names, _ in blocks]
         programs[name] = dense_program(held, kernels[0] if len(kernels) == 1 else fused_kernel(kernels))
         workings[name] = working
-    return Candidates(programs, workings, cap) if programs else None
+    return Candidates(programs, workings, cap, policy.group_max_bytes) if programs else None
 
 
 def _batched(split: LayerSplit, dense: Callable) -> Callable:

@@ -58,7 +58,7 @@ class Sink(abc.ABC, Generic[Result]):
 
     ``whole_matrix``: the sink can take one example's whole ``(M, P)`` matrix as a single ``Layout.WHOLE``
     block, and a group's as one ``Layout.EXAMPLES`` block; the computation then builds small examples in one
-    program (see ``compute.DEVICE_DENSE_MAX_BYTES`` and ``compute._side_by_side``).
+    program (see ``compute.ExecutionPolicy`` and ``compute._side_by_side``).
     """
 
     whole_matrix: bool = False
