@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import layersens
-from layersens.planning import Block, ColumnColouring, DenseForward, DenseReverse, RowColouring
+from layersens.planning import Block, ColumnColouring, DenseForward, DenseReverse, RowColouring, SeparatedForwardFirst
 from tests.conftest import cpu_policy
 
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -207,14 +207,22 @@ def test_a_store_refuses_a_plan_that_colours_a_channel_first_leaf(tmp_path):
     with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K'\]"):
         _run(split, xs, StoreSink(tmp_path / "j.zarr"), _Forced(FORCED["columns"]), None, None, None)
     assert not (tmp_path / "j.zarr").exists()
+    split = layersens.split(_two_oihw_convs(), "out")
+    with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K1'\]"):
+        _run(split, _inputs(split, n=1), StoreSink(tmp_path / "j.zarr"), _Forced(SEPARATED_FIRST["whole"]), *[None] * 3)
+    assert not (tmp_path / "j.zarr").exists()
 
 
-def test_without_channel_first_no_candidate_colours_such_a_leaf(monkeypatch):
-    """``Auto(channel_first=False)`` (what a store plans with): neither the plan nor a small layer's trial
-    candidates (the plan without separation among them) colour a leaf whose channel axis is its first."""
-    from layersens.analysis import analyze
-    from layersens.compute._side_by_side import candidates
+def test_a_store_plans_a_first_axis_uncarried(tmp_path):
+    split = layersens.split(_two_oihw_convs(), "out")
+    xs = _inputs(split, n=2)
+    stored = layersens.stream_jacobian(split, xs, tmp_path / "j.zarr", mode=layersens.Auto())
+    assert "separated-first" not in stored.mode
+    np.testing.assert_allclose(stored.load().matrix, _reference(split, xs), **TOL)
 
+
+def _two_oihw_convs():
+    """conv(K1) + b1 → tanh → conv(K2) → tanh: K1's output features are K2's input features (mixed there)."""
     rng = np.random.default_rng(5)
     params = {"K1": rng.normal(size=(3, 2, 3, 3)), "b1": rng.normal(size=(3,)), "K2": rng.normal(size=(4, 3, 3, 3))}
 
@@ -224,8 +232,59 @@ def test_without_channel_first_no_candidate_colours_such_a_leaf(monkeypatch):
 
         return layersens.capture("out", jnp.tanh(conv(jnp.tanh(conv(x, p["K1"]) + p["b1"]), p["K2"])))
 
+    return layersens.from_function(apply, params, (6, 6, 2), "float64", name="two_oihw")
+
+
+SEPARATED_FIRST = {  # K1: C = 3 output features, W = 18; chunks of whole channels, 12 leaving a partial last one
+    "whole": [Block(("K1",), SeparatedForwardFirst()), Block(("b1", "K2"), DenseForward())],
+    "chunks-3": [Block(("K1",), SeparatedForwardFirst(), 3), Block(("b1", "K2"), DenseReverse())],
+    "chunks-12": [
+        Block(("K1",), SeparatedForwardFirst(), 12),
+        Block(("b1",), DenseForward()),
+        Block(("K2",), ColumnColouring(), 2),
+    ],
+}
+
+
+def test_a_first_axis_carried_apart_through_the_next_conv():
+    from layersens.analysis import analyze
+
+    split = layersens.split(_two_oihw_convs(), "out")
+    separation = analyze(split).separation["K1"]
+    assert (separation.leaf_axis, separation.channels) == (0, 3)  # its last axis (kw, 3) could not be mixed
+    assert "fwd-separated-first[K1]" in layersens.plan(split, _inputs(split), layersens.Auto()).describe()
+    assert (
+        "separated-first" not in layersens.plan(split, _inputs(split), layersens.Auto(channel_first=False)).describe()
+    )
+
+
+@pytest.mark.parametrize("name", SEPARATED_FIRST)
+def test_each_chunking_of_a_first_axis_carried_apart(name, monkeypatch):
+    split = layersens.split(_two_oihw_convs(), "out")
+    xs = _inputs(split)
+    reference = _reference(split, xs)
+    strategy = _Forced(SEPARATED_FIRST[name])
+    result = layersens.jacobian(split, xs, mode=strategy)
+    assert result.mode.startswith("fwd-separated-first[K1]")
+    np.testing.assert_allclose(result.matrix, reference, **TOL)
+    squares = np.sum(reference**2, axis=1)
+    sensitivity = layersens.sensitivity(layersens.split(_two_oihw_convs(), "out"), xs, mode=strategy)
+    np.testing.assert_allclose(sensitivity.parameter["K1"], squares[:, :54].reshape(3, 3, 2, 3, 3), **TOL)
+    compressed = layersens.compressed_jacobian(layersens.split(_two_oihw_convs(), "out"), xs, mode=strategy)
+    np.testing.assert_allclose(compressed.to_dense().matrix, reference, **TOL)
+    cpu_policy(monkeypatch, device_dense_max_bytes=0, side_by_side_max_bytes=0)  # the per-example, host-placed path
+    host = layersens.jacobian(layersens.split(_two_oihw_convs(), "out"), xs, mode=strategy)
+    np.testing.assert_allclose(host.matrix, reference, **TOL)
+
+
+def test_without_channel_first_no_candidate_colours_such_a_leaf(monkeypatch):
+    """``Auto(channel_first=False)`` (what a store plans with): neither the plan nor a small layer's trial
+    candidates (the plan without separation among them) colour a leaf whose channel axis is its first."""
+    from layersens.analysis import analyze
+    from layersens.compute._side_by_side import candidates
+
     monkeypatch.setenv("LAYERSENS_TRIAL", "1")  # conftest turns trials off for the rest of the suite
-    split = layersens.split(layersens.from_function(apply, params, (6, 6, 2), "float64"), "out")
+    split = layersens.split(_two_oihw_convs(), "out")
     xs = _inputs(split, n=2)
     analysis = analyze(split)
     assert analysis.structure["K2"].leaf_axis == 0

@@ -164,49 +164,73 @@ def decide(eqn, ins: list, channels: int) -> Decision:
 
 @dataclasses.dataclass(frozen=True)
 class Separation:
-    """Leaf ``leaf`` carried channel-separated: ``channels`` (its last axis), and the arithmetic (``flops``) and
-    the estimated working memory (``bytes``) of one within-channel index's pass, all C of its columns."""
+    """Leaf ``leaf`` carried channel-separated: ``channels`` (the length of its axis ``leaf_axis``: -1, its last,
+    or 0, its first), and the arithmetic (``flops``) and the estimated working memory (``bytes``) of one
+    within-channel index's pass, all C of its columns."""
 
     leaf: str
     channels: int
     flops: float
     bytes: int
+    leaf_axis: int = -1
+
+    @property
+    def flops_per_column(self) -> float:
+        return self.flops / self.channels
+
+
+# A leaf is carried apart along its first axis (an (out, in) kernel's outputs, an OIHW kernel's output features)
+# only where that costs at most this fraction of carrying it along its last (Flax's layout, the usual case).
+FIRST_AXIS_FACTOR = 0.5
 
 
 def separations(split: LayerSplit, closed) -> dict[str, Separation]:
-    """The leaves of ``split`` with a channel axis (last axis longer than 1), with the cost of carrying each
-    channel-separated. Cost: one pass over the derivative program per such leaf."""
+    """The leaves of ``split`` with a channel axis (the last, or the first where that is much cheaper; longer than
+    1), with the cost of carrying each channel-separated. Cost: one pass over the derivative program per leaf
+    and candidate axis."""
     found = {}
     n_primal = len(closed.jaxpr.invars) - len(split.param_names)
     for k, (name, shape) in enumerate(zip(split.param_names, split.param_shapes)):
-        if len(shape) == 0 or shape[-1] <= 1:
-            continue
-        channels = int(shape[-1])
-        total = [0.0, 0]
-
-        def charge(eqn, ins, channels=channels, total=total):
-            decision = decide(eqn, ins, channels)
-            if decision.action is not Action.PRIMAL:
-                factor = channels if decision.action is Action.COLUMNS else 1
-                total[0] += factor * _flops_within(eqn)
-                # a separated output is one tangent per w, a mixed one C
-                total[1] = max(
-                    [total[1]]
-                    + [
-                        (1 if isinstance(s, SeparatedAxis) else channels) * _bytes(v)
-                        for v, s in zip(eqn.outvars, decision.outs)
-                    ]
-                )
-            return list(decision.outs)
-
-        states: list = [None] * len(closed.jaxpr.invars)
-        states[n_primal + k] = SeparatedAxis(len(shape) - 1)
-        walk(closed.jaxpr, states, charge)
-        # The largest tangent twice (an operand and its result live at once): XLA fuses the elementwise chains
-        # between, and the sum of every tangent overcounted XLA's own count 2-4x on the shipped LeNet. An
-        # undercount costs a recompilation (the compiled program's count narrows the chunk), never the budget.
-        found[name] = Separation(leaf=name, channels=channels, flops=total[0], bytes=2 * int(total[1]))
+        along = {
+            axis: _separation(closed.jaxpr, n_primal + k, name, shape, axis)
+            for axis in (-1, 0)
+            if len(shape) > (0 if axis == -1 else 1) and shape[axis] > 1
+        }
+        first, last = along.get(0), along.get(-1)
+        if first is not None and (last is None or first.flops_per_column < FIRST_AXIS_FACTOR * last.flops_per_column):
+            found[name] = first
+        elif last is not None:
+            found[name] = last
     return found
+
+
+def _separation(jaxpr, position: int, name: str, shape, leaf_axis: int) -> Separation:
+    """The cost of carrying leaf ``name`` (input ``position`` of ``jaxpr``) separated along ``leaf_axis``."""
+    channels = int(shape[leaf_axis])
+    total = [0.0, 0]
+
+    def charge(eqn, ins):
+        decision = decide(eqn, ins, channels)
+        if decision.action is not Action.PRIMAL:
+            factor = channels if decision.action is Action.COLUMNS else 1
+            total[0] += factor * _flops_within(eqn)
+            # a separated output is one tangent per w, a mixed one C
+            total[1] = max(
+                [total[1]]
+                + [
+                    (1 if isinstance(s, SeparatedAxis) else channels) * _bytes(v)
+                    for v, s in zip(eqn.outvars, decision.outs)
+                ]
+            )
+        return list(decision.outs)
+
+    states: list = [None] * len(jaxpr.invars)
+    states[position] = SeparatedAxis(leaf_axis % len(shape))
+    walk(jaxpr, states, charge)
+    # The largest tangent twice (an operand and its result live at once): XLA fuses the elementwise chains
+    # between, and the sum of every tangent overcounted XLA's own count 2-4x on the shipped LeNet. An
+    # undercount costs a recompilation (the compiled program's count narrows the chunk), never the budget.
+    return Separation(name, channels, total[0], 2 * int(total[1]), leaf_axis)
 
 
 def _flops_within(eqn) -> float:

@@ -19,6 +19,9 @@ class Layout(enum.Enum):
     ``r``'s channel.
     ``CHANNEL_ROWS``: ``values[width, C, W_run]`` are positions ``offset ...`` (every channel at once) of the
     adjacent channel-diagonal leaves ``names`` whose channel is the layer's last axis.
+    ``FIRST_AXIS_COLUMNS``: ``values[M, width]`` are basis vectors ``offset ...`` of the one leaf ``names[0]``
+    carried apart along its first axis (``SeparatedForwardFirst``): basis vector ``b`` is ``(w, c) = divmod(b, C)``
+    and belongs at the leaf's column ``c·W + w`` (:func:`first_axis_columns`).
     ``WHOLE``: ``values[M, P]`` is the example's whole matrix.
     ``EXAMPLES``: ``values[G, M, P]`` are the whole matrices of examples ``example .. example + G`` (over the
     leaves ``names``, in column order).
@@ -30,6 +33,7 @@ class Layout(enum.Enum):
     ROWS = "rows"
     CHANNEL_COLUMNS = "channel columns"
     CHANNEL_ROWS = "channel rows"
+    FIRST_AXIS_COLUMNS = "first-axis columns"
     WHOLE = "whole"
     EXAMPLES = "examples"
     CHANNEL_EXAMPLES = "channel examples"
@@ -45,6 +49,7 @@ _BASIS_AXIS = {
     Layout.ROWS: 0,
     Layout.CHANNEL_COLUMNS: -1,
     Layout.CHANNEL_ROWS: 0,
+    Layout.FIRST_AXIS_COLUMNS: 1,
     Layout.WHOLE: None,
     Layout.EXAMPLES: None,
     Layout.CHANNEL_EXAMPLES: None,
@@ -86,6 +91,15 @@ class JacobianBlock:
         assert axis is not None, "a whole matrix comes in one chunk, so it is never trimmed"
         values = np.take(self.values, np.arange(skip, self.values.shape[axis]), axis=axis)
         return dataclasses.replace(self, offset=start, values=values)
+
+
+def first_axis_columns(shape, offset: int, width: int) -> np.ndarray:
+    """The columns, within a leaf of ``shape`` (channels along its first axis), of basis vectors ``offset ...
+    offset + width`` of a ``FIRST_AXIS_COLUMNS`` block."""
+    C = int(shape[0])
+    W = int(np.prod(shape[1:], dtype=np.int64))
+    w, c = np.divmod(offset + np.arange(width), C)
+    return c * W + w
 
 
 def dense_bytes(split, num_examples: int) -> int:

@@ -11,6 +11,7 @@ linearizes once per example and applies the linear map chunk by chunk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 import jax
@@ -27,6 +28,7 @@ from ..planning import (
     Method,
     RowColouring,
     SeparatedForward,
+    SeparatedForwardFirst,
     colour_runs,
     column_starts,
     contiguous_runs,
@@ -279,16 +281,27 @@ def row_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: int, 
 KERNELS[RowColouring] = row_colouring_kernel
 
 
-def separated_forward_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
-    """Columns of leaves with C channels, ``width`` (a multiple of C) at a time: ``width / C`` within-channel
-    indices pushed forward channel-separated (``_separated``)."""
+def separated_forward_kernel(
+    split: LayerSplit, names: tuple[str, ...], width: int, structure, leaf_axis: int = -1
+) -> Kernel:
+    """Columns of leaves with C channels (along each leaf's ``leaf_axis``: -1, its last, or 0, its first),
+    ``width`` (a multiple of C) at a time: ``width / C`` within-channel indices pushed forward channel-separated
+    (``_separated``). Along the first axis a leaf's columns are ``(c, w)``: a chunk is handed over in basis order
+    (``Layout.FIRST_AXIS_COLUMNS``), the whole leaf in its own column order."""
     shapes = [tuple(np.shape(split.params[k])) for k in names]
-    C = shapes[0][-1]
-    if any(s[-1] != C for s in shapes) or len(contiguous_runs(split, names)) > 1 or width % C:
+    C = shapes[0][leaf_axis]
+    if (
+        any(s[leaf_axis] != C for s in shapes)
+        or len(contiguous_runs(split, names)) > 1
+        or width % C
+        or (leaf_axis == 0 and len(names) > 1)
+    ):
         raise ValueError(
-            f"a separated block needs adjacent leaves of one channel count, chunks of whole channels: {names}"
+            f"a separated block needs adjacent leaves of one channel count (along the first axis, one leaf), "
+            f"chunks of whole channels: {names}"
         )
-    bounds = np.cumsum([0] + [int(np.prod(s[:-1], dtype=np.int64)) for s in shapes])
+    within_shapes = [s[:-1] if leaf_axis == -1 else s[1:] for s in shapes]
+    bounds = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in within_shapes])
     basis = int(bounds[-1]) * C
     whole = width >= basis
     colours = width // C
@@ -307,23 +320,28 @@ def separated_forward_kernel(split: LayerSplit, names: tuple[str, ...], width: i
     def chunk(linear, offset):
         index = (0 if whole else offset // C) + jnp.arange(colours)  # the chunk's within-channel indices
         tangents = []
-        for shape, a, b in zip(shapes, bounds[:-1], bounds[1:]):
+        for shape, within, a, b in zip(shapes, within_shapes, bounds[:-1], bounds[1:]):
             one_hot = (index[:, None] == (a + jnp.arange(b - a))[None, :]).astype(dtype)  # e_w in every channel
-            values = jnp.broadcast_to(one_hot.reshape((colours,) + shape[:-1] + (1,)), (colours,) + shape)
-            tangents.append(Separated(values, len(shape) - 1, C))
-        columns = separated_columns(linear, specs, tangents)
-        return (columns.reshape(width, -1).T,)
+            spread = (colours,) + (within + (1,) if leaf_axis == -1 else (1,) + within)
+            values = jnp.broadcast_to(one_hot.reshape(spread), (colours,) + shape)
+            tangents.append(Separated(values, leaf_axis % len(shape), C))
+        columns = separated_columns(linear, specs, tangents).reshape(width, -1)  # (w, c) rows, w-major
+        if leaf_axis == 0 and whole:  # the leaf's own (c, w) order
+            columns = columns.reshape(colours, C, -1).swapaxes(0, 1).reshape(width, -1)
+        return (columns.T,)
 
     def compute(params, x, offset):
         return chunk(linearize(params, x), offset)
 
     def blocks(n, offset, outputs):
-        return [JacobianBlock(n, Layout.COLUMNS, names, offset, outputs[0])]
+        layout = Layout.COLUMNS if leaf_axis == -1 or whole else Layout.FIRST_AXIS_COLUMNS
+        return [JacobianBlock(n, layout, names, offset, outputs[0])]
 
     return Kernel(compute, linearize, chunk, blocks, lambda outputs: [(start, outputs[0])], 1)
 
 
 KERNELS[SeparatedForward] = separated_forward_kernel
+KERNELS[SeparatedForwardFirst] = functools.partial(separated_forward_kernel, leaf_axis=0)
 
 
 def fused_kernel(kernels: Sequence[Kernel]) -> Kernel:

@@ -17,7 +17,7 @@ import numpy as np
 from ..planning import Auto, leaf_size
 from ..results import Sensitivity
 from ..tracing import require_real
-from ._blocks import JacobianBlock, Layout
+from ._blocks import JacobianBlock, Layout, first_axis_columns
 from ._jacobian import _run
 from ._sinks import Done, Job, Sink, _starts
 
@@ -56,6 +56,10 @@ class SensitivitySink(Sink[Sensitivity]):
         elif layout is Layout.ROWS:  # (width, P_leaf): rows offset ... of the leaf's columns
             columns[start : start + squares.shape[1]] += squares.sum(axis=0)
             rows[offset : offset + squares.shape[0]] += squares.sum(axis=1)
+        elif layout is Layout.FIRST_AXIS_COLUMNS:  # (M, width): basis vectors offset ..., columns scattered
+            shape = np.shape(self.job.split.params[block.names[0]])
+            columns[start + first_axis_columns(shape, offset, squares.shape[1])] += squares.sum(axis=0)
+            rows += squares.sum(axis=1)
         elif layout is Layout.CHANNEL_COLUMNS:  # (*activation, width): (r, w) is column (offset + w, c = r[axis])
             shape = self.job.split.activation_shape
             s = self.job.structure[block.names[0]]

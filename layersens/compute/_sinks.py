@@ -18,7 +18,7 @@ import numpy as np
 from ..analysis import ChannelStructure
 from ..planning import Plan, leaf_size
 from ..results import CompressedJacobian, LayerJacobian
-from ._blocks import JacobianBlock, Layout
+from ._blocks import JacobianBlock, Layout, first_axis_columns
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
@@ -176,6 +176,7 @@ class _Matrix:
         self.names = tuple(names)
         self.starts = _starts(split, self.names)
         self.sizes = {n: leaf_size(split, n) for n in self.names}
+        self.shapes = {n: np.shape(split.params[n]) for n in self.names}
         self.structure = structure
         self.activation_shape = split.activation_shape
         width = sum(leaf_size(split, n) for n in self.names)
@@ -190,6 +191,9 @@ class _Matrix:
         elif block.layout is Layout.ROWS:
             start = self.starts[names[0]]
             matrix[offset : offset + values.shape[0], start : start + values.shape[1]] = values
+        elif block.layout is Layout.FIRST_AXIS_COLUMNS:
+            columns = first_axis_columns(self.shapes[names[0]], offset, values.shape[1])
+            matrix[:, self.starts[names[0]] + columns] = values
         elif block.layout is Layout.CHANNEL_COLUMNS:
             s = self.structure[names[0]]
             strides = self._strides(names)

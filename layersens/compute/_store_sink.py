@@ -20,7 +20,7 @@ import numpy as np
 
 from .._atomic import atomic_directory, check_name, resolve_target
 from .._errors import OutputError
-from ..planning import leaf_size
+from ..planning import SeparatedForwardFirst, leaf_size
 from ..results import STATED_STORE_FORMAT, STORE_FORMAT, StoredArray, StoredJacobian, open_store, slabs_along
 from ._blocks import JacobianBlock, Layout
 from ._sinks import Done, Job, Sink, _starts, place_diagonal, within_ranges
@@ -147,7 +147,8 @@ class StoreSink(Sink[StoredJacobian]):
         if job.inputs is None:
             raise ValueError("a store records its inputs: the job must carry them")
         first = [n for n in job.plan.coloured if not job.structure[n].channel_last]
-        if first:  # its slabs, its ledger and its readers take a coloured leaf's columns as (w, c)
+        first += [n for b in job.plan.blocks if isinstance(b.method, SeparatedForwardFirst) for n in b.names]
+        if first:  # its slabs, its ledger and its readers take a coloured or separated leaf's columns as (w, c)
             raise ValueError(f"a store takes colouring of channel-last leaves only (channel_last_only): {first}")
         methods = {n: b.method.name for b in job.plan.blocks for n in b.names}
         self.fingerprint = fingerprint(split, job.inputs, methods, "compressed" if self.compressed else "dense")

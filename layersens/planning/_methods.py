@@ -1,4 +1,4 @@
-"""The four ways to compute a block of Jacobian columns, each a small class: what they cost.
+"""The ways to compute a block of Jacobian columns, each a small class: what they cost.
 
 A method knows, for a block of upstream leaves, its basis (how many passes), and what one basis vector costs in
 memory and time; the planner compares methods by these numbers. The device programs that carry a method out are
@@ -14,6 +14,7 @@ method                passes per example                          use when
 ``ColumnColouring``   W JVPs: one column of every channel at once  channel-diagonal leaves, wide layers
 ``RowColouring``      S pullbacks: one row of every channel        channel-diagonal leaves on the last axis
 ``SeparatedForward``  W separated JVPs, then W·C after the mix     leaves with a channel axis the layer mixes
+(``...First``)        the same along a leaf's first axis          ``(out, in)`` and ``OIHW`` kernels
 ====================  ==========================================  ===========================================
 """
 
@@ -39,7 +40,7 @@ REVERSE_PASS_COST = 2.0
 
 
 class Method(abc.ABC):
-    """Base of the four methods; see the module docstring. Methods are values: equal when of the same class."""
+    """Base of the methods; see the module docstring. Methods are values: equal when of the same class."""
 
     name: ClassVar[str]
     forward: ClassVar[bool]  # built from JVPs (else from pullbacks)
@@ -197,10 +198,11 @@ class SeparatedForward(Method):
 
     name = "fwd-separated"
     forward = True
+    leaf_axis: ClassVar[int] = -1  # the leaves' channel axis: their last
 
     def channels(self, split: LayerSplit, names: Sequence[str]) -> int:
-        # the leaf's last axis, read from the split (a kept plan holds its split weakly: no analysis lookup)
-        return int(np.shape(split.params[names[0]])[-1])
+        # read from the split (a kept plan holds its split weakly: no analysis lookup)
+        return int(np.shape(split.params[names[0]])[self.leaf_axis])
 
     def align(self, split: LayerSplit, names):
         return self.channels(split, names)
@@ -231,4 +233,27 @@ class SeparatedForward(Method):
         return share + self.returns_per_vector(split, names) * itemsize
 
 
-METHODS = {m.name: m for m in (DenseForward(), DenseReverse(), ColumnColouring(), RowColouring(), SeparatedForward())}
+class SeparatedForwardFirst(SeparatedForward):
+    """:class:`SeparatedForward` for a leaf whose channel axis is its first: an ``(out, in)`` kernel's outputs, an
+    ``OIHW`` convolution kernel's output features (``analysis.Separation.leaf_axis == 0``, chosen where it costs
+    at most half of the last axis). Its columns ``(c, w)`` are not those of a within-channel chunk: a chunk's
+    columns go to the sink as one block per channel; one leaf per block.
+
+    Cost, memory and use: as :class:`SeparatedForward`.
+    """
+
+    name = "fwd-separated-first"
+    leaf_axis = 0
+
+
+METHODS = {
+    m.name: m
+    for m in (
+        DenseForward(),
+        DenseReverse(),
+        ColumnColouring(),
+        RowColouring(),
+        SeparatedForward(),
+        SeparatedForwardFirst(),
+    )
+}

@@ -21,13 +21,27 @@ from .._errors import ModeError
 from .._modes import MODE_ALIASES, MODE_NAMES
 from ..analysis import analyze
 from ._layout import contiguous_runs, leaf_size
-from ._methods import WRITE_COST, ColumnColouring, DenseForward, DenseReverse, Method, RowColouring, SeparatedForward
+from ._methods import (
+    WRITE_COST,
+    ColumnColouring,
+    DenseForward,
+    DenseReverse,
+    Method,
+    RowColouring,
+    SeparatedForward,
+    SeparatedForwardFirst,
+)
 
 if TYPE_CHECKING:
     from ..tracing import LayerSplit
 
 FORWARD, REVERSE = DenseForward(), DenseReverse()
-COLUMNS, ROWS, SEPARATED = ColumnColouring(), RowColouring(), SeparatedForward()
+COLUMNS, ROWS, SEPARATED, SEPARATED_FIRST = (
+    ColumnColouring(),
+    RowColouring(),
+    SeparatedForward(),
+    SeparatedForwardFirst(),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,7 +144,7 @@ class Structured(Strategy):
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
         structure = usable_structure(analyze(split).structure, self.channel_first)
-        return plan_blocks(split, structure, self.chunk_size, force_structure=True)
+        return plan_blocks(split, structure, self.chunk_size, force_structure=True, channel_first=self.channel_first)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,8 +162,9 @@ class Auto(Strategy):
     (a few runs each, once per input shape) and the fastest is kept; the result's notes give the timings. Costs
     one extra compilation per candidate. ``False`` keeps the plan.
 
-    ``channel_first``: whether a leaf whose channel axis is its first (an ``(out, in)`` kernel) may be coloured;
-    a store on disk (``stream_jacobian``) plans without, as its slabs follow ``(w, c)`` columns.
+    ``channel_first``: whether a leaf whose channel axis is its first (an ``(out, in)`` kernel) may be coloured or
+    carried apart along that axis; a store on disk (``stream_jacobian``) plans without, as its slabs and its
+    resume ledger follow ``(w, c)`` columns.
     """
 
     chunk_size: int | None = None
@@ -158,7 +173,8 @@ class Auto(Strategy):
     name: ClassVar[str] = "auto"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        return plan_blocks(split, usable_structure(analyze(split).structure, self.channel_first), self.chunk_size)
+        structure = usable_structure(analyze(split).structure, self.channel_first)
+        return plan_blocks(split, structure, self.chunk_size, channel_first=self.channel_first)
 
 
 def usable_structure(structure: dict, channel_first: bool) -> dict:
@@ -175,26 +191,31 @@ def channel_last_only(strategy: Strategy) -> Strategy:
 
 
 def plan_blocks(
-    split: LayerSplit, structure: dict, chunk_size=None, force_structure=False, separate=True
+    split: LayerSplit, structure: dict, chunk_size=None, force_structure=False, separate=True, channel_first=True
 ) -> tuple[Block, ...]:
     """Chooses a method per leaf minimizing the estimated device time per example.
 
     Reverse groups (dense rows; row colouring per channel count) share their passes between leaves, so we
     enumerate which groups exist (at most a few) and give every leaf the cheapest option among forward (dense or
     coloured) and the existing groups; each candidate plan is then costed with its groups' actual members
-    (``Method.cost``). Leaves a mode cannot differentiate never get that mode.
+    (``Method.cost``). Leaves a mode cannot differentiate never get that mode. ``separate``: channel separation
+    may be used; ``channel_first``: also along a leaf's first axis (``structure`` is the caller's to filter).
     """
     limits = analyze(split).limits
     limits.check(split.param_names)
     last_axis = len(split.activation_shape) - 1
 
     separation = analyze(split).separation if separate else {}
+    if not channel_first:
+        separation = {n: s for n, s in separation.items() if s.leaf_axis == -1}
 
     def forward_method(name):
         if name in structure:
             return COLUMNS
-        if name in separation and SEPARATED.cost(split, (name,)) < FORWARD.cost(split, (name,)):
-            return SEPARATED
+        if name in separation:
+            method = SEPARATED if separation[name].leaf_axis == -1 else SEPARATED_FIRST
+            if method.cost(split, (name,)) < FORWARD.cost(split, (name,)):
+                return method
         return FORWARD
 
     groups: dict[tuple[str, int | None], Method] = {("rev", None): REVERSE}
@@ -248,6 +269,12 @@ def plan_blocks(
     separated = [n for n in split.param_names if choice[n] == "fwd" and forward_method(n) is SEPARATED]
     blocks += [
         Block(run, SEPARATED, chunk_size) for run in _runs_by(split, separated, lambda n: separation[n].channels)
+    ]
+    # along the first axis, columns (c, w): one leaf per block
+    blocks += [
+        Block((n,), SEPARATED_FIRST, chunk_size)
+        for n in split.param_names
+        if choice[n] == "fwd" and forward_method(n) is SEPARATED_FIRST
     ]
     # Adjacent coloured leaves of one channel axis share a block: one JVP batch, and one mask writes all their
     # columns at once. A leaf whose channel is its first axis has (c, w) columns, and a block of its own.
