@@ -253,6 +253,10 @@ def test_a_first_axis_carried_apart_through_the_next_conv():
     separation = analyze(split).separation["K1"]
     assert (separation.leaf_axis, separation.channels) == (0, 3)  # its last axis (kw, 3) could not be mixed
     assert "fwd-separated-first[K1]" in layersens.plan(split, _inputs(split), layersens.Auto()).describe()
+    # through a contraction instead (an (out, in) kernel into the next dense layer) the first axis is not taken:
+    # measured slower than the shared reverse pass (analysis._separation.FIRST_AXIS_FACTOR's comment)
+    mlp = analyze(layersens.split(_torch_mlp(), "h2")).separation
+    assert mlp["W1"].leaf_axis == -1
     assert (
         "separated-first" not in layersens.plan(split, _inputs(split), layersens.Auto(channel_first=False)).describe()
     )

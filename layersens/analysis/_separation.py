@@ -180,7 +180,12 @@ class Separation:
 
 
 # A leaf is carried apart along its first axis (an (out, in) kernel's outputs, an OIHW kernel's output features)
-# only where that costs at most this fraction of carrying it along its last (Flax's layout, the usual case).
+# only where that costs at most this fraction of carrying it along its last (Flax's layout, the usual case), and
+# only where every mix is a convolution: measured on an MLP with (out, in) kernels, the first layer's kernel
+# carried apart to the next dense layer took 58 ms against 36 ms in the shared reverse pass (the expansions after
+# a contraction's mix are not in the cost model; the ViT's contraction-mixed separations measured 0.63-0.92x
+# likewise, benchmarks/README.md), while an OIHW kernel through the next convolution took 1.22-1.34x less time
+# (benchmarks/reports/channel-first-cpu).
 FIRST_AXIS_FACTOR = 0.5
 
 
@@ -196,7 +201,8 @@ def separations(split: LayerSplit, closed) -> dict[str, Separation]:
             for axis in (-1, 0)
             if len(shape) > (0 if axis == -1 else 1) and shape[axis] > 1
         }
-        first, last = along.get(0), along.get(-1)
+        last = along[-1][0] if -1 in along else None
+        first = along[0][0] if 0 in along and along[0][1] <= {P.conv_general_dilated_p} else None
         if first is not None and (last is None or first.flops_per_column < FIRST_AXIS_FACTOR * last.flops_per_column):
             found[name] = first
         elif last is not None:
@@ -204,13 +210,17 @@ def separations(split: LayerSplit, closed) -> dict[str, Separation]:
     return found
 
 
-def _separation(jaxpr, position: int, name: str, shape, leaf_axis: int) -> Separation:
-    """The cost of carrying leaf ``name`` (input ``position`` of ``jaxpr``) separated along ``leaf_axis``."""
+def _separation(jaxpr, position: int, name: str, shape, leaf_axis: int) -> tuple[Separation, set]:
+    """The cost of carrying leaf ``name`` (input ``position`` of ``jaxpr``) separated along ``leaf_axis``, and the
+    primitives that mix its channels."""
     channels = int(shape[leaf_axis])
     total = [0.0, 0]
+    mixes: set = set()
 
     def charge(eqn, ins):
         decision = decide(eqn, ins, channels)
+        if decision.action is Action.MIX:
+            mixes.add(eqn.primitive)
         if decision.action is not Action.PRIMAL:
             factor = channels if decision.action is Action.COLUMNS else 1
             total[0] += factor * _flops_within(eqn)
@@ -230,7 +240,7 @@ def _separation(jaxpr, position: int, name: str, shape, leaf_axis: int) -> Separ
     # The largest tangent twice (an operand and its result live at once): XLA fuses the elementwise chains
     # between, and the sum of every tangent overcounted XLA's own count 2-4x on the shipped LeNet. An
     # undercount costs a recompilation (the compiled program's count narrows the chunk), never the budget.
-    return Separation(name, channels, total[0], 2 * int(total[1]), leaf_axis)
+    return Separation(name, channels, total[0], 2 * int(total[1]), leaf_axis), mixes
 
 
 def _flops_within(eqn) -> float:
