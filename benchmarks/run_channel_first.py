@@ -15,11 +15,7 @@ whose order rotates (medians with their interquartile ranges; ranges that overla
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import shutil
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -28,8 +24,7 @@ import numpy as np
 import layersens
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run_zoo import as_matrix, baseline, ms, quartiles, timed  # noqa: E402
-from zoo_models import ZOO  # noqa: E402
+from run_zoo import as_matrix, baseline, every_layer, ms, quartiles, timed, write_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODELS = ("mlp_out_in", "conv_oihw")
@@ -133,43 +128,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         parser.error(f"{args.out} holds a report; pass --overwrite to replace it")
-    start = time.perf_counter()
-    rows, skipped = [], []
-    for name in MODELS:
-        zoo = ZOO[name]
-        model = zoo.build()
-        for info in layersens.list_layers(model):
-            split = layersens.split(model, info.name)
-            for n in map(int, args.num_examples.split(",")):
-                if n * split.num_outputs * split.num_params * 4 / 2**20 > args.max_mib:
-                    skipped.append(f"{name}/{info.name} ×{n}")
-                    continue
-                row = measure(split, zoo.inputs(n), args.rounds)
-                row.update(model=name, layer=info.name, n=n, M=split.num_outputs, P=split.num_params)
-                rows.append(row)
-                print(
-                    f"[{time.perf_counter() - start:6.1f} s] {name} {info.name} ×{n}: vs before "
-                    f"{_ratio(row, 'layersens', 'before')}, {row['mode']}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    report = {
-        "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, {jax.local_device_count()} device(s)",
-        "jax": jax.__version__,
-        "rounds": args.rounds,
-        "max_mib": args.max_mib,
-        "seconds": time.perf_counter() - start,
-        "rows": rows,
-        "skipped": skipped,
-    }
-    tmp = args.out.with_name(args.out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "report.json").write_text(json.dumps(report, indent=1))
-    (tmp / "report.md").write_text(markdown(report))
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
-    print((args.out / "report.md").read_text())
+    rows, skipped, seconds = every_layer(
+        MODELS,
+        args.num_examples,
+        args.max_mib,
+        lambda split, x: measure(split, x, args.rounds),
+        lambda row: f"vs before {_ratio(row, 'layersens', 'before')}, {row['mode']}",
+    )
+    report = {"rounds": args.rounds, "max_mib": args.max_mib, "seconds": seconds, "rows": rows, "skipped": skipped}
+    write_report(args.out, report, markdown)
     return 0
 
 

@@ -169,6 +169,50 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def every_layer(models, num_examples: str, max_mib: float, measure_row, summary) -> tuple[list, list, float]:
+    """``measure_row(split, x)`` for every layer of the zoo's ``models`` at each count in ``num_examples`` ("1,8"),
+    skipping dense results over ``max_mib``; each row is logged with ``summary(row)``. Returns the rows, what was
+    skipped and the seconds taken."""
+    start = time.perf_counter()
+    rows, skipped = [], []
+    for name in models:
+        zoo = ZOO[name]
+        model = zoo.build()
+        for info in layersens.list_layers(model):
+            split = layersens.split(model, info.name)
+            for n in map(int, num_examples.split(",")):
+                if n * split.num_outputs * split.num_params * 4 / 2**20 > max_mib:
+                    skipped.append(f"{name}/{info.name} ×{n}")
+                    continue
+                row = measure_row(split, zoo.inputs(n))
+                row.update(model=name, layer=info.name, n=n, M=split.num_outputs, P=split.num_params)
+                rows.append(row)
+                print(
+                    f"[{time.perf_counter() - start:6.1f} s] {name:12s} {info.name:28s} ×{n}: {summary(row)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    return rows, skipped, time.perf_counter() - start
+
+
+def write_report(out: Path, report: dict, markdown) -> None:
+    """``report.json`` and ``markdown(report)`` as ``report.md`` in ``out``, replaced whole (written beside it
+    first), with the machine and JAX release added; prints the markdown."""
+    report = {
+        "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, {jax.local_device_count()} device(s)",
+        "jax": jax.__version__,
+        **report,
+    }
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "report.json").write_text(json.dumps(report, indent=1))
+    (tmp / "report.md").write_text(markdown(report))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print((out / "report.md").read_text())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE / "reports" / "zoo-cpu")
@@ -181,44 +225,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         parser.error(f"{args.out} holds a report; pass --overwrite to replace it")
-    start = time.perf_counter()
-    rows, skipped = [], []
-    for name in args.models.split(","):
-        zoo = ZOO[name]
-        model = zoo.build()
-        for info in layersens.list_layers(model):
-            split = layersens.split(model, info.name)
-            for n in map(int, args.num_examples.split(",")):
-                mib = n * split.num_outputs * split.num_params * 4 / 2**20
-                if mib > args.max_mib:
-                    skipped.append(f"{name}/{info.name} ×{n}")
-                    continue
-                row = measure(split, zoo.inputs(n), args.rounds)
-                row.update(model=name, layer=info.name, n=n, M=split.num_outputs, P=split.num_params)
-                rows.append(row)
-                print(
-                    f"[{time.perf_counter() - start:6.1f} s] {name:12s} {info.name:28s} ×{n}: ratio {row['ratio']:.2f}"
-                    f"{' (tied)' if row['tied'] else ''}  {row['mode'][:40]}",
-                    file=sys.stderr,
-                    flush=True,
-                )
-    report = {
-        "machine": f"{platform.machine()}, {jax.devices()[0].device_kind}, {jax.local_device_count()} device(s)",
-        "jax": jax.__version__,
-        "rounds": args.rounds,
-        "max_mib": args.max_mib,
-        "seconds": time.perf_counter() - start,
-        "rows": rows,
-        "skipped": skipped,
-    }
-    tmp = args.out.with_name(args.out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    (tmp / "report.json").write_text(json.dumps(report, indent=1))
-    (tmp / "report.md").write_text(markdown(report))
-    shutil.rmtree(args.out, ignore_errors=True)
-    tmp.rename(args.out)
-    print((args.out / "report.md").read_text())
+    rows, skipped, seconds = every_layer(
+        args.models.split(","),
+        args.num_examples,
+        args.max_mib,
+        lambda split, x: measure(split, x, args.rounds),
+        lambda row: f"ratio {row['ratio']:.2f}{' (tied)' if row['tied'] else ''}  {row['mode'][:40]}",
+    )
+    report = {"rounds": args.rounds, "max_mib": args.max_mib, "seconds": seconds, "rows": rows, "skipped": skipped}
+    write_report(args.out, report, markdown)
     return 0
 
 

@@ -28,6 +28,7 @@ os.environ["LAYERSENS_TRIAL"] = "0"
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_enable_x64", True)  # float64 checks; models still default to float32
 
+import layersens  # noqa: E402
 from layersens.examples import LENET_DIGITS, LENET_DIGITS_NNX  # noqa: E402
 
 # Property tests: a fast profile by default (CI), a thorough one by `LAYERSENS_HYPOTHESIS=thorough python -m pytest`.
@@ -56,6 +57,19 @@ def pytest_unconfigure(config):
 
 # Tolerances per dtype for comparisons against an independent computation of the same Jacobian.
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+
+class ForcedBlocks(layersens.Structured):
+    """A strategy with hand-picked blocks, to reach kernel paths the cost model rarely picks."""
+
+    def __init__(self, blocks):
+        object.__setattr__(self, "chosen", tuple(blocks))
+
+    def blocks(self, split):
+        return self.chosen
+
+    def __hash__(self):
+        return hash(self.chosen)
 
 
 def cpu_policy(monkeypatch, policy=None, **changes):

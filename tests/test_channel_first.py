@@ -15,7 +15,7 @@ import pytest
 
 import layersens
 from layersens.planning import Block, ColumnColouring, DenseForward, DenseReverse, RowColouring, SeparatedForwardFirst
-from tests.conftest import cpu_policy
+from tests.conftest import ForcedBlocks, cpu_policy
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -72,19 +72,6 @@ def _inputs(split, n=3, seed=2):
     return np.random.default_rng(seed).normal(size=(n,) + split.input_shape)
 
 
-class _Forced(layersens.Structured):
-    """Hand-picked blocks, to reach each kernel on these leaves whatever the cost model prefers."""
-
-    def __init__(self, blocks):
-        object.__setattr__(self, "chosen", tuple(blocks))
-
-    def blocks(self, split):
-        return self.chosen
-
-    def __hash__(self):
-        return hash(self.chosen)
-
-
 def test_the_analysis_finds_channels_on_a_leafs_first_axis():
     structure = layersens.channel_structure(layersens.split(_torch_mlp(), "h1"))
     assert structure["W1"] == layersens.ChannelStructure("W1", 6, 0, leaf_axis=0)
@@ -126,40 +113,44 @@ FORCED = {
 }
 
 
+def _every_sink(model, layer, blocks, monkeypatch, leaf: str):
+    """The dense result built on the device and placed on the host, the compressed form and the sensitivity sums
+    of ``layer`` under the hand-picked ``blocks``, each against ``jax.jacrev``; returns the compressed form."""
+    split = layersens.split(model, layer)
+    xs = _inputs(split)
+    reference = _reference(split, xs)
+    strategy = ForcedBlocks(blocks)
+    first = split.param_names.index(leaf)
+    start = sum(int(np.prod(s)) for s in split.param_shapes[:first])
+    shape = split.param_shapes[first]
+    np.testing.assert_allclose(layersens.jacobian(split, xs, mode=strategy).matrix, reference, **TOL)
+    squares = np.sum(reference**2, axis=1)  # (examples, P): Σ_i J[i, p]²
+    sensitivity = layersens.sensitivity(layersens.split(model, layer), xs, mode=strategy)
+    expected = squares[:, start : start + int(np.prod(shape))].reshape((len(xs),) + shape)
+    np.testing.assert_allclose(sensitivity.parameter[leaf], expected, **TOL)
+    np.testing.assert_allclose(sensitivity.unit.reshape(len(xs), -1), np.sqrt(np.sum(reference**2, axis=2)), **TOL)
+    compressed = layersens.compressed_jacobian(layersens.split(model, layer), xs, mode=strategy)
+    np.testing.assert_allclose(compressed.to_dense().matrix, reference, **TOL)
+    # the zeroed host array and placed nonzeros, example by example
+    cpu_policy(monkeypatch, device_dense_max_bytes=0, side_by_side_max_bytes=0)
+    np.testing.assert_allclose(
+        layersens.jacobian(layersens.split(model, layer), xs, mode=strategy).matrix, reference, **TOL
+    )
+    return compressed, reference
+
+
 @pytest.mark.parametrize("name", FORCED)
 def test_each_colouring_of_an_oihw_kernel(name, monkeypatch):
-    split = layersens.split(_oihw_conv(), "conv")
-    xs = _inputs(split)
-    reference = _reference(split, xs)
-    strategy = _Forced(FORCED[name])
-    device_built = layersens.jacobian(split, xs, mode=strategy)
-    np.testing.assert_allclose(device_built.matrix, reference, **TOL)
-    cpu_policy(monkeypatch, device_dense_max_bytes=0)  # the zeroed host array + placed nonzeros
-    host_placed = layersens.jacobian(layersens.split(_oihw_conv(), "conv"), xs, mode=strategy)
-    np.testing.assert_allclose(host_placed.matrix, reference, **TOL)
-    compressed = layersens.compressed_jacobian(layersens.split(_oihw_conv(), "conv"), xs, mode=strategy)
+    compressed, reference = _every_sink(_oihw_conv(), "conv", FORCED[name], monkeypatch, "K")
     assert compressed.channel_blocks["K"].shape == (3, 5, 4, 3, 18)
-    np.testing.assert_allclose(compressed.to_dense().matrix, reference, **TOL)
     np.testing.assert_allclose(compressed.leaf_columns("K"), reference[:, :, :54], **TOL)
-
-
-@pytest.mark.parametrize("name", ["columns-4", "rows-3"])
-def test_sensitivity_of_an_oihw_kernel_from_its_coloured_blocks(name):
-    split = layersens.split(_oihw_conv(), "conv")
-    xs = _inputs(split)
-    reference = _reference(split, xs)
-    result = layersens.sensitivity(split, xs, mode=_Forced(FORCED[name]))
-    squares = np.sum(reference**2, axis=1)  # (examples, P): Σ_i J[i, p]²
-    np.testing.assert_allclose(result.parameter["K"], squares[:, :54].reshape(3, 3, 2, 3, 3), **TOL)
-    np.testing.assert_allclose(result.parameter["bias"], squares[:, 54:], **TOL)
-    np.testing.assert_allclose(result.unit.reshape(3, -1), np.sqrt(np.sum(reference**2, axis=2)), **TOL)
 
 
 def test_row_colouring_over_alternating_channel_first_and_last_leaves():
     split = layersens.split(_torch_mlp(), "h2")
     xs = _inputs(split)
     for chunk in (None, 1, 2):  # V (first), then W1 and b1 (mixed, reverse), W2 (first), c (last)
-        strategy = _Forced([Block(("V", "W2", "c"), RowColouring(), chunk), Block(("W1", "b1"), DenseReverse())])
+        strategy = ForcedBlocks([Block(("V", "W2", "c"), RowColouring(), chunk), Block(("W1", "b1"), DenseReverse())])
         result = layersens.jacobian(split, xs, mode=strategy)
         assert result.mode.startswith("rev-colour[V+W2+c]")
         np.testing.assert_allclose(result.matrix, _reference(split, xs), **TOL)
@@ -205,11 +196,17 @@ def test_a_store_refuses_a_plan_that_colours_a_channel_first_leaf(tmp_path):
     split = layersens.split(_oihw_conv(), "conv")
     xs = _inputs(split, n=1)
     with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K'\]"):
-        _run(split, xs, StoreSink(tmp_path / "j.zarr"), _Forced(FORCED["columns"]), None, None, None)
+        _run(split, xs, StoreSink(tmp_path / "j.zarr"), ForcedBlocks(FORCED["columns"]), None, None, None)
     assert not (tmp_path / "j.zarr").exists()
     split = layersens.split(_two_oihw_convs(), "out")
     with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K1'\]"):
-        _run(split, _inputs(split, n=1), StoreSink(tmp_path / "j.zarr"), _Forced(SEPARATED_FIRST["whole"]), *[None] * 3)
+        _run(
+            split,
+            _inputs(split, n=1),
+            StoreSink(tmp_path / "j.zarr"),
+            ForcedBlocks(SEPARATED_FIRST["whole"]),
+            *[None] * 3,
+        )
     assert not (tmp_path / "j.zarr").exists()
 
 
@@ -264,21 +261,8 @@ def test_a_first_axis_carried_apart_through_the_next_conv():
 
 @pytest.mark.parametrize("name", SEPARATED_FIRST)
 def test_each_chunking_of_a_first_axis_carried_apart(name, monkeypatch):
-    split = layersens.split(_two_oihw_convs(), "out")
-    xs = _inputs(split)
-    reference = _reference(split, xs)
-    strategy = _Forced(SEPARATED_FIRST[name])
-    result = layersens.jacobian(split, xs, mode=strategy)
-    assert result.mode.startswith("fwd-separated-first[K1]")
-    np.testing.assert_allclose(result.matrix, reference, **TOL)
-    squares = np.sum(reference**2, axis=1)
-    sensitivity = layersens.sensitivity(layersens.split(_two_oihw_convs(), "out"), xs, mode=strategy)
-    np.testing.assert_allclose(sensitivity.parameter["K1"], squares[:, :54].reshape(3, 3, 2, 3, 3), **TOL)
-    compressed = layersens.compressed_jacobian(layersens.split(_two_oihw_convs(), "out"), xs, mode=strategy)
-    np.testing.assert_allclose(compressed.to_dense().matrix, reference, **TOL)
-    cpu_policy(monkeypatch, device_dense_max_bytes=0, side_by_side_max_bytes=0)  # the per-example, host-placed path
-    host = layersens.jacobian(layersens.split(_two_oihw_convs(), "out"), xs, mode=strategy)
-    np.testing.assert_allclose(host.matrix, reference, **TOL)
+    assert ForcedBlocks(SEPARATED_FIRST[name]).blocks(None)[0].method.name == "fwd-separated-first"
+    _every_sink(_two_oihw_convs(), "out", SEPARATED_FIRST[name], monkeypatch, "K1")
 
 
 def test_without_channel_first_no_candidate_colours_such_a_leaf(monkeypatch):

@@ -11,7 +11,7 @@ from flax import linen as nn
 from flax import nnx
 
 import layersens
-from tests.conftest import TOL, cpu_policy
+from tests.conftest import TOL, ForcedBlocks, cpu_policy
 from tests.tiny_models import TinyCNN, TinyCNNNNX, random_linen_variables
 
 STRATEGIES = {
@@ -178,19 +178,6 @@ def test_compressed_relu1_is_twenty_times_smaller(lenet_linen):
     np.testing.assert_array_equal(compressed.to_dense().matrix, dense.matrix)
 
 
-class _ForcedBlocks(layersens.Structured):
-    """A structured strategy with hand-picked blocks, to reach kernel paths the cost model rarely picks."""
-
-    def __init__(self, blocks):
-        object.__setattr__(self, "chosen", tuple(blocks))
-
-    def blocks(self, split):
-        return self.chosen
-
-    def __hash__(self):
-        return hash(self.chosen)
-
-
 def _jacfwd_reference(split, xs):
     flat = lambda p, x: jnp.concatenate(  # noqa: E731
         [
@@ -209,7 +196,7 @@ def test_row_colouring_in_chunks_over_leaves_that_are_not_adjacent(model):
     names = split.param_names
     assert len(names) == 4
     rows, rest = (names[0], names[2]), (names[1], names[3])
-    strategy = _ForcedBlocks(
+    strategy = ForcedBlocks(
         [Block(rows, RowColouring(), 5), Block((rest[0],), ColumnColouring(), 1), Block((rest[1],), DenseReverse(), 7)]
     )
     xs = np.random.default_rng(4).normal(size=(2, 6, 6, 1)).astype(np.float32)
