@@ -64,8 +64,9 @@ def summary_markdown(data: dict, figures: dict[str, str]) -> str:
     lines += [
         "## Parameters",
         "",
-        "Each leaf's share of ‖J‖²_F summed over the examples, and the output channel "
-        "(last axis) of the leaf with the largest share.",
+        "Each leaf's share of ‖J‖²_F summed over the examples, and the index on the leaf's last axis (a Flax "
+        "kernel's output channel; an (out, in) or OIHW kernel's input feature or kernel column) with the largest "
+        "share.",
         "",
     ]
     rows = []

@@ -52,8 +52,8 @@ def _channel_leaves(sens) -> list[str]:
 
 
 def parameters_figure(sens):
-    """The leaf shares on top; below, one small panel per leaf with channels (its last axis: a conv or dense
-    kernel's output channel, a bias, a normalization scale): each channel's share of ‖J‖²_F."""
+    """The leaf shares on top; below, one small panel per leaf with channels (its last axis: in Flax's layout a
+    conv or dense kernel's output channel, a bias, a normalization scale): each index's share of ‖J‖²_F."""
     leaves = _channel_leaves(sens)
     rows = math.ceil(len(leaves) / _COLS)
     cols = min(_COLS, max(1, len(leaves)))
@@ -68,7 +68,7 @@ def parameters_figure(sens):
         per = sens.per_channel(name).sum(axis=0) / whole
         _bars(ax, per, "tab:orange")
         ax.set_title(f"{name}: {100 * totals[name] / whole:.3g}% in all", fontsize=SMALL + 1)
-        ax.set_xlabel("output channel (last axis)", fontsize=SMALL + 1)
+        ax.set_xlabel("index on the leaf's last axis", fontsize=SMALL + 1)
         if i % cols == 0:
             ax.set_ylabel(f"share of {FRO2} (%)", fontsize=SMALL + 1)
         percent_axis(ax.yaxis)
@@ -78,7 +78,7 @@ def parameters_figure(sens):
     norms = ", ".join(f"{v:.4g}" for v in sens.frobenius[:4]) + (" …" if sens.num_examples > 4 else "")
     fig.suptitle(
         f"{sens.model} / {sens.layer}: which parameters move the layer ({examples_note(sens.num_examples)}; "
-        f"{FRO} = {norms})\nbelow: one panel per leaf with channels, each output channel's share",
+        f"{FRO} = {norms})\nbelow: one panel per leaf with channels, each index of its last axis",
         fontsize=TITLE,
     )
     return fig

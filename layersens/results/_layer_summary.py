@@ -99,7 +99,9 @@ class LayerSummary(Summarized):
         return {name: (value / whole if whole > 0 else 0.0) for name, value in totals.items()}
 
     def channel_shares(self, leaf: str) -> np.ndarray:
-        """``(C,)``: each output channel's share (its last axis) of Σ_n ‖J_n‖²_F within ``leaf``."""
+        """``(C,)``: the share of Σ_n ‖J_n‖²_F within ``leaf`` of each index on its last axis: a Flax kernel's
+        output channels (an ``(out, in)`` or ``OIHW`` kernel's are its first axis: sum ``sensitivity.parameter``
+        over the axes you want)."""
         whole = float(np.sum(np.square(self.frobenius)))
         per = self.sensitivity.per_channel(leaf).sum(axis=0)
         return per / whole if whole > 0 else per * 0.0
