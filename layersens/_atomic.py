@@ -177,8 +177,8 @@ def atomic_directory(target) -> Iterator[Path]:
 
 
 def check_name(path, option: str = "--out") -> None:
-    """Refuses a file name the file system cannot hold, or one with control characters (a name that cannot be
-    printed cannot be given back to the user to read)."""
+    """Refuses a file name the file system cannot hold, or one with control characters or bytes that are not UTF-8
+    (a name that cannot be printed cannot be given back to the user to read)."""
     path = Path(path)
     bad = sorted({repr(c) for c in str(path) if ord(c) < 32 or ord(c) == 127})
     if bad:
@@ -186,6 +186,13 @@ def check_name(path, option: str = "--out") -> None:
             f"{option} {str(path)!r} contains control characters ({', '.join(bad)}); choose a "
             "printable file name such as relu1.npz."
         )
+    try:  # bytes that are not UTF-8 arrive as lone surrogates: such a name could be written, never printed
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise OutputError(
+            f"{option} {str(path)!r} holds bytes that are not UTF-8 and cannot be printed; choose a printable file "
+            "name such as relu1.npz."
+        ) from None
     try:
         parts = [os.fsencode(part) for part in path.parts]
     except UnicodeError:

@@ -219,8 +219,10 @@ def test_a_symlink_at_out_through_the_command_line(tmp_path):
         ("\r", r"--out '.*/\\r\.npz' contains control characters \('\\r'\); choose a printable file name"),
         ("a\nb.npz", r"contains control characters \('\\n'\)"),
         ("y" * 300 + "/r.npz", r"--out: the folder name is 300 bytes long"),
+        # found by tests/test_fuzz.py: the file was written, then printing its name raised UnicodeEncodeError
+        ("\udcff.npz", r"--out '.*/\\udcff\.npz' holds bytes that are not UTF-8 and cannot be printed; choose a"),
     ],
-    ids=["300-characters", "carriage-return", "newline", "300-character-folder"],
+    ids=["300-characters", "carriage-return", "newline", "300-character-folder", "not-utf-8"],
 )
 def test_an_output_name_that_cannot_be_held_or_printed_is_refused(tmp_path, name, message):
     # defects 2 and 14: a 300-character name gave a 41-line traceback (OSError: [Errno 36] File name too long); a
