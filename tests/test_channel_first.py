@@ -195,17 +195,23 @@ def test_a_store_refuses_a_plan_that_colours_a_channel_first_leaf(tmp_path):
 
     split = layersens.split(_oihw_conv(), "conv")
     xs = _inputs(split, n=1)
-    with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K'\]"):
+    with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only; .*\['K'\]"):
         _run(split, xs, StoreSink(tmp_path / "j.zarr"), ForcedBlocks(FORCED["columns"]), None, None, None)
     assert not (tmp_path / "j.zarr").exists()
     split = layersens.split(_two_oihw_convs(), "out")
-    with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only .*\['K1'\]"):
+    with pytest.raises(ValueError, match=r"a store takes colouring of channel-last leaves only; .*\['K1'\]"):
         _run(
             split,
             _inputs(split, n=1),
             StoreSink(tmp_path / "j.zarr"),
             ForcedBlocks(SEPARATED_FIRST["whole"]),
             *[None] * 3,
+        )
+    assert not (tmp_path / "j.zarr").exists()
+    # stream_jacobian with a strategy it cannot rebuild without channel_first: the same refusal, no traceback
+    with pytest.raises(ValueError, match=r"plan with channel_first=False \(Auto, Structured\) or another"):
+        layersens.stream_jacobian(
+            split, _inputs(split, n=1), tmp_path / "j.zarr", mode=ForcedBlocks(SEPARATED_FIRST["whole"])
         )
     assert not (tmp_path / "j.zarr").exists()
 

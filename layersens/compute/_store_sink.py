@@ -149,7 +149,10 @@ class StoreSink(Sink[StoredJacobian]):
         first = [n for n in job.plan.coloured if not job.structure[n].channel_last]
         first += [n for b in job.plan.blocks if isinstance(b.method, SeparatedForwardFirst) for n in b.names]
         if first:  # its slabs, its ledger and its readers take a coloured or separated leaf's columns as (w, c)
-            raise ValueError(f"a store takes colouring of channel-last leaves only (channel_last_only): {first}")
+            raise ValueError(
+                f"a store takes colouring of channel-last leaves only; the plan colours or carries apart {first} "
+                "along their first axis: plan with channel_first=False (Auto, Structured) or another strategy."
+            )
         methods = {n: b.method.name for b in job.plan.blocks for n in b.names}
         self.fingerprint = fingerprint(split, job.inputs, methods, "compressed" if self.compressed else "dense")
         target = resolve_target(self.path)

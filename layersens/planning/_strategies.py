@@ -184,9 +184,14 @@ def usable_structure(structure: dict, channel_first: bool) -> dict:
 
 
 def channel_last_only(strategy: Strategy) -> Strategy:
-    """``strategy``, colouring only leaves whose channel axis is their last (what a store on disk takes)."""
+    """``strategy``, colouring only leaves whose channel axis is their last (what a store on disk takes); a
+    strategy that cannot be so rebuilt (a subclass with its own ``__init__``) is returned as it is, and a store
+    refuses its plan if it colours such a leaf."""
     if getattr(strategy, "channel_first", False):
-        return dataclasses.replace(strategy, channel_first=False)  # type: ignore[type-var]
+        try:
+            return dataclasses.replace(strategy, channel_first=False)  # type: ignore[type-var]
+        except TypeError:
+            return strategy
     return strategy
 
 
