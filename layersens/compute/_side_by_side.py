@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 import jax
 import numpy as np
 
-from ..planning import DenseForward, DenseReverse, SeparatedForward, describe_blocks, plan_blocks, usable_structure
+from ..planning import DenseForward, DenseReverse, SeparatedForward, describe_blocks, plan_blocks
 from ._blocks import dense_bytes
 from ._kernels import dense_program, fused_kernel, kernel
 from ._platform import CPU, ExecutionPolicy
@@ -143,7 +143,7 @@ def candidates(
         if any(isinstance(b.method, SeparatedForward) for b in plan.blocks):
             # the same plan without channel separation: separated tangents pay masks and expansions the cost
             # model does not count, which on a small layer can outweigh the passes they save
-            alternative = plan_blocks(split, usable_structure(structure, plan.channel_first), separate=False)
+            alternative = plan_blocks(split, structure, separate=False, channel_first=plan.channel_first)
             blocks = tuple(
                 (b.method, b.names, b.method.basis_size(split, b.names) * b.method.bytes_per_vector(split, b.names))
                 for b in alternative

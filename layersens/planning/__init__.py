@@ -26,5 +26,4 @@ from ._strategies import (
     as_strategy,
     channel_last_only,
     plan_blocks,
-    usable_structure,
 )

@@ -143,7 +143,7 @@ class Structured(Strategy):
     name: ClassVar[str] = "structured"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        structure = usable_structure(analyze(split).structure, self.channel_first)
+        structure = analyze(split).structure
         return plan_blocks(split, structure, self.chunk_size, force_structure=True, channel_first=self.channel_first)
 
 
@@ -173,14 +173,7 @@ class Auto(Strategy):
     name: ClassVar[str] = "auto"
 
     def blocks(self, split: LayerSplit) -> tuple[Block, ...]:
-        structure = usable_structure(analyze(split).structure, self.channel_first)
-        return plan_blocks(split, structure, self.chunk_size, channel_first=self.channel_first)
-
-
-def usable_structure(structure: dict, channel_first: bool) -> dict:
-    """``structure`` (leaf → ``ChannelStructure``) less the leaves whose channel axis is their first, unless
-    ``channel_first``."""
-    return structure if channel_first else {n: s for n, s in structure.items() if s.channel_last}
+        return plan_blocks(split, analyze(split).structure, self.chunk_size, channel_first=self.channel_first)
 
 
 def channel_last_only(strategy: Strategy) -> Strategy:
@@ -204,14 +197,15 @@ def plan_blocks(
     enumerate which groups exist (at most a few) and give every leaf the cheapest option among forward (dense or
     coloured) and the existing groups; each candidate plan is then costed with its groups' actual members
     (``Method.cost``). Leaves a mode cannot differentiate never get that mode. ``separate``: channel separation
-    may be used; ``channel_first``: also along a leaf's first axis (``structure`` is the caller's to filter).
+    may be used; ``channel_first``: leaves may be coloured or carried apart along their first axis.
     """
     limits = analyze(split).limits
     limits.check(split.param_names)
     last_axis = len(split.activation_shape) - 1
 
     separation = analyze(split).separation if separate else {}
-    if not channel_first:
+    if not channel_first:  # colouring and separation alike keep to channel-last leaves
+        structure = {n: s for n, s in structure.items() if s.channel_last}
         separation = {n: s for n, s in separation.items() if s.leaf_axis == -1}
 
     def forward_method(name):
