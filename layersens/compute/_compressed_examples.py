@@ -24,7 +24,7 @@ from ..planning import leaf_size
 from ._blocks import Layout
 from ._kernels import Kernel
 from ._platform import CPU, ExecutionPolicy
-from ._side_by_side import equal_groups
+from ._side_by_side import groups_within
 from ._sinks import within_ranges
 
 if TYPE_CHECKING:
@@ -86,6 +86,5 @@ def group_size(
     """Examples per program: all of them, up to ``policy.group_max_bytes`` of results and the one-example
     program's working memory (``working``, XLA's count) times the group within ``budget`` (the user's
     ``max_memory``) or ``policy.working_max_bytes``; equal groups."""
-    by_result = policy.group_max_bytes // max(1, per_example)
-    by_working = (policy.working_max_bytes if budget is None else budget) // max(1, working or 0)
-    return equal_groups(num_examples, min(by_result, by_working))
+    cap = policy.working_max_bytes if budget is None else budget
+    return groups_within(num_examples, per_example, policy.group_max_bytes, working or 0, cap)

@@ -87,9 +87,15 @@ class Candidates:
         memory for ``method`` (default: for the largest candidate, so that a trial compares every candidate on
         the same group)."""
         working = max(self.working.values()) if method is None else self.working[method]
-        by_result = self.group_max // max(1, dense_bytes(split, 1))
-        by_working = self.cap // max(1, working)
-        return equal_groups(num_examples, min(by_result, by_working))
+        return groups_within(num_examples, dense_bytes(split, 1), self.group_max, working, self.cap)
+
+
+def groups_within(num_examples: int, result_bytes: int, result_cap: int, working: int, working_cap: int) -> int:
+    """The group size (``equal_groups``) for examples that each return ``result_bytes`` and take ``working``
+    bytes to compute, a group holding at most ``result_cap`` of results and ``working_cap`` of working memory."""
+    by_result = result_cap // max(1, result_bytes)
+    by_working = working_cap // max(1, working)
+    return equal_groups(num_examples, min(by_result, by_working))
 
 
 def equal_groups(num_examples: int, largest: int) -> int:
