@@ -129,9 +129,11 @@ def _check_colour_block(split: LayerSplit, names, structure, what: str) -> None:
         raise ValueError(f"a {what} block needs adjacent channel-last leaves of one channel count: {names}")
 
 
-def _moved_within(s, shape, structure):
-    """Tangent ``s`` (one entry per within-channel index) of a leaf of ``shape``, moving every channel alike."""
-    return s.reshape(shape[:-1] + (1,) if structure.channel_last else (1,) + shape[1:])
+def _one_channel(shape, channel_last: bool) -> tuple[int, ...]:
+    """A leaf's ``shape`` with its channel axis (its last, or its first) 1: a within-channel tangent broadcast
+    over it moves every channel alike."""
+    shape = tuple(shape)
+    return shape[:-1] + (1,) if channel_last else (1,) + shape[1:]
 
 
 def dense_forward_kernel(split: LayerSplit, names: tuple[str, ...], width: int, structure) -> Kernel:
@@ -209,7 +211,7 @@ def column_colouring_kernel(split: LayerSplit, names: tuple[str, ...], width: in
 
         def g(s):  # every channel of each leaf moves by s: a JVP along e_w is column (w, c) for all c
             moved = {
-                k: params[k] + _moved_within(s[a:b], shapes[k], structure[k])
+                k: params[k] + s[a:b].reshape(_one_channel(shapes[k], structure[k].channel_last))
                 for k, a, b in zip(names, bounds[:-1], bounds[1:])
             }
             return split.apply({**params, **moved}, x)
@@ -300,8 +302,8 @@ def separated_forward_kernel(
             f"a separated block needs adjacent leaves of one channel count (along the first axis, one leaf), "
             f"chunks of whole channels: {names}"
         )
-    within_shapes = [s[:-1] if leaf_axis == -1 else s[1:] for s in shapes]
-    bounds = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in within_shapes])
+    spreads = [_one_channel(s, leaf_axis == -1) for s in shapes]
+    bounds = np.cumsum([0] + [int(np.prod(s, dtype=np.int64)) for s in spreads])
     basis = int(bounds[-1]) * C
     whole = width >= basis
     colours = width // C
@@ -320,10 +322,9 @@ def separated_forward_kernel(
     def chunk(linear, offset):
         index = (0 if whole else offset // C) + jnp.arange(colours)  # the chunk's within-channel indices
         tangents = []
-        for shape, within, a, b in zip(shapes, within_shapes, bounds[:-1], bounds[1:]):
+        for shape, spread, a, b in zip(shapes, spreads, bounds[:-1], bounds[1:]):
             one_hot = (index[:, None] == (a + jnp.arange(b - a))[None, :]).astype(dtype)  # e_w in every channel
-            spread = (colours,) + (within + (1,) if leaf_axis == -1 else (1,) + within)
-            values = jnp.broadcast_to(one_hot.reshape(spread), (colours,) + shape)
+            values = jnp.broadcast_to(one_hot.reshape((colours,) + spread), (colours,) + shape)
             tangents.append(Separated(values, leaf_axis % len(shape), C))
         columns = separated_columns(linear, specs, tangents).reshape(width, -1)  # (w, c) rows, w-major
         if leaf_axis == 0 and whole:  # the leaf's own (c, w) order
