@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from ..planning import Auto, leaf_size
+from ..planning import Auto
 from ..results import Sensitivity
 from ..tracing import require_real
 from ._blocks import JacobianBlock, Layout, first_axis_columns
@@ -41,7 +41,7 @@ class SensitivitySink(Sink[Sensitivity]):
         split = job.split
         self.job = job
         self.starts = _starts(split, split.param_names)
-        self.sizes = {n: leaf_size(split, n) for n in split.param_names}
+        self.shapes = dict(zip(split.param_names, split.param_shapes))
         self.columns = np.zeros((job.num_examples, split.num_params), np.float64)  # Σ_i J[i, p]²
         self.rows = np.zeros((job.num_examples, split.num_outputs), np.float64)  # Σ_p J[i, p]²
 
@@ -57,8 +57,8 @@ class SensitivitySink(Sink[Sensitivity]):
             columns[start : start + squares.shape[1]] += squares.sum(axis=0)
             rows[offset : offset + squares.shape[0]] += squares.sum(axis=1)
         elif layout is Layout.FIRST_AXIS_COLUMNS:  # (M, width): basis vectors offset ..., columns scattered
-            shape = np.shape(self.job.split.params[block.names[0]])
-            columns[start + first_axis_columns(shape, offset, squares.shape[1])] += squares.sum(axis=0)
+            leaf = first_axis_columns(self.shapes[block.names[0]], offset, squares.shape[1])
+            columns[start + leaf] += squares.sum(axis=0)
             rows += squares.sum(axis=1)
         elif layout is Layout.CHANNEL_COLUMNS:  # (*activation, width): (r, w) is column (offset + w, c = r[axis])
             shape = self.job.split.activation_shape
@@ -70,7 +70,7 @@ class SensitivitySink(Sink[Sensitivity]):
                 at = start + offset * s.channels
                 columns[at : at + width * s.channels] += per_channel.T.reshape(-1)
             else:  # a block of its own, columns (c, w)
-                size = self.sizes[block.names[0]]
+                size = int(np.prod(self.shapes[block.names[0]], dtype=np.int64))
                 columns[start : start + size].reshape(s.channels, -1)[:, offset : offset + width] += per_channel
             rows += squares.reshape(-1, width).sum(axis=1)
         elif layout is Layout.CHANNEL_ROWS:  # (width, C, W_run): (s, c, w) is row (offset + s, c), column (w, c)

@@ -175,7 +175,6 @@ class _Matrix:
     def __init__(self, split: LayerSplit, structure: Mapping[str, ChannelStructure], num_examples: int, names):
         self.names = tuple(names)
         self.starts = _starts(split, self.names)
-        self.sizes = {n: leaf_size(split, n) for n in self.names}
         self.shapes = {n: np.shape(split.params[n]) for n in self.names}
         self.structure = structure
         self.activation_shape = split.activation_shape
@@ -210,7 +209,7 @@ class _Matrix:
     def _strides(self, names) -> tuple[int, int]:
         """Column strides of a colouring block's ``(w, c)`` (a channel-first leaf is a block of its own)."""
         s = self.structure[names[0]]
-        return s.column_strides(self.sizes[names[0]] // s.channels)
+        return s.column_strides(int(np.prod(self.shapes[names[0]], dtype=np.int64)) // s.channels)
 
 
 class DenseSink(Sink[LayerJacobian]):
