@@ -35,21 +35,22 @@ def contiguous_runs(split: LayerSplit, names: Iterable[str]) -> list[tuple[str, 
     return [tuple(r) for r in runs]
 
 
+def runs_by(split: LayerSplit, names: Iterable[str], key) -> list[tuple[str, ...]]:
+    """``names`` in runs of adjacent columns with one ``key`` each."""
+    runs: list[tuple[str, ...]] = []
+    for run in contiguous_runs(split, names):
+        group: list[str] = []
+        for name in run:
+            if group and key(name) != key(group[-1]):
+                runs.append(tuple(group))
+                group = []
+            group.append(name)
+        runs.append(tuple(group))
+    return runs
+
+
 def colour_runs(split: LayerSplit, names: Iterable[str], structure) -> list[tuple[str, ...]]:
     """``names`` (channel-diagonal leaves, ``structure`` theirs) in runs whose ``(w, c)`` columns continue one
     another: adjacent leaves with their channel last. A leaf whose channel axis is its first has ``(c, w)``
     columns, and a run of its own."""
-    runs: list[tuple[str, ...]] = []
-    for run in contiguous_runs(split, names):
-        current: list[str] = []
-        for name in run:
-            if structure[name].channel_last:
-                current.append(name)
-                continue
-            if current:
-                runs.append(tuple(current))
-                current = []
-            runs.append((name,))
-        if current:
-            runs.append(tuple(current))
-    return runs
+    return runs_by(split, names, lambda n: None if structure[n].channel_last else n)

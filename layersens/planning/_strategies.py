@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, ClassVar
 from .._errors import ModeError
 from .._modes import MODE_ALIASES, MODE_NAMES
 from ..analysis import analyze
-from ._layout import contiguous_runs, leaf_size
+from ._layout import contiguous_runs, leaf_size, runs_by
 from ._methods import (
     WRITE_COST,
     ColumnColouring,
@@ -266,9 +266,7 @@ def plan_blocks(
     blocks += [Block(run, FORWARD, chunk_size) for run in contiguous_runs(split, plain_forward)]
     # Adjacent separated leaves of one channel count share a block (one basis, chunks of whole channels).
     separated = [n for n in split.param_names if choice[n] == "fwd" and forward_method(n) is SEPARATED]
-    blocks += [
-        Block(run, SEPARATED, chunk_size) for run in _runs_by(split, separated, lambda n: separation[n].channels)
-    ]
+    blocks += [Block(run, SEPARATED, chunk_size) for run in runs_by(split, separated, lambda n: separation[n].channels)]
     # along the first axis, columns (c, w): one leaf per block
     blocks += [
         Block((n,), SEPARATED_FIRST, chunk_size)
@@ -283,26 +281,12 @@ def plan_blocks(
         st = structure[n]
         return (st.channels, st.output_axis, None if st.channel_last else n)
 
-    blocks += [Block(run, COLUMNS, chunk_size) for run in _runs_by(split, coloured, colour_key)]
+    blocks += [Block(run, COLUMNS, chunk_size) for run in runs_by(split, coloured, colour_key)]
     for g, method in groups.items():
         names = tuple(n for n in split.param_names if choice[n] == g)
         if names:
             blocks.append(Block(names, method, chunk_size))
     return tuple(blocks)
-
-
-def _runs_by(split: LayerSplit, names, key) -> list[tuple[str, ...]]:
-    """``names`` in runs of adjacent columns with one ``key`` each."""
-    runs: list[tuple[str, ...]] = []
-    for run in contiguous_runs(split, names):
-        group: list[str] = []
-        for name in run:
-            if group and key(name) != key(group[-1]):
-                runs.append(tuple(group))
-                group = []
-            group.append(name)
-        runs.append(tuple(group))
-    return runs
 
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (Auto, Forward, Reverse, PerLeaf, Structured)}
